@@ -1,0 +1,1 @@
+"""opentr-pipeline: faster-whisper transcription on Dagster, N workers per device."""

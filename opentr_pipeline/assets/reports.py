@@ -1,0 +1,64 @@
+import io
+
+import dagster as dg
+
+from opentr_pipeline.assets.transcripts import transcript
+from opentr_pipeline.core.throughput import (
+    aggregate_x_realtime, markdown_summary, png_markdown, summarize_devices, timeline_png,
+    transcripts_frame,
+)
+from opentr_pipeline.gpu import GpuExecutor
+from opentr_pipeline.resources import MediaStore
+
+# Fires after transcripts change, and keeps firing when some partition is missing or failed
+# (plain eager() waits forever for a missing upstream partition).
+REPORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
+
+
+def device_limits(gpu: GpuExecutor) -> dict[str, int]:
+    return {device.label: device.workers for device in gpu.plan()}
+
+
+@dg.asset(
+    deps=[transcript],
+    code_version="report-1",
+    group_name="reporting",
+    automation_condition=REPORT_AUTOMATION,
+    kinds={"pandas", "parquet"},
+)
+def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu: GpuExecutor) -> dg.MaterializeResult:
+    """Every transcript as a row; how many times realtime each device and worker delivered."""
+    store = media.outputs()
+    frame = transcripts_frame(store.list_json("transcripts"))
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    parquet_uri = store.write_bytes("reports/throughput.parquet", buffer.getvalue())
+    summary = markdown_summary(frame, device_limits(gpu))
+    store.write_text("reports/throughput.md", summary + "\n")
+    png = timeline_png(frame)
+    store.write_bytes("reports/timeline.png", png)
+    peaks = {s.device: s.peak_concurrency for s in summarize_devices(frame)}
+    return dg.MaterializeResult(metadata={
+        "files": len(frame),
+        "audio_hours": round(float(frame["audio_s"].sum()) / 3600, 4),
+        "aggregate_x_realtime": aggregate_x_realtime(frame),
+        "summary": dg.MetadataValue.md(summary),
+        "timeline": dg.MetadataValue.md(png_markdown(png)),
+        "peak_concurrency": dg.MetadataValue.json(peaks),
+        "worker_limits": dg.MetadataValue.json(device_limits(gpu)),
+        "parquet": dg.MetadataValue.path(parquet_uri),
+    })
+
+
+@dg.asset_check(asset=throughput_report, blocking=True)
+def peak_within_worker_limit(context: dg.AssetCheckExecutionContext, media: MediaStore, gpu: GpuExecutor) -> dg.AssetCheckResult:
+    """No device ever ran more transcriptions at once than its worker limit."""
+    frame = transcripts_frame(media.outputs().list_json("transcripts"))
+    limits = device_limits(gpu)
+    over = {s.device: s.peak_concurrency for s in summarize_devices(frame)
+            if s.device in limits and s.peak_concurrency > limits[s.device]}
+    return dg.AssetCheckResult(
+        passed=not over,
+        metadata={"over_limit": dg.MetadataValue.json(over), "limits": dg.MetadataValue.json(limits)},
+        description="peak concurrency within GPU_SCALE_WORKERS" if not over else f"over the limit: {over}",
+    )

@@ -1,0 +1,1 @@
+"""The plain-Python core: nothing here imports Dagster."""

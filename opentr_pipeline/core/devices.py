@@ -1,0 +1,131 @@
+"""Which devices take work, how many workers each, and a hard per-device limit across processes.
+
+The plan follows OpenTranscribe's variables (GPU_SCALE_ENABLED, GPU_SCALE_DEVICE_ID,
+GPU_SCALE_WORKERS, GPU_SCALE_DEFAULT_WORKER, GPU_DEVICE_ID), except that here the switch
+really switches. Without CUDA the same plan runs on the CPU, so every path is testable here.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from opentr_pipeline.settings import Settings, SettingsError
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """One device and the number of transcriptions it may run at once."""
+
+    kind: str  # "cuda" or "cpu"
+    index: int
+    workers: int
+    cpu_threads: int  # CTranslate2 intra-op threads per worker
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.index}"
+
+
+def cuda_device_count() -> int:
+    try:
+        import ctranslate2
+
+        return ctranslate2.get_cuda_device_count()
+    except Exception:  # no CUDA runtime at all
+        return 0
+
+
+def plan_devices(
+    settings: Settings, cuda_count: int | None = None, cpu_count: int | None = None
+) -> list[DevicePlan]:
+    """Turn the settings into devices and worker counts, or say which variable is wrong."""
+    cuda_count = cuda_device_count() if cuda_count is None else cuda_count
+    cpu_count = (os.cpu_count() or 1) if cpu_count is None else cpu_count
+    if settings.whisper_device == "cuda" and cuda_count == 0:
+        raise SettingsError("WHISPER_DEVICE='cuda': no CUDA device is visible on this machine")
+    kind = "cuda" if settings.whisper_device != "cpu" and cuda_count > 0 else "cpu"
+
+    workers_by_index: dict[int, int] = {}
+    if settings.gpu_scale_enabled:
+        workers_by_index[settings.gpu_scale_device_id] = settings.gpu_scale_workers
+        if settings.gpu_scale_default_worker:
+            index = settings.gpu_device_id
+            workers_by_index[index] = workers_by_index.get(index, 0) + 1
+    else:
+        workers_by_index[settings.gpu_device_id] = 1
+
+    if kind == "cuda":
+        variables = {settings.gpu_device_id: "GPU_DEVICE_ID"}
+        if settings.gpu_scale_enabled:
+            variables[settings.gpu_scale_device_id] = "GPU_SCALE_DEVICE_ID"
+        for index in workers_by_index:
+            if index >= cuda_count:
+                raise SettingsError(
+                    f"{variables.get(index, 'GPU_DEVICE_ID')}={index}: this machine has "
+                    f"{cuda_count} CUDA device(s), numbered 0 to {cuda_count - 1}"
+                )
+    total = sum(workers_by_index.values())
+    threads = max(1, cpu_count // total) if kind == "cpu" else max(1, min(4, cpu_count // total))
+    return [DevicePlan(kind, index, n, threads) for index, n in sorted(workers_by_index.items())]
+
+
+def describe_plan(plan: Sequence[DevicePlan]) -> str:
+    parts = [f"{p.label} x{p.workers} worker(s), {p.cpu_threads} thread(s) each" for p in plan]
+    return f"{sum(p.workers for p in plan)} worker(s): " + "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class Lease:
+    device: DevicePlan
+    worker: int
+
+
+class DeviceLeases:
+    """At most `workers` holders per device, across threads and processes.
+
+    Each worker slot is an OS file lock (flock) under `lock_dir`: the kernel releases it when the
+    holder's process dies, so a crash never leaves a slot taken.
+    """
+
+    def __init__(self, lock_dir: str | Path, plan: Sequence[DevicePlan]):
+        self.lock_dir = Path(lock_dir)
+        self.lock_dir.mkdir(parents=True, exist_ok=True)
+        self.plan = list(plan)
+
+    def _try(self, device: DevicePlan, worker: int) -> int | None:
+        path = self.lock_dir / f"{device.kind}{device.index}-worker{worker}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            os.close(fd)
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                return None
+            raise
+        return fd
+
+    @contextmanager
+    def acquire(self, poll_s: float = 0.05, timeout_s: float | None = None) -> Iterator[Lease]:
+        """Wait for a free worker on any planned device (first device first) and hold it."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            for device in self.plan:
+                for worker in range(device.workers):
+                    fd = self._try(device, worker)
+                    if fd is not None:
+                        try:
+                            yield Lease(device, worker)
+                        finally:
+                            fcntl.flock(fd, fcntl.LOCK_UN)
+                            os.close(fd)
+                        return
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no free worker on {describe_plan(self.plan)} in {timeout_s} s")
+            time.sleep(poll_s)

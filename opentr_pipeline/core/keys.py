@@ -1,0 +1,42 @@
+"""Partition keys: short, stable and safe in file paths and URLs, one per source file.
+
+Dagster does not validate dynamic partition keys, but a key ends up in paths and URLs:
+`a/b.mp3` makes nested folders, long keys overflow file names, `...` is the range separator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+MAX_KEY_LENGTH = 80
+_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def is_safe_key(key: str) -> bool:
+    return (
+        bool(_SAFE.fullmatch(key))
+        and ".." not in key
+        and not key.startswith(("-", "."))
+        and len(key) <= MAX_KEY_LENGTH
+    )
+
+
+def key_for_path(relative_path: str) -> str:
+    """`talk.mp3` stays `talk.mp3`; anything else gets a readable stem and a hash of the path.
+
+    The hash keeps two paths that clean up to the same stem (`a b.mp3`, `a_b.mp3`, `x/a.mp3`)
+    apart, and makes the key a pure function of the path: the same file always gets the same key.
+    """
+    relative_path = relative_path.strip("/")
+    if is_safe_key(relative_path):
+        return relative_path
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", relative_path.replace("/", "__"))
+    stem = re.sub(r"\.{2,}", ".", stem).strip("._-")[: MAX_KEY_LENGTH - 9] or "file"
+    digest = hashlib.sha1(relative_path.encode()).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def storage_name(key: str) -> str:
+    """The file-name stem for a key's outputs; a hand-typed unsafe key is made safe the same way."""
+    return key if is_safe_key(key) else key_for_path(key)

@@ -1,0 +1,123 @@
+"""Probe a media file with PyAV: what it is, how long, and whether it is whole."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import av
+
+MEDIA_SUFFIXES = {
+    ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aiff", ".aif",
+    ".webm", ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".mpeg", ".mpg", ".ts", ".3gp", ".amr",
+}
+
+
+class MediaError(ValueError):
+    """The file is not usable media; the message names the file and the reason."""
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    container: str
+    audio_codec: str
+    video_codec: str | None
+    duration_s: float
+    channels: int
+    sample_rate: int
+    size_bytes: int
+    sha256: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _wav_missing_bytes(path: Path, size: int) -> int:
+    """Bytes the WAV header's data chunk promises beyond the end of the file.
+
+    FFmpeg's WAV demuxer quietly trusts the file size, so a cut-off WAV needs this check.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+            return 0
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk = handle.read(8)
+            chunk_size = int.from_bytes(chunk[4:8], "big" if header[:4] == b"RIFX" else "little")
+            if chunk[:4] == b"data":
+                if chunk_size in (0, 0xFFFFFFFF):  # streaming writers leave the size unset
+                    return 0
+                return max(0, offset + 8 + chunk_size - size)
+            offset += 8 + chunk_size + (chunk_size & 1)
+    return 0
+
+
+def probe(path: str | Path, name: str | None = None) -> MediaInfo:
+    """Read the container and demux every audio packet (cheap: no decoding).
+
+    Demuxing to the end measures the duration the data really holds, which catches files cut
+    short in transfer: the header promises more than the packets deliver.
+    """
+    path = Path(path)
+    name = name or str(path)
+    size = path.stat().st_size if path.exists() else -1
+    if size < 0:
+        raise MediaError(f"{name}: file not found")
+    if size == 0:
+        raise MediaError(f"{name}: file is empty (0 bytes)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as error:
+        raise MediaError(f"{name}: not a readable media file ({error.strerror or error})") from None
+    with container:
+        if not container.streams.audio:
+            raise MediaError(f"{name}: no audio stream in {container.format.name} container")
+        stream = container.streams.audio[0]
+        video = container.streams.video[0].codec_context.name if container.streams.video else None
+        end = 0.0
+        packets = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.pts is None or packet.size == 0:
+                    continue
+                packets += 1
+                end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{name}: damaged audio data ({error.strerror or error})") from None
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        measured = max(0.0, end - start)
+        declared = None
+        if stream.duration is not None:
+            declared = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            declared = container.duration / av.time_base
+        if packets == 0 or measured <= 0:
+            raise MediaError(f"{name}: audio stream holds no data")
+        if declared and declared > 1.0 and measured < 0.9 * declared:
+            raise MediaError(
+                f"{name}: truncated: the header says {declared:.1f} s, the data holds {measured:.1f} s"
+            )
+        if container.format.name == "wav" and (missing := _wav_missing_bytes(path, size)):
+            raise MediaError(f"{name}: truncated: the WAV header promises {missing} more bytes")
+        codec = stream.codec_context
+        return MediaInfo(
+            container=container.format.name,
+            audio_codec=codec.name,
+            video_codec=video,
+            duration_s=round(measured, 3),
+            channels=codec.channels,
+            sample_rate=codec.sample_rate,
+            size_bytes=size,
+            sha256=sha256_of(path),
+        )

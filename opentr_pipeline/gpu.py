@@ -1,0 +1,134 @@
+"""The GPU executor resource: every transcription runs through here.
+
+It owns the device plan, one shared model per process and device, and the per-device lease
+that caps concurrent transcriptions at the plan's worker count across runs and processes.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import dagster as dg
+
+from opentr_pipeline.core.devices import DeviceLeases, DevicePlan, describe_plan, plan_devices
+from opentr_pipeline.core.transcription import (
+    ModelCache,
+    Transcript,
+    TranscriptionOptions,
+    load_audio,
+    resolve_compute_type,
+    transcribe,
+)
+from opentr_pipeline.settings import BUNDLED_MODEL, Settings
+
+log = logging.getLogger("opentr")
+MODELS = ModelCache()  # process-wide: a run step loads each model once, whatever it transcribes
+
+
+@dataclass(frozen=True)
+class FileToTranscribe:
+    key: str
+    local_path: Path
+    name: str  # what error messages call the file (its source URI)
+
+
+class GpuExecutor(dg.ConfigurableResource):
+    """Runs transcriptions on the planned devices, `workers` at a time per device."""
+
+    gpu_scale_enabled: bool = False
+    gpu_scale_device_id: int = 0
+    gpu_scale_workers: int = 1
+    gpu_scale_default_worker: bool = False
+    gpu_device_id: int = 0
+    whisper_device: str = "auto"
+    whisper_model: str = BUNDLED_MODEL
+    whisper_compute_type: str = "auto"
+    beam_size: int = 5
+    batch_size: int = 8
+    vad_filter: bool = True
+    language: str = ""
+    lock_dir: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "GpuExecutor":
+        return cls(
+            gpu_scale_enabled=settings.gpu_scale_enabled,
+            gpu_scale_device_id=settings.gpu_scale_device_id,
+            gpu_scale_workers=settings.gpu_scale_workers,
+            gpu_scale_default_worker=settings.gpu_scale_default_worker,
+            gpu_device_id=settings.gpu_device_id,
+            whisper_device=settings.whisper_device,
+            whisper_model=settings.whisper_model,
+            whisper_compute_type=settings.whisper_compute_type,
+            beam_size=settings.beam_size,
+            batch_size=settings.batch_size,
+            vad_filter=settings.vad_filter,
+            language=settings.language or "",
+            lock_dir=str(Path(settings.dagster_home) / "gpu-leases"),
+        )
+
+    def settings(self) -> Settings:
+        return Settings(
+            upload_uri="", storage_uri="", dagster_home="",
+            gpu_scale_enabled=self.gpu_scale_enabled,
+            gpu_scale_device_id=self.gpu_scale_device_id,
+            gpu_scale_workers=self.gpu_scale_workers,
+            gpu_scale_default_worker=self.gpu_scale_default_worker,
+            gpu_device_id=self.gpu_device_id,
+            whisper_device=self.whisper_device,
+        )
+
+    def plan(self) -> list[DevicePlan]:
+        return plan_devices(self.settings())
+
+    def total_workers(self) -> int:
+        return sum(device.workers for device in self.plan())
+
+    def options(self) -> TranscriptionOptions:
+        return TranscriptionOptions(
+            beam_size=self.beam_size,
+            batch_size=self.batch_size,
+            vad_filter=self.vad_filter,
+            language=self.language or None,
+        )
+
+    def transcribe_files(
+        self,
+        files: list[FileToTranscribe],
+        on_done: Callable[[str, Transcript | Exception], None] | None = None,
+    ) -> dict[str, Transcript | Exception]:
+        """Transcribe every file; each result is a Transcript or the exception that file raised.
+
+        One thread per worker in the plan; each thread takes a device lease before using the
+        model, so other runs and processes on the same devices share the same cap.
+        """
+        plan = self.plan()
+        leases = DeviceLeases(self.lock_dir or ".gpu-leases", plan)
+        options = self.options()
+        log.info("device plan: %s", describe_plan(plan))
+
+        def run_one(item: FileToTranscribe) -> Transcript | Exception:
+            try:
+                audio = load_audio(item.local_path, item.name)
+                with leases.acquire() as lease:
+                    compute_type = resolve_compute_type(self.whisper_compute_type, lease.device.kind)
+                    model = MODELS.get(self.whisper_model, lease.device, compute_type)
+                    result: Transcript | Exception = transcribe(
+                        model, audio, options,
+                        model_name=self.whisper_model, compute_type=compute_type,
+                        device=lease.device.label, worker=lease.worker,
+                    )
+            except Exception as error:  # one file's failure stays that file's
+                result = error
+            if on_done:
+                on_done(item.key, result)
+            return result
+
+        workers = sum(device.workers for device in plan)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="opentr-worker") as pool:
+            results = list(pool.map(run_one, files))
+        return {item.key: result for item, result in zip(files, results)}
