@@ -78,10 +78,10 @@ def summarize_devices(frame: pd.DataFrame) -> list[DeviceSummary]:
             DeviceSummary(
                 device=str(device),
                 files=len(group),
-                audio_s=round(group["audio_s"].sum(), 2),
+                audio_s=round(float(group["audio_s"].sum()), 2),
                 span_s=round(span, 2),
-                x_realtime=round(group["audio_s"].sum() / span, 2) if span > 0 else 0.0,
-                workers_used=group["worker"].nunique(),
+                x_realtime=round(float(group["audio_s"].sum()) / span, 2) if span > 0 else 0.0,
+                workers_used=int(group["worker"].nunique()),
                 peak_concurrency=peak_concurrency(group),
             )
         )
@@ -90,7 +90,7 @@ def summarize_devices(frame: pd.DataFrame) -> list[DeviceSummary]:
 
 def aggregate_x_realtime(frame: pd.DataFrame) -> float:
     span = _span_s(frame)
-    return round(frame["audio_s"].sum() / span, 2) if span > 0 else 0.0
+    return round(float(frame["audio_s"].sum()) / span, 2) if span > 0 else 0.0
 
 
 def markdown_summary(frame: pd.DataFrame, limits: dict[str, int] | None = None) -> str:

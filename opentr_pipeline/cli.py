@@ -1,0 +1,184 @@
+"""`opentr`: run the pipeline once over the upload area, or print the throughput report.
+
+`opentr run` records everything in the Dagster instance at DAGSTER_HOME, so its runs,
+materializations and failures show in the UI exactly as if launched from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
+
+log = logging.getLogger("opentr")
+PIPELINE_ASSETS = ("media_file", "transcript", "subtitles")
+# Dagster's console logger repeats every failure with a stack trace; the run records them all
+# in the instance, and `opentr run` prints one line per failed file at the end instead.
+QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def prepare_instance(settings: Settings):
+    """The instance at DAGSTER_HOME, created with the project's dagster.yaml on first use."""
+    home = Path(settings.dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def set_gpu_pool_limit(instance, workers: int) -> None:
+    """The `gpu` pool's limit is the plan's total workers; the UI's concurrency page shows it."""
+    instance.event_log_storage.set_concurrency_slots("gpu", workers)
+
+
+def contiguous_chunks(all_keys: list[str], pending: set[str], size: int) -> list[list[str]]:
+    """Runs cover a range of partitions, so split the pending keys into unbroken stretches."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for key in all_keys:
+        if key in pending and len(current) < size:
+            current.append(key)
+            continue
+        if current:
+            chunks.append(current)
+        current = [key] if key in pending else []
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def failure_reasons(store, keys: list[str]) -> dict[str, str]:
+    from opentr_pipeline.assets.batch import failure_path
+
+    reasons = {}
+    for key in keys:
+        for asset in PIPELINE_ASSETS:
+            record = store.read_json_or_none(failure_path(asset, key))
+            if record:
+                reasons[key] = record["reason"]
+                break
+    return reasons
+
+
+def run_pipeline(settings: Settings) -> int:
+    import dagster as dg
+
+    from opentr_pipeline.core.devices import describe_plan
+    from opentr_pipeline.definitions import build_defs
+    from opentr_pipeline.storage import Storage
+    from opentr_pipeline.uploads import list_uploads, register_source
+
+    instance = prepare_instance(settings)
+    defs = build_defs(settings)
+    gpu = defs.resources["gpu"]
+    set_gpu_pool_limit(instance, gpu.total_workers())
+    print(f"device plan: {describe_plan(gpu.plan())}")
+    print(f"model: {settings.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
+
+    store = Storage(settings.storage_uri)
+    uploads, skipped = list_uploads(settings.upload_uri)
+    for name in skipped:
+        print(f"skipped (not a media file name, or still uploading): {name}")
+    known = set(instance.get_dynamic_partitions("media_files"))
+    new = [u for u in uploads if u.key not in known]
+    for upload in new:
+        register_source(store, upload)
+    if new:
+        instance.add_dynamic_partitions("media_files", [u.key for u in new])
+    all_keys = list(instance.get_dynamic_partitions("media_files"))
+    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+    pending = [k for k in all_keys if k not in done]
+    print(f"{len(uploads)} media file(s) in uploads, {len(new)} new; {len(pending)} to process")
+
+    job = defs.resolve_job_def("transcribe_media")
+    started = time.perf_counter()
+    attempt_sets = [set(pending)]
+    for attempt in range(2):
+        chunks = contiguous_chunks(all_keys, attempt_sets[-1], settings.files_per_run)
+        if attempt:
+            print(f"again without the failed files: {len(attempt_sets[-1])} file(s)")
+        for number, chunk in enumerate(chunks, start=1):
+            label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
+            print(f"run {number}/{len(chunks)}: {len(chunk)} file(s) ({label})", flush=True)
+            result = job.execute_in_process(
+                instance=instance,
+                run_config=QUIET_DAGSTER,
+                raise_on_error=False,
+                tags={
+                    "dagster/asset_partition_range_start": chunk[0],
+                    "dagster/asset_partition_range_end": chunk[-1],
+                    "opentr/launched_by": "opentr run",
+                },
+            )
+            print(f"  {'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})")
+        done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+        failed = failure_reasons(store, [k for k in pending if k not in done])
+        # Good files that only shared a run with a bad one: run them again without it.
+        retry = {k for k in pending if k not in done and k not in failed}
+        if not retry:
+            break
+        attempt_sets.append(retry)
+
+    if len(pending) > len(failure_reasons(store, pending)) or not store.exists("reports/throughput.parquet"):
+        print("updating throughput_report", flush=True)
+        defs.resolve_job_def("throughput_report_job").execute_in_process(
+            instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False
+        )
+    elapsed = time.perf_counter() - started
+    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+    not_done = [k for k in pending if k not in done]
+    reasons = failure_reasons(store, not_done)
+    print(f"\n{len(pending) - len(not_done)} of {len(pending)} file(s) done in {elapsed:.1f} s")
+    print(f"transcripts: {store.uri('transcripts')}\nsubtitles:   {store.uri('subtitles')}")
+    print(f"report:      {store.uri('reports/throughput.md')}")
+    if not_done:
+        print(f"\n{len(not_done)} file(s) failed:")
+        for key in not_done:
+            print(f"  {key}: {reasons.get(key, 'failed (see the run in the Dagster UI)')}")
+        return 1
+    return 0
+
+
+def print_report(settings: Settings) -> int:
+    from opentr_pipeline.core.throughput import markdown_summary, transcripts_frame
+    from opentr_pipeline.definitions import build_defs
+    from opentr_pipeline.storage import Storage
+
+    gpu = build_defs(settings).resources["gpu"]
+    frame = transcripts_frame(Storage(settings.storage_uri).list_json("transcripts"))
+    print(markdown_summary(frame, {d.label: d.workers for d in gpu.plan()}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="opentr", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="transcribe every new file under UPLOAD_URI, then the report")
+    commands.add_parser("report", help="print the throughput summary")
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        settings = Settings.from_env()
+        if args.command == "run":
+            return run_pipeline(settings)
+        return print_report(settings)
+    except SettingsError as error:
+        print(f"opentr: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
