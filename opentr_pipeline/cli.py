@@ -159,11 +159,26 @@ def print_report(settings: Settings) -> int:
     return 0
 
 
+def start_dev(settings: Settings, extra_args: list[str]) -> int:
+    """`dagster dev` on the project's instance, with the gpu pool limit set from the plan."""
+    from opentr_pipeline.gpu import GpuExecutor
+
+    instance = prepare_instance(settings)
+    set_gpu_pool_limit(instance, GpuExecutor.from_settings(settings).total_workers())
+    dagster = Path(sys.executable).with_name("dagster")
+    command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *extra_args]
+    print(f"DAGSTER_HOME={settings.dagster_home}\n$ {' '.join(command)}", flush=True)
+    os.execv(command[0], command)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opentr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="transcribe every new file under UPLOAD_URI, then the report")
     commands.add_parser("report", help="print the throughput summary")
+    dev = commands.add_parser("dev", help="the Dagster UI and daemon on this project's instance")
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed to dagster dev")
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("  %(message)s"))
@@ -174,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         if args.command == "run":
             return run_pipeline(settings)
+        if args.command == "dev":
+            return start_dev(settings, args.dagster_args)
         return print_report(settings)
     except SettingsError as error:
         print(f"opentr: configuration error: {error}", file=sys.stderr)

@@ -1,0 +1,40 @@
+# Every target sets itself up: `make demo` and `make test` work on a fresh clone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: install demo test test-fast dev bench report clean
+
+install: $(STAMP)
+
+# torch==2.13.0 resolves to the CPU wheel on pip's find-links where one is offered (this
+# project's machines); a GPU host gets the CUDA build of the same version from PyPI.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: install
+	mkdir -p data/uploads
+	find resources/demo_media -type f ! -name '*.json' -exec cp -n {} data/uploads/ \;
+	$(BIN)/opentr run
+	@echo
+	$(BIN)/opentr report
+
+test: install
+	bash scripts/test.sh
+
+dev: install
+	$(BIN)/opentr dev
+
+bench: install
+	$(BIN)/opentr bench
+
+report: install
+	$(BIN)/opentr report
+
+clean:
+	rm -rf data .dagster_home .test-artifacts bench-results

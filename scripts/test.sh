@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# The whole test suite, slow end-to-end checks included (they run in CI too).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec .venv/bin/python -m pytest -ra "$@"
