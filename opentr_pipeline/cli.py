@@ -179,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("report", help="print the throughput summary")
     dev = commands.add_parser("dev", help="the Dagster UI and daemon on this project's instance")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed to dagster dev")
+    bench = commands.add_parser("bench", help="raw faster-whisper against the pipeline, 1 and N workers")
+    from opentr_pipeline.bench import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     args = parser.parse_args(argv)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("  %(message)s"))
@@ -191,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             return run_pipeline(settings)
         if args.command == "dev":
             return start_dev(settings, args.dagster_args)
+        if args.command == "bench":
+            from opentr_pipeline.bench import bench_command
+
+            return bench_command(args, settings)
         return print_report(settings)
     except SettingsError as error:
         print(f"opentr: configuration error: {error}", file=sys.stderr)

@@ -8,18 +8,26 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
 import dagster as dg
 
-from opentr_pipeline.core.devices import DeviceLeases, DevicePlan, describe_plan, plan_devices
+from opentr_pipeline.core.devices import (
+    DeviceLeases,
+    DevicePlan,
+    check_vram,
+    cuda_free_bytes,
+    describe_plan,
+    plan_devices,
+)
 from opentr_pipeline.core.transcription import (
     ModelCache,
     Transcript,
     TranscriptionOptions,
     load_audio,
+    model_location,
     resolve_compute_type,
     transcribe,
 )
@@ -27,6 +35,10 @@ from opentr_pipeline.settings import BUNDLED_MODEL, Settings
 
 log = logging.getLogger("opentr")
 MODELS = ModelCache()  # process-wide: a run step loads each model once, whatever it transcribes
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    return "out of memory" in str(error).lower()
 
 
 @dataclass(frozen=True)
@@ -115,20 +127,42 @@ class GpuExecutor(dg.ConfigurableResource):
             try:
                 audio = load_audio(item.local_path, item.name)
                 with leases.acquire() as lease:
-                    compute_type = resolve_compute_type(self.whisper_compute_type, lease.device.kind)
-                    model = MODELS.get(self.whisper_model, lease.device, compute_type)
-                    result: Transcript | Exception = transcribe(
-                        model, audio, options,
-                        model_name=self.whisper_model, compute_type=compute_type,
-                        device=lease.device.label, worker=lease.worker,
-                    )
+                    result: Transcript | Exception = self._transcribe_on(lease, audio, options)
             except Exception as error:  # one file's failure stays that file's
                 result = error
             if on_done:
                 on_done(item.key, result)
             return result
 
+        for device in plan:
+            if device.kind == "cuda":
+                check_vram(device, model_location(self.whisper_model), self.batch_size,
+                           cuda_free_bytes(device.index))
         workers = sum(device.workers for device in plan)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="opentr-worker") as pool:
             results = list(pool.map(run_one, files))
         return {item.key: result for item, result in zip(files, results)}
+
+    def _transcribe_on(self, lease, audio, options: TranscriptionOptions) -> Transcript:
+        """Transcribe on the leased device; out of memory retries with half the batch, down to 1."""
+        compute_type = resolve_compute_type(self.whisper_compute_type, lease.device.kind)
+        model = MODELS.get(self.whisper_model, lease.device, compute_type)
+        while True:
+            try:
+                return transcribe(
+                    model, audio, options,
+                    model_name=self.whisper_model, compute_type=compute_type,
+                    device=lease.device.label, worker=lease.worker,
+                )
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                if options.batch_size <= 1:
+                    raise RuntimeError(
+                        f"{lease.device.label} ran out of memory even at batch size 1; "
+                        f"lower GPU_SCALE_WORKERS or use a smaller model ({error})"
+                    ) from None
+                smaller = max(1, options.batch_size // 2)
+                log.warning("%s out of memory at batch %d; retrying at batch %d",
+                            lease.device.label, options.batch_size, smaller)
+                options = replace(options, batch_size=smaller)

@@ -69,3 +69,30 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
+
+
+def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_on_error: bool = True):
+    """Materialize the pipeline assets for a range of partitions in one run, as a backfill would,
+    on the SQLite instance at $DAGSTER_HOME with resources from the current environment."""
+    import dagster as dg
+
+    from opentr_pipeline.definitions import build_defs
+    from opentr_pipeline.partitions import media_files
+    from opentr_pipeline.settings import Settings
+
+    instance = dg.DagsterInstance.get()
+    known = set(instance.get_dynamic_partitions(media_files.name))
+    instance.add_dynamic_partitions(media_files.name, [k for k in keys if k not in known])
+    defs = build_defs(Settings.from_env())
+    job = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey(name) for name in (selection or ["media_file", "transcript", "subtitles"])}
+    )
+    return job.execute_in_process(
+        instance=instance,
+        raise_on_error=raise_on_error,
+        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+    )
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())

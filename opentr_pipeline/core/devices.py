@@ -129,3 +129,63 @@ class DeviceLeases:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"no free worker on {describe_plan(self.plan)} in {timeout_s} s")
             time.sleep(poll_s)
+
+
+# Approximate float16 weight sizes of the faster-whisper models, for the VRAM check before a
+# download has happened (a local folder is measured instead).
+MODEL_BYTES = {
+    "tiny": 75e6, "base": 145e6, "small": 484e6, "medium": 1.53e9, "large": 3.09e9,
+    "turbo": 1.62e9, "distil-large": 1.51e9, "distil-medium": 0.79e9, "distil-small": 0.34e9,
+}
+GIB = 1024**3
+
+
+def model_bytes(name_or_path: str) -> float:
+    path = Path(name_or_path)
+    if (path / "model.bin").is_file():
+        return float((path / "model.bin").stat().st_size)
+    lowered = name_or_path.lower()
+    for stem in sorted(MODEL_BYTES, key=len, reverse=True):
+        if stem in lowered:
+            return MODEL_BYTES[stem]
+    return MODEL_BYTES["large"]  # unknown: assume the largest, refuse rather than crash
+
+
+def worker_bytes(weights: float, batch_size: int) -> float:
+    """Activations, beam state and CUDA workspace of one concurrent transcription.
+
+    Estimated as half the weights (at least 300 MB) per batch of 8 segments, which matches the
+    peak usage faster-whisper reports for batched decoding within a margin that errs high.
+    """
+    return max(300e6, 0.5 * weights) * max(1, batch_size) / 8
+
+
+def workers_that_fit(free: float, weights: float, batch_size: int) -> int:
+    return max(0, int((free - weights) // worker_bytes(weights, batch_size)))
+
+
+class DeviceMemoryError(RuntimeError):
+    """The planned workers do not fit in the device's free memory."""
+
+
+def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: float) -> None:
+    """Refuse, with the number that would fit, before CTranslate2 runs out of memory mid-batch."""
+    weights = model_bytes(model)
+    need = weights + device.workers * worker_bytes(weights, batch_size)
+    if need <= free_bytes:
+        return
+    fit = workers_that_fit(free_bytes, weights, batch_size)
+    advice = f"set GPU_SCALE_WORKERS={fit}" if fit else "use a smaller model or free the GPU"
+    raise DeviceMemoryError(
+        f"{device.label}: {device.workers} worker(s) of {Path(model).name} need about "
+        f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights + "
+        f"{worker_bytes(weights, batch_size) / GIB:.2f} GiB per worker at batch {batch_size}), "
+        f"but only {free_bytes / GIB:.1f} GiB is free: at most {fit} worker(s) fit; {advice}"
+    )
+
+
+def cuda_free_bytes(index: int) -> float:
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(index)
+    return float(free)

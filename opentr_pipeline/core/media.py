@@ -63,6 +63,26 @@ def _wav_missing_bytes(path: Path, size: int) -> int:
     return 0
 
 
+def _ogg_is_cut(path: Path, size: int) -> bool:
+    """Whether an Ogg file lacks its whole final page with the end-of-stream flag.
+
+    Ogg declares no duration up front, so FFmpeg reports whatever a cut-off file still holds;
+    the last page tells: a complete stream ends with a whole page flagged end-of-stream.
+    """
+    tail_start = max(0, size - 65_307 - 1)  # the largest possible Ogg page, plus one byte
+    with open(path, "rb") as handle:
+        handle.seek(tail_start)
+        tail = handle.read()
+    at = len(tail)
+    while (at := tail.rfind(b"OggS", 0, at)) >= 0:
+        header = tail[at : at + 27]
+        if len(header) == 27 and header[4] == 0:
+            lacing = tail[at + 27 : at + 27 + header[26]]
+            if len(lacing) == header[26] and at + 27 + len(lacing) + sum(lacing) == len(tail):
+                return not header[5] & 0x04
+    return True
+
+
 def probe(path: str | Path, name: str | None = None) -> MediaInfo:
     """Read the container and demux every audio packet (cheap: no decoding).
 
@@ -110,6 +130,8 @@ def probe(path: str | Path, name: str | None = None) -> MediaInfo:
             )
         if container.format.name == "wav" and (missing := _wav_missing_bytes(path, size)):
             raise MediaError(f"{name}: truncated: the WAV header promises {missing} more bytes")
+        if container.format.name == "ogg" and _ogg_is_cut(path, size):
+            raise MediaError(f"{name}: truncated: the Ogg stream stops before its last page")
         codec = stream.codec_context
         return MediaInfo(
             container=container.format.name,

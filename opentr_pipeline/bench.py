@@ -1,0 +1,578 @@
+"""`opentr bench`: raw faster-whisper against the pipeline end to end, in one run.
+
+The claim to prove is that Dagster costs (almost) nothing: the pipeline should transcribe at
+0.9 or more of what a plain script gets from the same model and settings, and N workers sharing
+one model should beat one worker by 1.6x or more on a 2-core CPU. So one run measures, on one
+corpus, side by side:
+
+- raw faster-whisper: one `WhisperModel` loaded once with `num_workers` = N and the pipeline's
+  thread split, N threads taking files from a queue, each decoding its file and running a fresh
+  `BatchedInferencePipeline` with the pipeline's settings;
+- the pipeline: `opentr run` as a subprocess on fresh upload, storage and Dagster folders, with
+  `GPU_SCALE_ENABLED=true GPU_SCALE_WORKERS=N`, timed as a whole command and, from the
+  transcripts' `started_at`/`finished_at`, as a transcription span.
+
+Both "transcription span" figures are measured the same way: from the first transcription's
+start to the last one's end. The model load and the first file's decoding fall outside it; the
+decoding of every later file falls inside it (its worker decodes it while the others keep
+transcribing), in raw and in the pipeline alike. "whole command" is everything `opentr run`
+does: Python and Dagster start-up, probing, model load, subtitles and the throughput report.
+
+Nothing here imports Dagster: the raw side must not pay for it, and the pipeline side runs in
+its own process exactly as a person would start it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import queue
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import wave
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from opentr_pipeline.settings import PROJECT_ROOT, Settings
+
+SAMPLE_RATE = 16000
+NO_SPEECH = "squirrel_nospeech.wav"  # silence-like noise: it would only pad the corpus
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
+DEFAULT_FIXTURES = PROJECT_ROOT.parent / "shared" / "fixtures" / "audio"
+SPAN_TARGET = 0.9  # pipeline span x realtime / raw x realtime, same workers
+SCALING_TARGET = 1.6  # N workers x realtime / 1 worker x realtime
+RAW = "raw faster-whisper (transcription span)"
+PIPELINE_SPAN = "pipeline (transcription span)"
+PIPELINE_WHOLE = "pipeline (whole command)"
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to measure."""
+
+
+# --- the corpus -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: Path
+    duration_s: float
+    sha256: str
+
+
+def fixtures_folder() -> Path:
+    return Path(os.environ.get("OPENTR_FIXTURES") or DEFAULT_FIXTURES).resolve()
+
+
+def speech_fixtures(folder: Path) -> list[Path]:
+    """Every speech recording in the fixtures folder (the no-speech clip left out)."""
+    if not folder.is_dir():
+        raise BenchError(f"fixtures folder {folder} not found: set OPENTR_FIXTURES to it")
+    found = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES and p.name != NO_SPEECH
+    )
+    if not found:
+        raise BenchError(f"no speech recordings ({', '.join(AUDIO_SUFFIXES)}) in {folder}")
+    return found
+
+
+def _write_wav(path: Path, audio) -> None:
+    import numpy as np
+
+    samples = (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2")
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(samples.tobytes())
+
+
+def build_corpus(fixtures: list[Path], out_dir: Path, files: int = 8, seconds: float = 120.0,
+                 seed: int = 0) -> list[CorpusFile]:
+    """Distinct recordings of at least `seconds` each, 16 kHz mono WAV, made from the fixtures.
+
+    File i plays the clips rotated by i (reversed on every second pass over the rotations),
+    with a random 0.3-0.8 s silence after each clip, until it is `seconds` long. Distinct
+    bytes matter: the pipeline reuses the transcript of a file it has already seen.
+    """
+    import numpy as np
+    from faster_whisper import decode_audio
+
+    clips = [decode_audio(str(p), sampling_rate=SAMPLE_RATE) for p in fixtures]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    corpus: list[CorpusFile] = []
+    target = int(seconds * SAMPLE_RATE)
+    for i in range(files):
+        rng = random.Random(f"{seed}-{i}")
+        shift = i % len(clips)
+        order = clips[shift:] + clips[:shift]
+        if (i // len(clips)) % 2:
+            order.reverse()
+        pieces, length, n = [], 0, 0
+        while length < target:
+            clip = order[n % len(order)]
+            silence = np.zeros(int(rng.uniform(0.3, 0.8) * SAMPLE_RATE), dtype=np.float32)
+            pieces += [clip, silence]
+            length += len(clip) + len(silence)
+            n += 1
+        audio = np.concatenate(pieces[:-1])  # no silence after the last clip
+        path = out_dir / f"bench-{i + 1:03d}.wav"
+        _write_wav(path, audio)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        corpus.append(CorpusFile(path, round(len(audio) / SAMPLE_RATE, 3), digest))
+    if len({c.sha256 for c in corpus}) != len(corpus):
+        raise BenchError("corpus files are not distinct; the pipeline would reuse transcripts")
+    return corpus
+
+
+# --- measurements -----------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    configuration: str
+    workers: int
+    files: int
+    audio_s: float
+    wall_s: float
+    includes: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def x_realtime(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "x_realtime": round(self.x_realtime, 2)}
+
+
+def peak_overlap(intervals: list[tuple[float, float]]) -> int:
+    """Most intervals open at once (an end frees its slot before a start at the same instant)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    open_now = peak = 0
+    for _, change in events:
+        open_now += change
+        peak = max(peak, open_now)
+    return peak
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What both sides run: model, device, compute type and the pipeline's own options."""
+
+    model: str
+    device: str  # "cpu" or "cuda"
+    device_index: int
+    compute_type: str
+    beam_size: int
+    batch_size: int
+    vad_filter: bool
+    language: str | None
+
+    def device_for(self, workers: int):
+        """The pipeline's device plan for N workers, so raw gets the same thread split."""
+        from opentr_pipeline.core.devices import plan_devices
+
+        settings = Settings(
+            upload_uri="", storage_uri="", dagster_home="",
+            gpu_scale_enabled=True, gpu_scale_workers=workers,
+            gpu_scale_device_id=self.device_index, gpu_device_id=self.device_index,
+            whisper_device=self.device,
+        )
+        (device,) = plan_devices(settings)
+        return device
+
+    def pipeline_env(self, workers: int) -> dict[str, str]:
+        return {
+            "GPU_SCALE_ENABLED": "true",
+            "GPU_SCALE_WORKERS": str(workers),
+            "GPU_SCALE_DEVICE_ID": str(self.device_index),
+            "GPU_DEVICE_ID": str(self.device_index),
+            "GPU_SCALE_DEFAULT_WORKER": "false",
+            "WHISPER_MODEL": self.model,
+            "WHISPER_DEVICE": self.device,
+            "WHISPER_COMPUTE_TYPE": self.compute_type,
+            "WHISPER_BEAM_SIZE": str(self.beam_size),
+            "WHISPER_BATCH_SIZE": str(self.batch_size),
+            "WHISPER_VAD": "true" if self.vad_filter else "false",
+            "WHISPER_LANGUAGE": self.language or "",
+        }
+
+
+def make_plan(settings: Settings, device: str | None, model: str | None,
+              compute_type: str | None) -> BenchPlan:
+    from opentr_pipeline.core.devices import cuda_device_count
+    from opentr_pipeline.core.transcription import resolve_compute_type
+    from opentr_pipeline.settings import SettingsError, check_model
+
+    wanted = device or settings.whisper_device
+    cuda = cuda_device_count()
+    if wanted == "cuda" and cuda == 0:
+        raise SettingsError("--device cuda: no CUDA device is visible on this machine")
+    kind = "cuda" if wanted != "cpu" and cuda > 0 else "cpu"
+    index = settings.gpu_scale_device_id if settings.gpu_scale_enabled else settings.gpu_device_id
+    return BenchPlan(
+        model=check_model(model, "--model") if model else settings.whisper_model,
+        device=kind,
+        device_index=index if kind == "cuda" else 0,
+        compute_type=resolve_compute_type(compute_type or settings.whisper_compute_type, kind),
+        beam_size=settings.beam_size,
+        batch_size=settings.batch_size,
+        vad_filter=settings.vad_filter,
+        language=settings.language,
+    )
+
+
+def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int) -> Measurement:
+    """N threads over one shared model, the way a plain script would do it."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+
+    from opentr_pipeline.core.transcription import model_location
+
+    device = plan.device_for(workers)
+    clock = time.perf_counter()
+    model = WhisperModel(
+        model_location(plan.model),
+        device=device.kind,
+        device_index=device.index if device.kind == "cuda" else 0,
+        compute_type=plan.compute_type,
+        cpu_threads=device.cpu_threads,
+        num_workers=workers,
+    )
+    load_s = time.perf_counter() - clock
+    todo: queue.Queue[CorpusFile] = queue.Queue()
+    for item in corpus:
+        todo.put(item)
+    intervals: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+    decode_s: list[float] = []
+
+    def work() -> None:
+        while True:
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                before_decode = time.perf_counter()
+                audio = decode_audio(str(item.path), sampling_rate=SAMPLE_RATE)
+                started = time.perf_counter()
+                common = dict(beam_size=plan.beam_size, language=plan.language,
+                              vad_filter=plan.vad_filter, word_timestamps=True)
+                if plan.batch_size > 1 and plan.vad_filter:
+                    segments, _ = BatchedInferencePipeline(model).transcribe(
+                        audio, batch_size=plan.batch_size, **common)
+                else:
+                    segments, _ = model.transcribe(audio, **common)
+                for segment in segments:  # the generator does the work
+                    _ = segment.words
+                intervals.append((started, time.perf_counter()))
+                decode_s.append(started - before_decode)
+            except BaseException as error:  # noqa: BLE001 - reported after the join
+                errors.append(error)
+
+    threads = [threading.Thread(target=work, name=f"raw-worker-{n}") for n in range(workers)]
+    first = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with_decoding_s = time.perf_counter() - first
+    del model
+    if errors:
+        raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    return Measurement(
+        configuration=RAW, workers=workers, files=len(corpus),
+        audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(span, 3),
+        includes="first transcription start to last end; model load and first decode outside",
+        details={
+            "model_load_s": round(load_s, 3),
+            "wall_with_all_decoding_s": round(with_decoding_s, 3),
+            "decode_s_total": round(sum(decode_s), 3),
+            "mean_file_transcription_s": round(sum(e - s for s, e in intervals) / len(intervals), 3),
+            "peak_concurrency": peak_overlap(intervals),
+            "cpu_threads_per_worker": device.cpu_threads,
+            "num_workers": workers,
+        },
+    )
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp).timestamp()
+
+
+def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
+                        work_dir: Path) -> list[Measurement]:
+    """`opentr run` on fresh folders: the whole command, and the span its transcripts record."""
+    root = work_dir / f"pipeline-{workers}w-{time.time_ns()}"
+    uploads, store, home = root / "uploads", root / "store", root / "home"
+    uploads.mkdir(parents=True)
+    for item in corpus:
+        shutil.copy(item.path, uploads / item.path.name)
+    env = {**os.environ, **plan.pipeline_env(workers),
+           "UPLOAD_URI": str(uploads), "STORAGE_URI": str(store), "DAGSTER_HOME": str(home)}
+    log_path = root / "opentr-run.log"
+    command = [sys.executable, "-m", "opentr_pipeline.cli", "run"]
+    clock = time.perf_counter()
+    with open(log_path, "w") as log:
+        finished = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log,
+                                  stderr=subprocess.STDOUT, check=False)
+    whole_s = time.perf_counter() - clock
+    output = log_path.read_text()
+    if finished.returncode != 0:
+        raise BenchError(f"opentr run exited with {finished.returncode}; its output ends:\n"
+                         + "\n".join(output.splitlines()[-25:]))
+    docs = [json.loads(p.read_text()) for p in sorted((store / "transcripts").glob("*.json"))]
+    if len(docs) != len(corpus):
+        raise BenchError(f"opentr run wrote {len(docs)} transcripts for {len(corpus)} files")
+    intervals = [(_seconds(d["started_at"]), _seconds(d["finished_at"])) for d in docs]
+    audio_s = round(sum(float(d["duration_s"]) for d in docs), 3)
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    shared = {
+        "cpu_threads_per_worker": plan.device_for(workers).cpu_threads,
+        "devices": sorted({d["device"] for d in docs}),
+        "workers_used": sorted({int(d["worker"]) for d in docs}),
+        "peak_concurrency": peak_overlap(intervals),
+        "mean_file_transcription_s": round(sum(float(d["wall_s"]) for d in docs) / len(docs), 3),
+        "runs": output.count("\nrun ") + output.startswith("run "),
+    }
+    return [
+        Measurement(
+            configuration=PIPELINE_SPAN, workers=workers, files=len(docs), audio_s=audio_s,
+            wall_s=round(span, 3),
+            includes="first transcription start to last end (transcripts' started_at/finished_at)",
+            details=shared,
+        ),
+        Measurement(
+            configuration=PIPELINE_WHOLE, workers=workers, files=len(docs), audio_s=audio_s,
+            wall_s=round(whole_s, 3),
+            includes="the whole `opentr run` subprocess: start-up, Dagster, probing, model "
+                     "load, transcription, subtitles, throughput report",
+            details={**shared, "overhead_outside_span_s": round(whole_s - span, 3)},
+        ),
+    ]
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def best_of(measurements: list[Measurement]) -> list[Measurement]:
+    """Per configuration and worker count, the fastest repetition (noise only ever slows down)."""
+    best: dict[tuple[str, int], Measurement] = {}
+    for m in measurements:
+        key = (m.configuration, m.workers)
+        if key not in best or m.x_realtime > best[key].x_realtime:
+            best[key] = m
+    order = {RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2}
+    return sorted(best.values(), key=lambda m: (m.workers, order.get(m.configuration, 9)))
+
+
+def comparisons(rows: list[Measurement], workers: int) -> dict:
+    """Ratios to raw with the same workers, N against 1, and the targets with PASS or MISS."""
+    by = {(m.configuration, m.workers): m for m in rows}
+    to_raw: dict[str, float] = {}
+    scaling: dict[str, float] = {}
+    targets: list[dict] = []
+    for m in rows:
+        raw = by.get((RAW, m.workers))
+        if raw and m.configuration != RAW:
+            to_raw[f"{m.configuration} / raw, {m.workers} worker(s)"] = round(m.x_realtime / raw.x_realtime, 3)
+        one = by.get((m.configuration, 1))
+        if one and m.workers != 1:
+            scaling[f"{m.configuration}, {m.workers} vs 1 worker(s)"] = round(m.x_realtime / one.x_realtime, 3)
+    for n in sorted({m.workers for m in rows}):
+        raw, span = by.get((RAW, n)), by.get((PIPELINE_SPAN, n))
+        if raw and span:
+            value = span.x_realtime / raw.x_realtime
+            targets.append({"target": f"pipeline span >= {SPAN_TARGET} x raw, {n} worker(s)",
+                            "value": round(value, 3), "pass": value >= SPAN_TARGET})
+    if workers > 1:
+        for configuration in (RAW, PIPELINE_SPAN):
+            one, many = by.get((configuration, 1)), by.get((configuration, workers))
+            if one and many:
+                value = many.x_realtime / one.x_realtime
+                targets.append({"target": f"{configuration}: {workers} workers >= {SCALING_TARGET} x 1 worker",
+                                "value": round(value, 3), "pass": value >= SCALING_TARGET})
+    return {"ratio_to_raw_same_workers": to_raw, "ratio_n_vs_1": scaling, "targets": targets}
+
+
+def format_table(rows: list[Measurement]) -> str:
+    by = {(m.configuration, m.workers): m for m in rows}
+    header = ("configuration", "workers", "audio s", "wall s", "x realtime", "vs raw (same workers)", "N vs 1")
+    lines = []
+    for m in rows:
+        raw = by.get((RAW, m.workers))
+        one = by.get((m.configuration, 1))
+        vs_raw = f"{m.x_realtime / raw.x_realtime:.2f}" if raw and m.configuration != RAW else "-"
+        vs_one = f"{m.x_realtime / one.x_realtime:.2f}x" if one and m.workers != 1 else "-"
+        lines.append((m.configuration, str(m.workers), f"{m.audio_s:.1f}", f"{m.wall_s:.1f}",
+                      f"{m.x_realtime:.1f}", vs_raw, vs_one))
+    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
+    render = lambda row: "| " + " | ".join(  # noqa: E731
+        cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) + " |"
+    rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([render(header), rule, *(render(row) for row in lines)])
+
+
+def machine_facts(plan: BenchPlan) -> dict:
+    import ctranslate2
+    import faster_whisper
+
+    from opentr_pipeline.core.transcription import model_location
+
+    facts = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "faster_whisper": faster_whisper.__version__,
+        "ctranslate2": ctranslate2.__version__,
+        "model": plan.model,
+        "model_location": model_location(plan.model),
+        "device": plan.device,
+        "device_index": plan.device_index,
+        "compute_type": plan.compute_type,
+        "cuda_devices": ctranslate2.get_cuda_device_count(),
+    }
+    if plan.device == "cuda":
+        try:
+            import torch
+
+            facts["gpu_name"] = torch.cuda.get_device_name(plan.device_index)
+        except Exception as error:  # noqa: BLE001 - a fact we could not read is not fatal
+            facts["gpu_name"] = f"unknown ({error})"
+    return facts
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workers", type=int, default=2, help="N, compared with 1 (default 2)")
+    parser.add_argument("--files", type=int, default=8, help="recordings in the corpus (default 8)")
+    parser.add_argument("--seconds", type=float, default=120.0, help="length of each recording (default 120)")
+    parser.add_argument("--out", default="bench-results/bench.json", help="where the figures go as JSON")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="measure every configuration this many times, interleaved; the table shows the best")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="default: WHISPER_DEVICE (auto: CUDA where visible)")
+    parser.add_argument("--model", default=None, help="default: WHISPER_MODEL (the bundled tiny.en)")
+    parser.add_argument("--compute-type", default=None, help="default: WHISPER_COMPUTE_TYPE (auto)")
+    parser.add_argument("--work-dir", default=None,
+                        help="where the corpus and pipeline folders go (default: a fresh temp folder, removed after)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+
+
+def run_bench(args: argparse.Namespace, settings: Settings) -> int:
+    if args.workers < 1 or args.files < 1 or args.seconds <= 0 or args.repeat < 1:
+        raise BenchError("--workers, --files and --repeat must be 1 or more, --seconds above 0")
+    plan = make_plan(settings, args.device, args.model, args.compute_type)
+    facts = machine_facts(plan)
+    own_dir = args.work_dir is None
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="opentr-bench-")).resolve()
+    worker_counts = [1] if args.workers == 1 else [1, args.workers]
+    print(f"model {plan.model} on {plan.device} ({plan.compute_type}); {facts['cpu_count']} CPU(s); "
+          f"beam {plan.beam_size}, batch {plan.batch_size}, VAD {plan.vad_filter}; work folder {work_dir}",
+          flush=True)
+    try:
+        fixtures = speech_fixtures(fixtures_folder())
+        clock = time.perf_counter()
+        corpus = build_corpus(fixtures, work_dir / "corpus", args.files, args.seconds)
+        audio_s = sum(c.duration_s for c in corpus)
+        print(f"corpus: {len(corpus)} distinct recordings, {audio_s:.1f} s of audio from "
+              f"{len(fixtures)} fixtures ({time.perf_counter() - clock:.1f} s to build)", flush=True)
+        measurements: list[Measurement] = []
+        for round_number in range(1, args.repeat + 1):
+            for workers in worker_counts:
+                label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
+                print(f"{label}raw faster-whisper, {workers} worker(s) ...", flush=True)
+                measurements.append(raw_faster_whisper(corpus, plan, workers))
+                print(f"  {measurements[-1].x_realtime:.1f}x realtime", flush=True)
+                print(f"{label}opentr run, GPU_SCALE_WORKERS={workers} ...", flush=True)
+                measurements += pipeline_end_to_end(corpus, plan, workers, work_dir)
+                print(f"  span {measurements[-2].x_realtime:.1f}x, whole command "
+                      f"{measurements[-1].x_realtime:.1f}x realtime", flush=True)
+    finally:
+        if own_dir and not args.keep:
+            shutil.rmtree(work_dir, ignore_errors=True)
+
+    rows = best_of(measurements)
+    figures = comparisons(rows, args.workers)
+    print()
+    print(format_table(rows))
+    print()
+    print("transcription span: first transcription start to last end, model load and the first file's")
+    print("decoding outside, later files' decoding inside, in raw and pipeline alike; whole command:")
+    print("the entire `opentr run` subprocess (start-up, Dagster, probing, model load, subtitles, report).")
+    if args.repeat > 1:
+        print(f"best of {args.repeat} interleaved repetitions per row; every repetition is in the JSON.")
+    for target in figures["targets"]:
+        print(f"{'PASS' if target['pass'] else 'MISS'}  {target['target']}: {target['value']:.2f}")
+    facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report = {
+        "machine": facts,
+        "settings": {**asdict(plan), "workers": args.workers, "files": args.files,
+                     "seconds": args.seconds, "repeat": args.repeat},
+        "corpus": {"files": [{"name": c.path.name, "duration_s": c.duration_s, "sha256": c.sha256}
+                             for c in corpus],
+                   "audio_s": round(audio_s, 3), "fixtures": [p.name for p in fixtures]},
+        "results": [m.to_dict() for m in rows],
+        **figures,
+        "all_measurements": [m.to_dict() for m in measurements],
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nfigures: {out}")
+    return 0
+
+
+def bench_command(args: argparse.Namespace, settings: Settings) -> int:
+    """`opentr bench`: a failed measurement is one clear line, not a traceback."""
+    try:
+        return run_bench(args, settings)
+    except BenchError as error:
+        print(f"opentr bench: {error}", file=sys.stderr)
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    from opentr_pipeline.settings import SettingsError
+
+    parser = argparse.ArgumentParser(prog="opentr bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return bench_command(args, Settings.from_env())
+    except SettingsError as error:
+        print(f"opentr bench: configuration error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
