@@ -1,13 +1,19 @@
 """The upload area: list media files under UPLOAD_URI and map partition keys to sources.
 
+UPLOAD_URI is a local folder or `s3://bucket/prefix`, read through fsspec; nested folders
+count. On S3, s3fs (through botocore) honours the usual AWS variables, AWS_ENDPOINT_URL
+included, so MinIO and other S3-compatible stores work without extra settings.
+
 Each registered key gets a small record in storage (`sources/<key>.json`) with the source URI,
 so a key always maps back to its object even when the key had to be shortened.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+from typing import Iterable
 
 import fsspec
 
@@ -31,6 +37,15 @@ class Upload:
                 "source_uri": self.uri, "size": self.size, "mtime": self.mtime}
 
 
+@dataclass
+class UploadListing:
+    """One look at the upload area: media files, and the names that are not (yet) media."""
+
+    uploads: list[Upload] = field(default_factory=list)
+    partial: list[str] = field(default_factory=list)  # still being written: temporary names
+    not_media: list[str] = field(default_factory=list)  # finished files with a non-media name
+
+
 def _mtime(info: dict) -> float:
     value = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
     return value.timestamp() if hasattr(value, "timestamp") else float(value)
@@ -45,34 +60,62 @@ def is_media_name(relative_path: str) -> bool:
     return PurePosixPath(relative_path).suffix.lower() in MEDIA_SUFFIXES
 
 
-def list_uploads(upload_uri: str) -> tuple[list[Upload], list[str]]:
-    """Every file under the upload area (nested folders too): media uploads, and skipped names."""
+def scan_uploads(upload_uri: str) -> UploadListing:
+    """Every file under the upload area, nested folders too, sorted by path.
+
+    The listing is always fresh: fsspec keeps filesystem objects (and s3fs their directory
+    listings) for the life of the process, and the sensor lists the same prefix every tick.
+    """
     fs, root = fsspec.core.url_to_fs(upload_uri)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)
     try:
         found = fs.find(root, detail=True)
     except FileNotFoundError:
-        return [], []
+        return UploadListing()
     protocol = upload_uri.split("://", 1)[0] + "://" if "://" in upload_uri else ""
-    uploads, skipped = [], []
+    listing = UploadListing()
     for path, info in sorted(found.items()):
-        if info.get("type") != "file":
-            continue
-        relative = path[len(root.rstrip("/")) + 1 :] if path.startswith(root.rstrip("/")) else path
-        if is_partial(relative) or not is_media_name(relative):
-            skipped.append(relative)
-            continue
-        uri = f"{protocol}{path}" if protocol else path
-        uploads.append(Upload(key_for_path(relative), relative, uri, int(info.get("size") or 0), _mtime(info)))
-    return uploads, skipped
+        if info.get("type") != "file" or path.endswith("/"):
+            continue  # S3 "folder" marker objects
+        relative = path[len(root) + 1 :] if path.startswith(root + "/") else path
+        if is_partial(relative):
+            listing.partial.append(relative)
+        elif not is_media_name(relative):
+            listing.not_media.append(relative)
+        else:
+            uri = f"{protocol}{path}" if protocol else path
+            listing.uploads.append(
+                Upload(key_for_path(relative), relative, uri, int(info.get("size") or 0), _mtime(info))
+            )
+    return listing
+
+
+def list_uploads(upload_uri: str) -> tuple[list[Upload], list[str]]:
+    """Every file under the upload area (nested folders too): media uploads, and skipped names."""
+    listing = scan_uploads(upload_uri)
+    return listing.uploads, sorted(listing.partial + listing.not_media)
+
+
+def source_path(key: str) -> str:
+    return f"sources/{storage_name(key)}.json"
 
 
 def register_source(storage: Storage, upload: Upload) -> None:
-    storage.write_json(f"sources/{storage_name(upload.key)}.json", upload.record())
+    storage.write_json(source_path(upload.key), upload.record())
+
+
+def register_sources(storage: Storage, uploads: Iterable[Upload]) -> None:
+    """Many source records at once: a thousand new uploads must not mean a thousand serial writes."""
+    storage.write_many({
+        source_path(u.key): json.dumps(u.record(), indent=2, ensure_ascii=False).encode("utf-8")
+        for u in uploads
+    })
 
 
 def source_uri(storage: Storage, upload_uri: str, key: str) -> str:
     """The object behind a key: its source record, or for a key typed by hand, a relative path."""
-    record = storage.read_json_or_none(f"sources/{storage_name(key)}.json")
+    record = storage.read_json_or_none(source_path(key))
     if record:
         return record["source_uri"]
     return f"{upload_uri.rstrip('/')}/{key.lstrip('/')}"

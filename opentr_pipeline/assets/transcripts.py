@@ -40,6 +40,36 @@ def _metadata(doc: dict) -> dict:
     }
 
 
+def sha256_index_path(sha256: str) -> str:
+    return f"by_sha256/{sha256}.json"
+
+
+def transcript_of_same_content(store, sha256: str, version: str, key: str) -> dict | None:
+    """Another partition's transcript of the same bytes under the same settings, if any.
+
+    `by_sha256/<sha>.json` names the partition that was last transcribed from those bytes, so
+    this is one small read, not a scan; the transcript itself is checked before it is trusted.
+    """
+    entry = store.read_json_or_none(sha256_index_path(sha256))
+    if not entry or entry["partition_key"] == key or entry.get("settings_version") != version:
+        return None
+    doc = store.read_json_or_none(f"transcripts/{storage_name(entry['partition_key'])}.json")
+    if doc and doc.get("sha256") == sha256 and doc.get("settings_version") == version and not doc.get("reused_from"):
+        return doc
+    return None
+
+
+def write_reused(context: dg.AssetExecutionContext, store, key: str, probed: dict, original: dict) -> None:
+    """A duplicate upload's transcript: a copy that names the partition whose work it reuses."""
+    relative = f"transcripts/{storage_name(key)}.json"
+    doc = {**original, "partition_key": key, "source_uri": probed["source_uri"],
+           "uri": store.uri(relative), "reused_from": original["partition_key"]}
+    store.write_json(relative, doc)
+    record_success(store, "transcript", key)
+    context.add_asset_metadata(_metadata(doc), partition_key=key)
+    context.log.info(f"{key}: same content as {original['partition_key']}; its transcript reused")
+
+
 @dg.asset(
     partitions_def=media_files,
     deps=[media_file],
@@ -56,6 +86,8 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
     keys = context.partition_keys
     failures: dict[str, str] = {}
     probes: dict[str, dict] = {}
+    first_with_sha: dict[str, str] = {}  # sha256 -> the key in this run that gets transcribed
+    duplicates: dict[str, tuple[str, dict]] = {}  # key -> (key in this run with the same bytes, probe)
     for key in keys:
         probed = store.read_json_or_none(f"media/{storage_name(key)}.json")
         if probed is None:
@@ -67,7 +99,15 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
             context.add_asset_metadata({**_metadata(existing), "skipped": True}, partition_key=key)
             record_success(store, "transcript", key)
             continue
-        probes[key] = probed
+        # Same bytes as another upload: reuse its transcript rather than a worker.
+        original = transcript_of_same_content(store, probed["sha256"], version, key)
+        if original:
+            write_reused(context, store, key, probed, original)
+        elif probed["sha256"] in first_with_sha:
+            duplicates[key] = (first_with_sha[probed["sha256"]], probed)  # copied once the first is done
+        else:
+            first_with_sha[probed["sha256"]] = key
+            probes[key] = probed
 
     done = 0
 
@@ -102,6 +142,12 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
         doc = {"partition_key": key, "source_uri": probed["source_uri"], "sha256": probed["sha256"],
                "settings_version": version, "uri": store.uri(relative), **result.to_dict()}
         store.write_json(relative, doc)
+        store.write_json(sha256_index_path(probed["sha256"]), {"partition_key": key, "settings_version": version})
         record_success(store, "transcript", key)
         context.add_asset_metadata(_metadata(doc), partition_key=key)
+    for key, (first, probed) in duplicates.items():
+        if first in failures:
+            failures[key] = f"{key}: same content as {first}, which failed"
+        else:
+            write_reused(context, store, key, probed, store.read_json(f"transcripts/{storage_name(first)}.json"))
     finish_batch(context, store, "transcript", failures, len(keys))

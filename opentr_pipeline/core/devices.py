@@ -133,9 +133,10 @@ class DeviceLeases:
 
 # Approximate float16 weight sizes of the faster-whisper models, for the VRAM check before a
 # download has happened (a local folder is measured instead).
+# Matched in this order: "large-v3-turbo" is a turbo, "distil-large-v3" a distil.
 MODEL_BYTES = {
-    "tiny": 75e6, "base": 145e6, "small": 484e6, "medium": 1.53e9, "large": 3.09e9,
-    "turbo": 1.62e9, "distil-large": 1.51e9, "distil-medium": 0.79e9, "distil-small": 0.34e9,
+    "distil-large": 1.51e9, "distil-medium": 0.79e9, "distil-small": 0.34e9, "turbo": 1.62e9,
+    "large": 3.09e9, "medium": 1.53e9, "small": 484e6, "base": 145e6, "tiny": 75e6,
 }
 GIB = 1024**3
 
@@ -145,7 +146,7 @@ def model_bytes(name_or_path: str) -> float:
     if (path / "model.bin").is_file():
         return float((path / "model.bin").stat().st_size)
     lowered = name_or_path.lower()
-    for stem in sorted(MODEL_BYTES, key=len, reverse=True):
+    for stem in MODEL_BYTES:
         if stem in lowered:
             return MODEL_BYTES[stem]
     return MODEL_BYTES["large"]  # unknown: assume the largest, refuse rather than crash

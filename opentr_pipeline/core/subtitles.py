@@ -21,12 +21,18 @@ class Cue:
     text: str  # already wrapped, lines separated by "\n"
 
 
+def _lines(text: str) -> list[str]:
+    # Never split "well-known" across lines: a reader (or a script) re-joining lines must get
+    # the words back; only a single word longer than a line is cut.
+    return textwrap.wrap(text, MAX_LINE, break_long_words=True, break_on_hyphens=False)
+
+
 def _wrap(text: str) -> str:
-    return "\n".join(textwrap.wrap(text, MAX_LINE, break_long_words=True))
+    return "\n".join(_lines(text))
 
 
 def _fits(text: str) -> bool:
-    return len(textwrap.wrap(text, MAX_LINE, break_long_words=True)) <= MAX_LINES
+    return len(_lines(text)) <= MAX_LINES
 
 
 def build_cues(segments: list[dict]) -> list[Cue]:
@@ -92,8 +98,16 @@ def to_srt(cues: list[Cue]) -> str:
     return "\n".join(blocks)
 
 
+def _vtt_escape(text: str) -> str:
+    # WebVTT reads "<" as the start of a tag and "&" as an entity: players would drop the text.
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def to_vtt(cues: list[Cue]) -> str:
-    blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{c.text}\n" for c in cues]
+    blocks = [
+        f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{_vtt_escape(c.text)}\n"
+        for c in cues
+    ]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 

