@@ -55,15 +55,17 @@ def test_run_transcribes_reports_failures_and_does_no_work_twice(pipeline_env, d
     for path in (store / "transcripts").glob("*.json"):
         assert read_json(path)["started_at"] == transcripts[path.name]["started_at"], "transcribed twice"
 
-    # The user replaces the bad upload with a real recording: the next run finishes clean.
+    # The user replaces the bad upload with a real recording (a copy of one already done):
+    # the next run finishes clean, reusing the first transcript instead of a worker.
     shutil.copy(DEMO_MEDIA / "harvard_02.mp3", uploads / "broken.mp3")
     third = opentr("run")
     assert third.returncode == 0, third.stdout + third.stderr
     assert "1 of 1 file(s) done" in third.stdout
+    assert read_json(store / "transcripts" / "broken.mp3.json")["reused_from"] == "harvard_02.mp3"
 
     report = opentr("report")
     assert report.returncode == 0
-    assert "**5 files**" in report.stdout and "x realtime" in report.stdout
+    assert "**4 files**" in report.stdout and "x realtime" in report.stdout  # the copy did no work
 
 
 def test_bad_setting_fails_at_start_naming_the_variable(pipeline_env, monkeypatch):
