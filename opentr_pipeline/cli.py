@@ -161,10 +161,13 @@ def print_report(settings: Settings) -> int:
 
 def start_dev(settings: Settings, extra_args: list[str]) -> int:
     """`dagster dev` on the project's instance, with the gpu pool limit set from the plan."""
+    from opentr_pipeline.core.devices import describe_plan
     from opentr_pipeline.gpu import GpuExecutor
 
     instance = prepare_instance(settings)
-    set_gpu_pool_limit(instance, GpuExecutor.from_settings(settings).total_workers())
+    gpu = GpuExecutor.from_settings(settings)
+    set_gpu_pool_limit(instance, gpu.total_workers())
+    print(f"device plan: {describe_plan(gpu.plan())} (pool 'gpu' limit {gpu.total_workers()})")
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *extra_args]
     print(f"DAGSTER_HOME={settings.dagster_home}\n$ {' '.join(command)}", flush=True)

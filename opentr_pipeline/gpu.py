@@ -83,19 +83,8 @@ class GpuExecutor(dg.ConfigurableResource):
             lock_dir=str(Path(settings.dagster_home) / "gpu-leases"),
         )
 
-    def settings(self) -> Settings:
-        return Settings(
-            upload_uri="", storage_uri="", dagster_home="",
-            gpu_scale_enabled=self.gpu_scale_enabled,
-            gpu_scale_device_id=self.gpu_scale_device_id,
-            gpu_scale_workers=self.gpu_scale_workers,
-            gpu_scale_default_worker=self.gpu_scale_default_worker,
-            gpu_device_id=self.gpu_device_id,
-            whisper_device=self.whisper_device,
-        )
-
     def plan(self) -> list[DevicePlan]:
-        return plan_devices(self.settings())
+        return plan_devices(self)
 
     def total_workers(self) -> int:
         return sum(device.workers for device in self.plan())

@@ -14,9 +14,20 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
-from opentr_pipeline.settings import Settings, SettingsError
+from opentr_pipeline.settings import SettingsError
+
+
+class PlanVariables(Protocol):
+    """The settings a plan is made from (Settings and the GpuExecutor resource both have them)."""
+
+    gpu_scale_enabled: bool
+    gpu_scale_device_id: int
+    gpu_scale_workers: int
+    gpu_scale_default_worker: bool
+    gpu_device_id: int
+    whisper_device: str
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ def cuda_device_count() -> int:
 
 
 def plan_devices(
-    settings: Settings, cuda_count: int | None = None, cpu_count: int | None = None
+    settings: PlanVariables, cuda_count: int | None = None, cpu_count: int | None = None
 ) -> list[DevicePlan]:
     """Turn the settings into devices and worker counts, or say which variable is wrong."""
     cuda_count = cuda_device_count() if cuda_count is None else cuda_count
