@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False
+    from dotenv import load_dotenv  # dagster dev reads .env too; the process environment wins
+
+    load_dotenv(Path.cwd() / ".env", override=False)
     try:
         settings = Settings.from_env()
         if args.command == "run":
