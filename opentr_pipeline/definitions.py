@@ -51,6 +51,10 @@ def build_defs(settings: Settings) -> dg.Definitions:
             "media": MediaStore.from_settings(settings),
         },
         metadata={"device_plan": plan},
+        # One process per run: a step subprocess costs seconds of start-up and re-imports
+        # torch and faster-whisper; the transcript step fans out over threads itself. Pools and
+        # the per-device leases hold the limit the same way.
+        executor=dg.in_process_executor,
     )
 
 

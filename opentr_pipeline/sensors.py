@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
+from opentr_pipeline.core.keys import storage_name
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
@@ -115,10 +116,34 @@ def contiguous_chunks(uploads: list[Upload], position: dict[str, int], size: int
     return chunks
 
 
+def done_elsewhere(instance: dg.DagsterInstance, store: Storage, uploads: list[Upload]) -> set[str]:
+    """Keys this sensor never requested that a backfill, the UI or `opentr run` already did.
+
+    Without this a restarted sensor (empty cursor) would request every processed file again.
+    Done means probed, and the source record still matches the file. A key added by hand has
+    no record: it gets one now, so that a later change to the file is seen.
+    """
+    if not uploads:
+        return set()
+    probed = instance.get_materialized_partitions(dg.AssetKey("media_file"))
+    done, unrecorded = set(), []
+    for upload in uploads:
+        if upload.key not in probed:
+            continue
+        record = store.read_json_or_none(f"sources/{storage_name(upload.key)}.json")
+        if record is None:
+            unrecorded.append(upload)
+        if record is None or [record.get("size"), record.get("mtime")] == [upload.size, upload.mtime]:
+            done.add(upload.key)
+    register_sources(store, unrecorded)
+    return done
+
+
 def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListing,
                        settings: Settings) -> dg.SensorResult:
     """Everything the sensor does after listing: plan, register sources, request runs."""
-    plan = plan_tick(listing, UploadCursor.parse(context.cursor))
+    previous = UploadCursor.parse(context.cursor)
+    plan = plan_tick(listing, previous)
     for start in range(0, len(plan.newly_ignored), NAMES_PER_LOG_LINE):
         names = plan.newly_ignored[start : start + NAMES_PER_LOG_LINE]
         context.log.info(f"ignored, not a media file name: {', '.join(names)}")
@@ -129,12 +154,18 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
 
     known = context.instance.get_dynamic_partitions(media_files.name)
     position = {key: index for index, key in enumerate(known)}
+    store = Storage(settings.storage_uri)
+    already_done = done_elsewhere(context.instance, store, [
+        u for u in plan.ready if u.key in position and u.key not in previous.requested])
+    plan.ready = [u for u in plan.ready if u.key not in already_done]
+    if not plan.ready:
+        return dg.SensorResult(skip_reason=f"no new or changed media{waiting}", cursor=plan.cursor.dump())
     new_keys = []
     for upload in plan.ready:
         if upload.key not in position:
             position[upload.key] = len(position)
             new_keys.append(upload.key)
-    register_sources(Storage(settings.storage_uri), plan.ready)
+    register_sources(store, plan.ready)
     runs = [run_request_for(chunk)
             for chunk in contiguous_chunks(plan.ready, position, settings.files_per_run)]
     again = len(plan.ready) - len(new_keys)

@@ -2,4 +2,5 @@
 # The whole test suite, slow end-to-end checks included (they run in CI too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/install-test-deps.sh || echo "warning: test dependencies not installed; the browser test will skip" >&2
 exec .venv/bin/python -m pytest -ra "$@"

@@ -286,3 +286,21 @@ def test_sensor_and_schedule_are_registered_and_running_by_default(pipeline_env)
     schedule = repository.get_schedule_def("throughput_report_schedule")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert schedule.job_name == "throughput_report_job"
+
+
+def test_restarted_sensor_does_not_request_what_others_already_did(pipeline_env, ticks, uploads, fixtures_dir):
+    """Files processed by a backfill, the UI or `opentr run` are not requested again by a sensor
+    whose cursor never saw them; a file changed since then still is."""
+    from conftest import materialize_keys
+
+    shutil.copy(fixtures_dir / SHORT, uploads / SHORT)
+    shutil.copy(fixtures_dir / OTHER, uploads / OTHER)
+    assert materialize_keys([SHORT, OTHER], selection=["media_file"]).success  # keys added by hand
+    ticks()
+    assert ticks().run_requests == []
+
+    fresh = UploadSensorTicks(Settings.from_env(), dg.DagsterInstance.get())  # a new cursor
+    shutil.copy(fixtures_dir / THIRD, uploads / OTHER)  # changed since it was processed
+    fresh()
+    again = fresh()
+    assert requested_keys(again) == [[OTHER]]

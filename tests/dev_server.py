@@ -1,0 +1,150 @@
+"""A real `dagster dev` (webserver and daemon) on a temporary home and port, driven over HTTP.
+
+Started from Python in its own session so that SIGINT reaches the whole process group (the
+webserver, the daemon, the code server and any run processes): a shell `&` job ignores SIGINT.
+Every wait is bounded, and a server that will not stop is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+T = TypeVar("T")
+
+LOCATION = "opentr_pipeline"
+REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
+
+
+class DevServerError(RuntimeError):
+    """The server did not start, or GraphQL answered with an error."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, interval: float = 1.0) -> T:
+    """Poll until `check` returns something truthy; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+class DevServer:
+    """One `dagster dev` process group; its output goes to `log_path` for post-mortems."""
+
+    def __init__(self, project_root: Path, env: dict[str, str], log_path: Path, port: int | None = None):
+        self.project_root = project_root
+        self.env = env
+        self.log_path = log_path
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 120) -> "DevServer":
+        dagster = self.project_root / ".venv" / "bin" / "dagster"
+        command = [str(dagster), "dev", "-w", "workspace.yaml", "-p", str(self.port), "-h", "127.0.0.1"]
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=self.project_root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        try:
+            wait_for(self._serving, timeout, f"dagster dev at {self.url}/server_info", interval=0.5)
+            wait_for(self._location_loaded, timeout, f"code location {LOCATION} to load", interval=0.5)
+        except TimeoutError as error:
+            self.stop()
+            raise DevServerError(f"{error}\n--- end of {self.log_path} ---\n{self.log_tail()}") from None
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def _serving(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise DevServerError(f"dagster dev exited with {self.process.returncode}:\n{self.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"{self.url}/server_info", timeout=5) as response:
+                return response.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def _location_loaded(self) -> bool:
+        data = self.graphql("""
+            query { workspaceOrError { ... on Workspace { locationEntries {
+                name loadStatus
+                locationOrLoadError { __typename ... on PythonError { message } }
+            } } } }
+        """)
+        for entry in data["workspaceOrError"]["locationEntries"]:
+            if entry["name"] != LOCATION or entry["loadStatus"] != "LOADED":
+                continue
+            loaded = entry["locationOrLoadError"]
+            if loaded["__typename"] == "PythonError":
+                raise DevServerError(f"code location failed to load: {loaded['message']}")
+            return True
+        return False
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGINT to the group, as Ctrl-C would; SIGKILL whatever is left after `timeout`."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        group = os.getpgid(self.process.pid)
+        os.killpg(group, signal.SIGINT)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self.process.wait(timeout=10)
+        # The daemon may leave run processes behind in the same group; none may outlive the test.
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> "DevServer":
+        return self.start()
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.stop()
+
+    def log_tail(self, characters: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-characters:]
+        except FileNotFoundError:
+            return ""
+
+    def graphql(self, query: str, variables: dict[str, Any] | None = None, timeout: float = 60) -> dict:
+        body = json.dumps({"query": query, "variables": variables or {}}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                answer = json.load(response)
+        except urllib.error.HTTPError as error:
+            raise DevServerError(f"GraphQL HTTP {error.code}: {error.read()[:2000]!r}") from None
+        if answer.get("errors"):
+            raise DevServerError(f"GraphQL errors: {answer['errors']}")
+        return answer["data"]
+
+    @property
+    def repository_selector(self) -> dict[str, str]:
+        return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
