@@ -383,14 +383,18 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
 
     started = time.monotonic()
     expected: dict[str, str] = {}
+    partials = []
     for name, relative in SENSOR_UPLOADS.items():
         target = uploads / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        # As an uploader does: write under a temporary name, then rename into place.
+        # As an uploader does: write under a temporary name, then rename into place (all the
+        # renames together, so one sensor tick sees the whole batch).
         partial = target.with_name(target.name + ".part")
         shutil.copy(fixtures_dir / name, partial)
-        partial.rename(target)
+        partials.append((partial, target))
         expected[key_for_path(relative)] = name
+    for partial, target in partials:
+        partial.rename(target)
 
     def all_transcribed() -> bool:
         fail_on_failed_runs(server, runs_tagged(server, "dagster/sensor_name", UPLOAD_SENSOR))
