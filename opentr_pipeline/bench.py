@@ -282,12 +282,14 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int) 
                 errors.append(error)
 
     threads = [threading.Thread(target=work, name=f"raw-worker-{n}") for n in range(workers)]
+    cpu_before = _cpu_s(os.times())
     first = time.perf_counter()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     with_decoding_s = time.perf_counter() - first
+    cpu_s = _cpu_s(os.times()) - cpu_before
     del model
     if errors:
         raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
@@ -298,6 +300,8 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int) 
         includes="first transcription start to last end; model load and first decode outside",
         details={
             "model_load_s": round(load_s, 3),
+            "cpu_s": round(cpu_s, 2),
+            "cores_busy": round(cpu_s / with_decoding_s, 2),
             "wall_with_all_decoding_s": round(with_decoding_s, 3),
             "decode_s_total": round(sum(decode_s), 3),
             "mean_file_transcription_s": round(sum(e - s for s, e in intervals) / len(intervals), 3),
@@ -306,6 +310,13 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int) 
             "num_workers": workers,
         },
     )
+
+
+def _cpu_s(times: os.times_result, children: bool = False) -> float:
+    """CPU seconds (user + system): a cost that other people's load on the machine cannot inflate."""
+    if children:
+        return times.children_user + times.children_system
+    return times.user + times.system
 
 
 def _seconds(stamp: str) -> float:
@@ -324,11 +335,13 @@ def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
            "UPLOAD_URI": str(uploads), "STORAGE_URI": str(store), "DAGSTER_HOME": str(home)}
     log_path = root / "opentr-run.log"
     command = [sys.executable, "-m", "opentr_pipeline.cli", "run"]
+    cpu_before = _cpu_s(os.times(), children=True)
     clock = time.perf_counter()
     with open(log_path, "w") as log:
         finished = subprocess.run(command, env=env, cwd=PROJECT_ROOT, stdout=log,
                                   stderr=subprocess.STDOUT, check=False)
     whole_s = time.perf_counter() - clock
+    cpu_s = _cpu_s(os.times(), children=True) - cpu_before
     output = log_path.read_text()
     if finished.returncode != 0:
         raise BenchError(f"opentr run exited with {finished.returncode}; its output ends:\n"
@@ -359,7 +372,8 @@ def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
             wall_s=round(whole_s, 3),
             includes="the whole `opentr run` subprocess: start-up, Dagster, probing, model "
                      "load, transcription, subtitles, throughput report",
-            details={**shared, "overhead_outside_span_s": round(whole_s - span, 3)},
+            details={**shared, "overhead_outside_span_s": round(whole_s - span, 3),
+                     "cpu_s": round(cpu_s, 2), "cores_busy": round(cpu_s / whole_s, 2)},
         ),
     ]
 
@@ -409,20 +423,40 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
 
 def format_table(rows: list[Measurement]) -> str:
     by = {(m.configuration, m.workers): m for m in rows}
-    header = ("configuration", "workers", "audio s", "wall s", "x realtime", "vs raw (same workers)", "N vs 1")
+    header = ("configuration", "workers", "audio s", "wall s", "x realtime", "vs raw (same workers)", "N vs 1",
+              "CPU s")
     lines = []
     for m in rows:
         raw = by.get((RAW, m.workers))
         one = by.get((m.configuration, 1))
         vs_raw = f"{m.x_realtime / raw.x_realtime:.2f}" if raw and m.configuration != RAW else "-"
         vs_one = f"{m.x_realtime / one.x_realtime:.2f}x" if one and m.workers != 1 else "-"
+        cpu = f"{m.details['cpu_s']:.1f}" if "cpu_s" in m.details else "-"
         lines.append((m.configuration, str(m.workers), f"{m.audio_s:.1f}", f"{m.wall_s:.1f}",
-                      f"{m.x_realtime:.1f}", vs_raw, vs_one))
+                      f"{m.x_realtime:.1f}", vs_raw, vs_one, cpu))
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     render = lambda row: "| " + " | ".join(  # noqa: E731
         cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) + " |"
     rule = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
     return "\n".join([render(header), rule, *(render(row) for row in lines)])
+
+
+def build_report(facts: dict, plan: BenchPlan, options: dict, corpus: list[CorpusFile],
+                 fixtures: list[Path], measurements: list[Measurement]) -> dict:
+    """The JSON document: machine, settings, corpus, best rows, ratios, targets, every run."""
+    rows = best_of(measurements)
+    chosen = {k: options[k] for k in ("workers", "files", "seconds", "repeat") if k in options}
+    return {
+        "machine": facts,
+        "settings": {**asdict(plan), **chosen},
+        "corpus": {"files": [{"name": c.path.name, "duration_s": c.duration_s, "sha256": c.sha256}
+                             for c in corpus],
+                   "audio_s": round(sum(c.duration_s for c in corpus), 3),
+                   "fixtures": [p.name for p in fixtures]},
+        "results": [m.to_dict() for m in rows],
+        **comparisons(rows, max(m.workers for m in measurements)),
+        "all_measurements": [m.to_dict() for m in measurements],
+    }
 
 
 def machine_facts(plan: BenchPlan) -> dict:
@@ -496,8 +530,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="opentr-bench-")).resolve()
     worker_counts = [1] if args.workers == 1 else [1, args.workers]
     print(f"model {plan.model} on {plan.device} ({plan.compute_type}); {facts['cpu_count']} CPU(s); "
-          f"beam {plan.beam_size}, batch {plan.batch_size}, VAD {plan.vad_filter}; work folder {work_dir}",
-          flush=True)
+          f"beam {plan.beam_size}, batch {plan.batch_size}, VAD {plan.vad_filter}; "
+          f"load average {facts['load_average_at_start'][0]}; work folder {work_dir}", flush=True)
     try:
         fixtures = speech_fixtures(fixtures_folder())
         clock = time.perf_counter()
@@ -507,11 +541,15 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
               f"{len(fixtures)} fixtures ({time.perf_counter() - clock:.1f} s to build)", flush=True)
         measurements: list[Measurement] = []
         for round_number in range(1, args.repeat + 1):
-            for workers in worker_counts:
-                label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
-                print(f"{label}raw faster-whisper, {workers} worker(s) ...", flush=True)
-                measurements.append(raw_faster_whisper(corpus, plan, workers))
-                print(f"  {measurements[-1].x_realtime:.1f}x realtime", flush=True)
+            label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
+            # Every other round runs in the opposite order, so neither side always goes first.
+            steps = [(w, side) for w in worker_counts for side in ("raw", "pipeline")]
+            for workers, side in steps if round_number % 2 else steps[::-1]:
+                if side == "raw":
+                    print(f"{label}raw faster-whisper, {workers} worker(s) ...", flush=True)
+                    measurements.append(raw_faster_whisper(corpus, plan, workers))
+                    print(f"  {measurements[-1].x_realtime:.1f}x realtime", flush=True)
+                    continue
                 print(f"{label}opentr run, GPU_SCALE_WORKERS={workers} ...", flush=True)
                 measurements += pipeline_end_to_end(corpus, plan, workers, work_dir)
                 print(f"  span {measurements[-2].x_realtime:.1f}x, whole command "
@@ -528,22 +566,16 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     print("transcription span: first transcription start to last end, model load and the first file's")
     print("decoding outside, later files' decoding inside, in raw and pipeline alike; whole command:")
     print("the entire `opentr run` subprocess (start-up, Dagster, probing, model load, subtitles, report).")
+    print("CPU s: user+system seconds, raw from its first decode to its last end, pipeline for the whole")
+    print("command; unlike wall s, other people's load on the machine does not inflate it.")
     if args.repeat > 1:
         print(f"best of {args.repeat} interleaved repetitions per row; every repetition is in the JSON.")
     for target in figures["targets"]:
-        print(f"{'PASS' if target['pass'] else 'MISS'}  {target['target']}: {target['value']:.2f}")
+        print(f"{'PASS' if target['pass'] else 'MISS'}  {target['target']}: {target['value']:.3f}")
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report = {
-        "machine": facts,
-        "settings": {**asdict(plan), "workers": args.workers, "files": args.files,
-                     "seconds": args.seconds, "repeat": args.repeat},
-        "corpus": {"files": [{"name": c.path.name, "duration_s": c.duration_s, "sha256": c.sha256}
-                             for c in corpus],
-                   "audio_s": round(audio_s, 3), "fixtures": [p.name for p in fixtures]},
-        "results": [m.to_dict() for m in rows],
-        **figures,
-        "all_measurements": [m.to_dict() for m in measurements],
-    }
+    print(f"load average (1, 5, 15 min): {facts['load_average_at_start']} at start, "
+          f"{facts['load_average_at_end']} at end, on {facts['cpu_count']} CPU(s)")
+    report = build_report(facts, plan, vars(args), corpus, fixtures, measurements)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

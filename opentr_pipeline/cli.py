@@ -180,13 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="transcribe every new file under UPLOAD_URI, then the report")
     commands.add_parser("report", help="print the throughput summary")
-    dev = commands.add_parser("dev", help="the Dagster UI and daemon on this project's instance")
-    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed to dagster dev")
+    commands.add_parser("dev", help="the Dagster UI and daemon on this project's instance; "
+                                      "other options (-p 3001, -h 0.0.0.0) go to dagster dev")
     bench = commands.add_parser("bench", help="raw faster-whisper against the pipeline, 1 and N workers")
     from opentr_pipeline.bench import add_arguments as add_bench_arguments
 
     add_bench_arguments(bench)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "dev":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("  %(message)s"))
     log.addHandler(handler)
@@ -200,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return run_pipeline(settings)
         if args.command == "dev":
-            return start_dev(settings, args.dagster_args)
+            return start_dev(settings, [a for a in extra if a != "--"])
         if args.command == "bench":
             from opentr_pipeline.bench import bench_command
 

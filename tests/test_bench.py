@@ -1,0 +1,106 @@
+"""The benchmark's parts, on a tiny corpus: the corpus builder, the raw measurement through the
+real bundled model, and the shape of the table and JSON. The timed comparison itself is
+`opentr bench`, a script: timings on a shared 2-core machine make no test."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import wave
+from pathlib import Path
+
+import pytest
+
+from opentr_pipeline import bench
+from opentr_pipeline.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def tiny_corpus(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[bench.CorpusFile]:
+    fixtures = bench.speech_fixtures(fixtures_dir)
+    return bench.build_corpus(fixtures, tmp_path_factory.mktemp("corpus"), files=3, seconds=6)
+
+
+def test_corpus_is_distinct_16k_mono_recordings_of_the_asked_length(tiny_corpus, fixtures_dir):
+    assert bench.NO_SPEECH not in [p.name for p in bench.speech_fixtures(fixtures_dir)]
+    assert len({item.sha256 for item in tiny_corpus}) == 3
+    longest_clip_s = 11.0  # jfk: a file stops at the first clip that reaches the length
+    for item in tiny_corpus:
+        with wave.open(str(item.path)) as recording:
+            assert (recording.getnchannels(), recording.getframerate(), recording.getsampwidth()) == (1, 16000, 2)
+            assert recording.getnframes() / 16000 == pytest.approx(item.duration_s, abs=1e-3)
+        assert 6 <= item.duration_s <= 6 + longest_clip_s + 0.8
+
+
+def test_corpus_is_the_same_for_the_same_seed(fixtures_dir, tmp_path):
+    fixtures = bench.speech_fixtures(fixtures_dir)
+    first = bench.build_corpus(fixtures, tmp_path / "a", files=2, seconds=5)
+    again = bench.build_corpus(fixtures, tmp_path / "b", files=2, seconds=5)
+    assert [c.sha256 for c in first] == [c.sha256 for c in again]
+
+
+def test_missing_fixtures_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(bench.BenchError, match="OPENTR_FIXTURES"):
+        bench.speech_fixtures(tmp_path / "nowhere")
+
+
+def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
+    """Real model, two workers sharing it; then the table and JSON from those figures."""
+    plan = bench.make_plan(Settings.from_env(), device="cpu", model=None, compute_type=None)
+    assert (plan.device, plan.compute_type) == ("cpu", "int8")
+    assert plan.pipeline_env(2)["GPU_SCALE_WORKERS"] == "2"
+    one = bench.raw_faster_whisper(tiny_corpus[:2], plan, workers=1)
+    two = bench.raw_faster_whisper(tiny_corpus[:2], plan, workers=2)
+    assert one.details["peak_concurrency"] == 1 and two.details["peak_concurrency"] == 2
+    assert two.details["cpu_threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)
+    assert one.audio_s == pytest.approx(sum(c.duration_s for c in tiny_corpus[:2]))
+    assert one.x_realtime > 0
+
+    # Pipeline rows built from the same figures: only the arithmetic and the shape are under test.
+    span = bench.Measurement(bench.PIPELINE_SPAN, 2, two.files, two.audio_s, two.wall_s * 1.25, "span")
+    rows = bench.best_of([two, one, span, bench.Measurement(bench.RAW, 1, 2, one.audio_s, one.wall_s * 2, "slower")])
+    assert [(m.configuration, m.workers) for m in rows] == [(bench.RAW, 1), (bench.RAW, 2), (bench.PIPELINE_SPAN, 2)]
+    figures = bench.comparisons(rows, workers=2)
+    assert figures["ratio_to_raw_same_workers"][f"{bench.PIPELINE_SPAN} / raw, 2 worker(s)"] == pytest.approx(0.8, abs=1e-3)
+    assert {t["target"]: t["pass"] for t in figures["targets"]}[
+        f"pipeline span >= {bench.SPAN_TARGET} x raw, 2 worker(s)"] is False
+    table = bench.format_table(rows)
+    assert table.splitlines()[0].startswith("| configuration")
+    assert len(table.splitlines()) == 2 + len(rows)
+
+    options = {"workers": 2, "files": 2, "seconds": 6.0, "repeat": 1}
+    report = json.loads(json.dumps(bench.build_report(
+        {"cpu_count": 2}, plan, options, tiny_corpus[:2], [], [one, two, span])))
+    assert set(report) >= {"machine", "settings", "corpus", "results", "ratio_to_raw_same_workers",
+                           "ratio_n_vs_1", "targets", "all_measurements"}
+    assert report["settings"]["model"] == plan.model and report["settings"]["workers"] == 2
+    assert {"configuration", "workers", "audio_s", "wall_s", "x_realtime", "details"} <= set(report["results"][0])
+    assert f"{bench.RAW}, 2 vs 1 worker(s)" in report["ratio_n_vs_1"]
+
+
+@pytest.mark.slow
+def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, tmp_path, capsys):
+    """The whole command on two short files: both sides run, the table prints, the JSON is whole."""
+    from opentr_pipeline.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--files", "2", "--seconds", "5", "--out", str(out),
+                 "--work-dir", str(tmp_path / "work")]) == 0
+    printed = capsys.readouterr().out
+    assert bench.PIPELINE_WHOLE in printed and ("PASS" in printed or "MISS" in printed)
+    report = json.loads(out.read_text())
+    assert [(r["configuration"], r["workers"]) for r in report["results"]] == [
+        (bench.RAW, 1), (bench.PIPELINE_SPAN, 1), (bench.PIPELINE_WHOLE, 1),
+        (bench.RAW, 2), (bench.PIPELINE_SPAN, 2), (bench.PIPELINE_WHOLE, 2),
+    ]
+    assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in report["results"])
+    assert report["machine"]["faster_whisper"] == "1.2.1"
+    assert len(report["targets"]) == 4
+
+
+def test_bench_command_line_options():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.workers, args.files, args.seconds, args.out) == (2, 8, 120.0, "bench-results/bench.json")
