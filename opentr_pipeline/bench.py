@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from opentr_pipeline.core.throughput import peak_overlap
 from opentr_pipeline.settings import PROJECT_ROOT, Settings
 
 SAMPLE_RATE = 16000
@@ -154,16 +155,6 @@ class Measurement:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "x_realtime": round(self.x_realtime, 2)}
-
-
-def peak_overlap(intervals: list[tuple[float, float]]) -> int:
-    """Most intervals open at once (an end frees its slot before a start at the same instant)."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    open_now = peak = 0
-    for _, change in events:
-        open_now += change
-        peak = max(peak, open_now)
-    return peak
 
 
 @dataclass(frozen=True)

@@ -42,15 +42,18 @@ def transcripts_frame(transcripts: list[dict]) -> pd.DataFrame:
     return frame.sort_values("started_at", ignore_index=True)
 
 
-def peak_concurrency(frame: pd.DataFrame) -> int:
-    """Most intervals open at one instant (an end at t frees the slot before a start at t)."""
-    events = [(t, 1) for t in frame["started_at"]] + [(t, -1) for t in frame["finished_at"]]
-    events.sort(key=lambda e: (e[0], e[1]))
+def peak_overlap(intervals) -> int:
+    """Most (start, end) intervals open at once (an end frees its slot before a start at the same instant)."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
     open_now = peak = 0
     for _, change in events:
         open_now += change
         peak = max(peak, open_now)
     return peak
+
+
+def peak_concurrency(frame: pd.DataFrame) -> int:
+    return peak_overlap(list(zip(frame["started_at"], frame["finished_at"])))
 
 
 @dataclass(frozen=True)
