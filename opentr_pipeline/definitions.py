@@ -12,7 +12,7 @@ from opentr_pipeline.core.devices import describe_plan
 from opentr_pipeline.gpu import GpuExecutor
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.resources import MediaStore
-from opentr_pipeline.sensors import build_upload_sensor, report_schedule
+from opentr_pipeline.sensors import build_upload_sensor, report_freshness_sensor
 from opentr_pipeline.settings import Settings
 
 transcribe_job = dg.define_asset_job(
@@ -44,8 +44,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         assets=[media_file, versioned_transcript, subtitles, throughput_report],
         asset_checks=[peak_within_worker_limit],
         jobs=[transcribe_job, report_job],
-        sensors=[automation_sensor, build_upload_sensor(settings)],
-        schedules=[report_schedule],
+        sensors=[automation_sensor, build_upload_sensor(settings), report_freshness_sensor],
         resources={
             "gpu": gpu,
             "media": MediaStore.from_settings(settings),

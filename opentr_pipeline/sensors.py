@@ -1,4 +1,4 @@
-"""Uploads become partitions and runs by themselves; a schedule keeps the report from lagging.
+"""Uploads become partitions and runs by themselves; a second sensor keeps the report from lagging.
 
 `upload_sensor` lists UPLOAD_URI every tick and compares it with its cursor, a JSON map of each
 file's size and modification time as last seen. What it decides:
@@ -197,18 +197,19 @@ def latest_materialization_id(instance: dg.DagsterInstance, asset: str) -> int |
     return records[0].storage_id if records else None
 
 
-@dg.schedule(
-    name="throughput_report_schedule",
-    cron_schedule="0 * * * *",
+@dg.sensor(
+    name="report_freshness_sensor",
+    minimum_interval_seconds=30,
     job_name=REPORT_JOB,
-    default_status=dg.DefaultScheduleStatus.RUNNING,
+    default_status=dg.DefaultSensorStatus.RUNNING,
 )
-def report_schedule(context: dg.ScheduleEvaluationContext):
-    """Hourly, and only when transcripts are newer than the report.
+def report_freshness_sensor(context: dg.SensorEvaluationContext):
+    """Refresh the report when a transcript is newer than it; two indexed queries otherwise.
 
-    `report_automation` (eager) refreshes the report after transcripts change, but never while a
-    transcript run is in progress; under a steady stream of uploads that can be for hours. This
-    bounds the report's lag to an hour and costs two indexed queries when nothing is new.
+    `report_automation` (eager) waits while any transcript run is in progress, so under a steady
+    stream of uploads the report could lag for hours; and on Dagster 1.13.27 it was seen not to
+    fire again for transcripts of partitions added by a sensor after its first materialization.
+    This bounds the lag to one interval; `run_key` keeps one report per transcript state.
     """
     transcripts = latest_materialization_id(context.instance, "transcript")
     if transcripts is None:

@@ -410,7 +410,7 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
     assert sensor_runs, "the transcripts exist but no run carries the upload sensor's tag"
     assert len(sensor_runs) < len(expected), f"one run per file, not several files per run: {sensor_runs}"
 
-    # report_automation keeps throughput_report current: a materialization after the new
+    # report_automation and report_freshness_sensor keep throughput_report current: a materialization after the new
     # transcripts, counting every transcribed file (the backfill's and the sensor's).
     every_key = {json.loads(p.read_text())["partition_key"] for p in (store / "transcripts").glob("*.json")}
 

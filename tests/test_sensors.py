@@ -18,7 +18,7 @@ from opentr_pipeline.sensors import (
     RANGE_END,
     RANGE_START,
     UploadCursor,
-    report_schedule,
+    report_freshness_sensor,
     respond_to_listing,
 )
 from opentr_pipeline.settings import Settings
@@ -261,11 +261,11 @@ def test_changed_file_is_transcribed_again_through_sensor_runs(pipeline_env, tic
     assert "reused_from" not in doc and doc["sha256"] == read_json(store / "media" / "talk.wav.json")["sha256"]
 
 
-def test_report_schedule_runs_only_when_transcripts_are_newer(pipeline_env):
+def test_report_sensor_runs_only_when_transcripts_are_newer(pipeline_env):
     instance = dg.DagsterInstance.get()
 
     def evaluate():
-        return report_schedule(dg.build_schedule_context(instance=instance))
+        return report_freshness_sensor(dg.build_sensor_context(instance=instance))
 
     assert isinstance(evaluate(), dg.SkipReason)
     instance.add_dynamic_partitions(media_files.name, ["a.wav"])
@@ -283,9 +283,9 @@ def test_sensor_and_schedule_are_registered_and_running_by_default(pipeline_env)
     sensor = repository.get_sensor_def("upload_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     assert sensor.job_name == "transcribe_media" and sensor.minimum_interval_seconds <= 30
-    schedule = repository.get_schedule_def("throughput_report_schedule")
-    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
-    assert schedule.job_name == "throughput_report_job"
+    freshness = repository.get_sensor_def("report_freshness_sensor")
+    assert freshness.default_status == dg.DefaultSensorStatus.RUNNING
+    assert freshness.job_name == "throughput_report_job"
 
 
 def test_restarted_sensor_does_not_request_what_others_already_did(pipeline_env, ticks, uploads, fixtures_dir):
