@@ -75,7 +75,7 @@ def run_pipeline(settings: Settings) -> int:
     from opentr_pipeline.core.devices import describe_plan
     from opentr_pipeline.definitions import build_defs
     from opentr_pipeline.storage import Storage
-    from opentr_pipeline.uploads import list_uploads, register_source
+    from opentr_pipeline.uploads import register_sources, scan_uploads
 
     instance = prepare_instance(settings)
     defs = build_defs(settings)
@@ -85,13 +85,13 @@ def run_pipeline(settings: Settings) -> int:
     print(f"model: {settings.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
 
     store = Storage(settings.storage_uri)
-    uploads, skipped = list_uploads(settings.upload_uri)
-    for name in skipped:
+    listing = scan_uploads(settings.upload_uri)
+    uploads = listing.uploads
+    for name in sorted(listing.partial + listing.not_media):
         print(f"skipped (not a media file name, or still uploading): {name}")
     known = set(instance.get_dynamic_partitions("media_files"))
     new = [u for u in uploads if u.key not in known]
-    for upload in new:
-        register_source(store, upload)
+    register_sources(store, new)
     if new:
         instance.add_dynamic_partitions("media_files", [u.key for u in new])
     all_keys = list(instance.get_dynamic_partitions("media_files"))
@@ -101,11 +101,11 @@ def run_pipeline(settings: Settings) -> int:
 
     job = defs.resolve_job_def("transcribe_media")
     started = time.perf_counter()
-    attempt_sets = [set(pending)]
+    to_run, not_done, reasons = set(pending), list(pending), {}
     for attempt in range(2):
-        chunks = contiguous_chunks(all_keys, attempt_sets[-1], settings.files_per_run)
         if attempt:
-            print(f"again without the failed files: {len(attempt_sets[-1])} file(s)")
+            print(f"again without the failed files: {len(to_run)} file(s)")
+        chunks = contiguous_chunks(all_keys, to_run, settings.files_per_run)
         for number, chunk in enumerate(chunks, start=1):
             label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
             print(f"run {number}/{len(chunks)}: {len(chunk)} file(s) ({label})", flush=True)
@@ -121,22 +121,19 @@ def run_pipeline(settings: Settings) -> int:
             )
             print(f"  {'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})")
         done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
-        failed = failure_reasons(store, [k for k in pending if k not in done])
+        not_done = [k for k in pending if k not in done]
+        reasons = failure_reasons(store, not_done)
         # Good files that only shared a run with a bad one: run them again without it.
-        retry = {k for k in pending if k not in done and k not in failed}
-        if not retry:
+        to_run = {k for k in not_done if k not in reasons}
+        if not to_run:
             break
-        attempt_sets.append(retry)
 
-    if len(pending) > len(failure_reasons(store, pending)) or not store.exists("reports/throughput.parquet"):
+    if len(not_done) < len(pending) or not store.exists("reports/throughput.parquet"):
         print("updating throughput_report", flush=True)
         defs.resolve_job_def("throughput_report_job").execute_in_process(
             instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False
         )
     elapsed = time.perf_counter() - started
-    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
-    not_done = [k for k in pending if k not in done]
-    reasons = failure_reasons(store, not_done)
     print(f"\n{len(pending) - len(not_done)} of {len(pending)} file(s) done in {elapsed:.1f} s")
     print(f"transcripts: {store.uri('transcripts')}\nsubtitles:   {store.uri('subtitles')}")
     print(f"report:      {store.uri('reports/throughput.md')}")

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from opentr_pipeline.core.keys import storage_name
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
-from opentr_pipeline.uploads import Upload, UploadListing, register_sources, scan_uploads
+from opentr_pipeline.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
 
 TRANSCRIBE_JOB = "transcribe_media"
 REPORT_JOB = "throughput_report_job"
@@ -130,7 +129,7 @@ def done_elsewhere(instance: dg.DagsterInstance, store: Storage, uploads: list[U
     for upload in uploads:
         if upload.key not in probed:
             continue
-        record = store.read_json_or_none(f"sources/{storage_name(upload.key)}.json")
+        record = store.read_json_or_none(source_path(upload.key))
         if record is None:
             unrecorded.append(upload)
         if record is None or [record.get("size"), record.get("mtime")] == [upload.size, upload.mtime]:

@@ -17,7 +17,7 @@ from typing import Iterable
 
 import fsspec
 
-from opentr_pipeline.core.keys import key_for_path, storage_name
+from opentr_pipeline.core.keys import key_for_path, key_path
 from opentr_pipeline.core.media import MEDIA_SUFFIXES
 from opentr_pipeline.storage import Storage
 
@@ -91,18 +91,8 @@ def scan_uploads(upload_uri: str) -> UploadListing:
     return listing
 
 
-def list_uploads(upload_uri: str) -> tuple[list[Upload], list[str]]:
-    """Every file under the upload area (nested folders too): media uploads, and skipped names."""
-    listing = scan_uploads(upload_uri)
-    return listing.uploads, sorted(listing.partial + listing.not_media)
-
-
 def source_path(key: str) -> str:
-    return f"sources/{storage_name(key)}.json"
-
-
-def register_source(storage: Storage, upload: Upload) -> None:
-    storage.write_json(source_path(upload.key), upload.record())
+    return key_path("sources", key)
 
 
 def register_sources(storage: Storage, uploads: Iterable[Upload]) -> None:

@@ -14,7 +14,7 @@ from s3_server import moto_s3_server, new_bucket
 from test_sensors import SHORT, UploadSensorTicks, added_keys, requested_keys
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
-from opentr_pipeline.uploads import list_uploads, scan_uploads
+from opentr_pipeline.uploads import scan_uploads
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_storage_round_trip_with_atomic_writes(bucket):
     assert not store.exists("transcripts/a.wav.json")
 
 
-def test_list_uploads_sees_nested_keys_and_skips_partial_names(bucket):
+def test_scan_uploads_sees_nested_keys_and_skips_partial_names(bucket):
     root = f"s3://{bucket}/incoming"
     for name in ("a.wav", "2024/03/b c.mp3", "deep/er/still/d.flac", "e.mp4.part", ".f.wav",
                  "g/.staging/h.wav", "notes.txt"):
@@ -89,7 +89,7 @@ def test_list_uploads_sees_nested_keys_and_skips_partial_names(bucket):
     assert nested.key.startswith("2024__03__b_c.mp3-")
     assert sorted(listing.partial) == [".f.wav", "e.mp4.part", "g/.staging/h.wav"]
     assert listing.not_media == ["notes.txt"]
-    assert len(list_uploads(root)[0]) == 3
+    assert len(scan_uploads(root).uploads) == 3
 
     put(f"{root}/later.wav")
     assert "later.wav" in [u.relative_path for u in scan_uploads(root).uploads], "no stale listing"

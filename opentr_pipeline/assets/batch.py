@@ -11,12 +11,12 @@ from datetime import datetime, timezone
 
 import dagster as dg
 
-from opentr_pipeline.core.keys import storage_name
+from opentr_pipeline.core.keys import key_path
 from opentr_pipeline.storage import Storage
 
 
 def failure_path(asset: str, key: str) -> str:
-    return f"failures/{asset}/{storage_name(key)}.json"
+    return key_path(f"failures/{asset}", key)
 
 
 def record_success(store: Storage, asset: str, key: str) -> None:

@@ -1,7 +1,7 @@
 import dagster as dg
 
 from opentr_pipeline.assets.batch import describe_error, finish_batch, record_success
-from opentr_pipeline.core.keys import storage_name
+from opentr_pipeline.core.keys import key_path
 from opentr_pipeline.core.media import probe
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.resources import MediaStore
@@ -27,7 +27,7 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
         except Exception as error:
             failures[key] = describe_error(error, uri)
             continue
-        store.write_json(f"media/{storage_name(key)}.json",
+        store.write_json(key_path("media", key),
                          {"partition_key": key, "source_uri": uri, **info.to_dict()})
         record_success(store, "media_file", key)
         context.add_asset_metadata({

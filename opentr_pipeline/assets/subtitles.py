@@ -2,7 +2,7 @@ import dagster as dg
 
 from opentr_pipeline.assets.batch import finish_batch, record_success
 from opentr_pipeline.assets.transcripts import transcript
-from opentr_pipeline.core.keys import storage_name
+from opentr_pipeline.core.keys import key_path
 from opentr_pipeline.core.subtitles import build_cues, to_srt, to_txt, to_vtt
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.resources import MediaStore
@@ -21,15 +21,14 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     store = media.outputs()
     failures: dict[str, str] = {}
     for key in context.partition_keys:
-        name = storage_name(key)
-        doc = store.read_json_or_none(f"transcripts/{name}.json")
+        doc = store.read_json_or_none(key_path("transcripts", key))
         if doc is None:
             failures[key] = f"{key}: no transcript yet; materialize transcript first"
             continue
         cues = build_cues(doc["segments"])
-        srt = store.write_text(f"subtitles/{name}.srt", to_srt(cues))
-        store.write_text(f"subtitles/{name}.vtt", to_vtt(cues))
-        store.write_text(f"subtitles/{name}.txt", to_txt(doc["segments"]))
+        srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues))
+        store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues))
+        store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"]))
         record_success(store, "subtitles", key)
         context.add_asset_metadata({"cues": len(cues), "srt": dg.MetadataValue.path(srt)}, partition_key=key)
     finish_batch(context, store, "subtitles", failures, len(context.partition_keys))

@@ -7,7 +7,7 @@ import dagster as dg
 
 from opentr_pipeline.assets.batch import describe_error, finish_batch, record_success
 from opentr_pipeline.assets.media import media_file
-from opentr_pipeline.core.keys import storage_name
+from opentr_pipeline.core.keys import key_path
 from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.resources import MediaStore
@@ -53,7 +53,7 @@ def transcript_of_same_content(store, sha256: str, version: str, key: str) -> di
     entry = store.read_json_or_none(sha256_index_path(sha256))
     if not entry or entry["partition_key"] == key or entry.get("settings_version") != version:
         return None
-    doc = store.read_json_or_none(f"transcripts/{storage_name(entry['partition_key'])}.json")
+    doc = store.read_json_or_none(key_path("transcripts", entry["partition_key"]))
     if doc and doc.get("sha256") == sha256 and doc.get("settings_version") == version and not doc.get("reused_from"):
         return doc
     return None
@@ -61,7 +61,7 @@ def transcript_of_same_content(store, sha256: str, version: str, key: str) -> di
 
 def write_reused(context: dg.AssetExecutionContext, store, key: str, probed: dict, original: dict) -> None:
     """A duplicate upload's transcript: a copy that names the partition whose work it reuses."""
-    relative = f"transcripts/{storage_name(key)}.json"
+    relative = key_path("transcripts", key)
     doc = {**original, "partition_key": key, "source_uri": probed["source_uri"],
            "uri": store.uri(relative), "reused_from": original["partition_key"]}
     store.write_json(relative, doc)
@@ -89,11 +89,11 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
     first_with_sha: dict[str, str] = {}  # sha256 -> the key in this run that gets transcribed
     duplicates: dict[str, tuple[str, dict]] = {}  # key -> (key in this run with the same bytes, probe)
     for key in keys:
-        probed = store.read_json_or_none(f"media/{storage_name(key)}.json")
+        probed = store.read_json_or_none(key_path("media", key))
         if probed is None:
             failures[key] = f"{key}: not probed yet; materialize media_file first"
             continue
-        existing = store.read_json_or_none(f"transcripts/{storage_name(key)}.json")
+        existing = store.read_json_or_none(key_path("transcripts", key))
         if existing and existing.get("sha256") == probed["sha256"] and existing.get("settings_version") == version:
             # Same bytes, same settings: the transcript on disk is this one. No worker needed.
             context.add_asset_metadata({**_metadata(existing), "skipped": True}, partition_key=key)
@@ -138,7 +138,7 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
         if isinstance(result, Exception):
             failures[key] = describe_error(result, probed["source_uri"])
             continue
-        relative = f"transcripts/{storage_name(key)}.json"
+        relative = key_path("transcripts", key)
         doc = {"partition_key": key, "source_uri": probed["source_uri"], "sha256": probed["sha256"],
                "settings_version": version, "uri": store.uri(relative), **result.to_dict()}
         store.write_json(relative, doc)
@@ -149,5 +149,5 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
         if first in failures:
             failures[key] = f"{key}: same content as {first}, which failed"
         else:
-            write_reused(context, store, key, probed, store.read_json(f"transcripts/{storage_name(first)}.json"))
+            write_reused(context, store, key, probed, store.read_json(key_path("transcripts", first)))
     finish_batch(context, store, "transcript", failures, len(keys))

@@ -40,3 +40,8 @@ def key_for_path(relative_path: str) -> str:
 def storage_name(key: str) -> str:
     """The file-name stem for a key's outputs; a hand-typed unsafe key is made safe the same way."""
     return key if is_safe_key(key) else key_for_path(key)
+
+
+def key_path(folder: str, key: str, suffix: str = ".json") -> str:
+    """Where a key's output lives in storage: `transcripts/<key>.json`, `subtitles/<key>.srt`..."""
+    return f"{folder}/{storage_name(key)}{suffix}"
