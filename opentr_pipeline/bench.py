@@ -12,6 +12,10 @@ corpus, side by side:
   `GPU_SCALE_ENABLED=true GPU_SCALE_WORKERS=N`, timed as a whole command and, from the
   transcripts' `started_at`/`finished_at`, as a transcription span.
 
+On a CPU it also measures raw faster-whisper with one worker on one thread, and prints each
+configuration's throughput against (cores used x that one-core figure): near 1.0 means the
+workers scale with the cores, so a low N-vs-1 ratio is the single worker's doing, not theirs.
+
 Both "transcription span" figures are measured the same way: from the first transcription's
 start to the last one's end. The model load and the first file's decoding fall outside it; the
 decoding of every later file falls inside it (its worker decodes it while the others keep
@@ -38,7 +42,7 @@ import tempfile
 import threading
 import time
 import wave
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -54,6 +58,10 @@ SCALING_TARGET = 1.6  # N workers x realtime / 1 worker x realtime
 RAW = "raw faster-whisper (transcription span)"
 PIPELINE_SPAN = "pipeline (transcription span)"
 PIPELINE_WHOLE = "pipeline (whole command)"
+# On a CPU, how far N workers are from N x one core says whether the workers or the cores are
+# the limit: one worker with all the cores cannot keep them all busy (the beam search barely
+# speeds up with more threads), so N-vs-1 understates how well the workers scale.
+RAW_ONE_CORE = "raw faster-whisper, 1 thread (one core)"
 
 
 class BenchError(RuntimeError):
@@ -224,13 +232,19 @@ def make_plan(settings: Settings, device: str | None, model: str | None,
     )
 
 
-def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int) -> Measurement:
-    """N threads over one shared model, the way a plain script would do it."""
+def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
+                       one_core: bool = False) -> Measurement:
+    """N threads over one shared model, the way a plain script would do it.
+
+    `one_core` pins CTranslate2 to one thread: the per-core reference on a CPU.
+    """
     from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
     from opentr_pipeline.core.transcription import model_location
 
     device = plan.device_for(workers)
+    if one_core:
+        device = replace(device, cpu_threads=1)
     clock = time.perf_counter()
     model = WhisperModel(
         model_location(plan.model),
@@ -286,7 +300,7 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int) 
         raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
     span = max(end for _, end in intervals) - min(start for start, _ in intervals)
     return Measurement(
-        configuration=RAW, workers=workers, files=len(corpus),
+        configuration=RAW_ONE_CORE if one_core else RAW, workers=workers, files=len(corpus),
         audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(span, 3),
         includes="first transcription start to last end; model load and first decode outside",
         details={
@@ -379,7 +393,7 @@ def best_of(measurements: list[Measurement]) -> list[Measurement]:
         key = (m.configuration, m.workers)
         if key not in best or m.x_realtime > best[key].x_realtime:
             best[key] = m
-    order = {RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2}
+    order = {RAW_ONE_CORE: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2}
     return sorted(best.values(), key=lambda m: (m.workers, order.get(m.configuration, 9)))
 
 
@@ -409,7 +423,15 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
                 value = many.x_realtime / one.x_realtime
                 targets.append({"target": f"{configuration}: {workers} workers >= {SCALING_TARGET} x 1 worker",
                                 "value": round(value, 3), "pass": value >= SCALING_TARGET})
-    return {"ratio_to_raw_same_workers": to_raw, "ratio_n_vs_1": scaling, "targets": targets}
+    per_core: dict[str, float] = {}
+    one_core = by.get((RAW_ONE_CORE, 1))
+    for m in rows:
+        if one_core and m.configuration in (RAW, PIPELINE_SPAN) and "cpu_threads_per_worker" in m.details:
+            cores = m.workers * m.details["cpu_threads_per_worker"]
+            per_core[f"{m.configuration}, {m.workers} worker(s) on {cores} core(s)"] = round(
+                m.x_realtime / (cores * one_core.x_realtime), 3)
+    return {"ratio_to_raw_same_workers": to_raw, "ratio_n_vs_1": scaling,
+            "ratio_to_cores_x_one_core": per_core, "targets": targets}
 
 
 def format_table(rows: list[Measurement]) -> str:
@@ -535,10 +557,13 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
             # Every other round runs in the opposite order, so neither side always goes first.
             steps = [(w, side) for w in worker_counts for side in ("raw", "pipeline")]
+            if plan.device == "cpu" and args.workers > 1:
+                steps.insert(0, (1, "one core"))
             for workers, side in steps if round_number % 2 else steps[::-1]:
-                if side == "raw":
-                    print(f"{label}raw faster-whisper, {workers} worker(s) ...", flush=True)
-                    measurements.append(raw_faster_whisper(corpus, plan, workers))
+                if side in ("raw", "one core"):
+                    print(f"{label}raw faster-whisper, {workers} worker(s)"
+                          f"{', 1 thread' if side == 'one core' else ''} ...", flush=True)
+                    measurements.append(raw_faster_whisper(corpus, plan, workers, side == "one core"))
                     print(f"  {measurements[-1].x_realtime:.1f}x realtime", flush=True)
                     continue
                 print(f"{label}opentr run, GPU_SCALE_WORKERS={workers} ...", flush=True)
@@ -561,6 +586,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     print("command; unlike wall s, other people's load on the machine does not inflate it.")
     if args.repeat > 1:
         print(f"best of {args.repeat} interleaved repetitions per row; every repetition is in the JSON.")
+    for name, value in figures["ratio_to_cores_x_one_core"].items():
+        print(f"per-core scaling  {name}: {value:.2f} of cores x one core")
     for target in figures["targets"]:
         print(f"{'PASS' if target['pass'] else 'MISS'}  {target['target']}: {target['value']:.3f}")
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -42,6 +42,20 @@ def is_out_of_memory(error: Exception) -> bool:
     return "out of memory" in str(error).lower()
 
 
+# CTranslate2 opens cuBLAS at the first transcription, not at model load, and its message
+# ("Library libcublas.so.12 is not found or cannot be loaded") does not say what to install.
+CUDA_LIBRARY_HINT = (
+    "CTranslate2 4.x needs CUDA 12's cuBLAS (a CUDA 13 PyTorch does not bring it): "
+    "pip install nvidia-cublas-cu12 and put its lib folder on LD_LIBRARY_PATH "
+    "(README, 'On a GPU host'), or set WHISPER_DEVICE=cpu"
+)
+
+
+def is_missing_cuda_library(error: Exception) -> bool:
+    text = str(error)
+    return "Library lib" in text and ("not found" in text or "cannot be loaded" in text)
+
+
 @dataclass(frozen=True)
 class FileToTranscribe:
     key: str
@@ -149,6 +163,8 @@ class GpuExecutor(dg.ConfigurableResource):
                     device=lease.device.label, worker=lease.worker,
                 )
             except RuntimeError as error:
+                if is_missing_cuda_library(error):
+                    raise RuntimeError(f"{lease.device.label}: {error}. {CUDA_LIBRARY_HINT}") from None
                 if not is_out_of_memory(error):
                     raise
                 if options.batch_size <= 1:

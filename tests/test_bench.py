@@ -56,6 +56,8 @@ def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
     assert two.details["cpu_threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)
     assert one.audio_s == pytest.approx(sum(c.duration_s for c in tiny_corpus[:2]))
     assert one.x_realtime > 0
+    one_core = bench.raw_faster_whisper(tiny_corpus[:2], plan, workers=1, one_core=True)
+    assert (one_core.configuration, one_core.details["cpu_threads_per_worker"]) == (bench.RAW_ONE_CORE, 1)
 
     # Pipeline rows built from the same figures: only the arithmetic and the shape are under test.
     span = bench.Measurement(bench.PIPELINE_SPAN, 2, two.files, two.audio_s, two.wall_s * 1.25, "span")
@@ -65,6 +67,12 @@ def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
     assert figures["ratio_to_raw_same_workers"][f"{bench.PIPELINE_SPAN} / raw, 2 worker(s)"] == pytest.approx(0.8, abs=1e-3)
     assert {t["target"]: t["pass"] for t in figures["targets"]}[
         f"pipeline span >= {bench.SPAN_TARGET} x raw, 2 worker(s)"] is False
+    assert figures["ratio_to_cores_x_one_core"] == {}  # no one-core row, no per-core figure
+    half_speed_core = bench.Measurement(bench.RAW_ONE_CORE, 1, 2, one.audio_s, one.wall_s * 2, "one core")
+    cores = two.workers * two.details["cpu_threads_per_worker"]
+    per_core = bench.comparisons([*rows, half_speed_core], workers=2)["ratio_to_cores_x_one_core"]
+    assert per_core[f"{bench.RAW}, 2 worker(s) on {cores} core(s)"] == pytest.approx(
+        two.x_realtime / (cores * one.x_realtime / 2), abs=1e-3)
     table = bench.format_table(rows)
     assert table.splitlines()[0].startswith("| configuration")
     assert len(table.splitlines()) == 2 + len(rows)
@@ -90,13 +98,15 @@ def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, 
     printed = capsys.readouterr().out
     assert bench.PIPELINE_WHOLE in printed and ("PASS" in printed or "MISS" in printed)
     report = json.loads(out.read_text())
+    one_core = [(bench.RAW_ONE_CORE, 1)] if report["settings"]["device"] == "cpu" else []
     assert [(r["configuration"], r["workers"]) for r in report["results"]] == [
-        (bench.RAW, 1), (bench.PIPELINE_SPAN, 1), (bench.PIPELINE_WHOLE, 1),
+        *one_core, (bench.RAW, 1), (bench.PIPELINE_SPAN, 1), (bench.PIPELINE_WHOLE, 1),
         (bench.RAW, 2), (bench.PIPELINE_SPAN, 2), (bench.PIPELINE_WHOLE, 2),
     ]
     assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in report["results"])
     assert report["machine"]["faster_whisper"] == "1.2.1"
     assert len(report["targets"]) == 4
+    assert len(report["ratio_to_cores_x_one_core"]) == (4 if one_core else 0)
 
 
 def test_bench_command_line_options():

@@ -282,3 +282,19 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
     for key in ("b", "c"):
         assert isinstance(results[key], RuntimeError)
         assert "out of memory even at batch size 1" in str(results[key])
+
+
+def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, tmp_path):
+    """CTranslate2's error on a GPU host without cuBLAS 12 is faked (no GPU here)."""
+    import opentr_pipeline.gpu as gpu_module
+    from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+
+    def no_cublas(model, audio, options, **kwargs):
+        raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
+
+    monkeypatch.setattr(gpu_module, "transcribe", no_cublas)
+    name = "librispeech_test-clean_61-70968-0002.wav"
+    result = GpuExecutor(lock_dir=str(tmp_path)).transcribe_files(
+        [FileToTranscribe("a", fixtures_dir / name, name)])["a"]
+    assert isinstance(result, RuntimeError)
+    assert "libcublas.so.12" in str(result) and "pip install nvidia-cublas-cu12" in str(result)
