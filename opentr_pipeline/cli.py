@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
@@ -40,6 +43,18 @@ def set_gpu_pool_limit(instance, workers: int) -> None:
     instance.event_log_storage.set_concurrency_slots("gpu", workers)
 
 
+def run_queue_advice(instance, workers: int) -> str | None:
+    """The daemon starts at most max_concurrent_runs runs; single-file runs need workers + 1
+    (the report run too) to fill every worker. Said at start-up rather than changed behind the
+    user's back: each run is a process with a model of its own."""
+    limit = instance.get_concurrency_config().run_queue_config.max_concurrent_runs
+    if limit < 0 or limit > workers:
+        return None
+    return (f"note: the run queue starts {limit} run(s) at a time, so runs holding fewer files than "
+            f"workers can leave some of the {workers} workers idle; set concurrency.runs."
+            f"max_concurrent_runs to {workers + 1} or more in {instance.root_directory}/dagster.yaml")
+
+
 def contiguous_chunks(all_keys: list[str], pending: set[str], size: int) -> list[list[str]]:
     """Runs cover a range of partitions, so split the pending keys into unbroken stretches."""
     chunks: list[list[str]] = []
@@ -54,6 +69,63 @@ def contiguous_chunks(all_keys: list[str], pending: set[str], size: int) -> list
     if current:
         chunks.append(current)
     return chunks
+
+
+def runs_at_once(workers: int, files_per_run: int) -> int:
+    """Enough runs to give every worker a file, plus one: while a run probes its files or
+    finishes its last ones, the next run's threads already wait for the free workers."""
+    return -(-workers // files_per_run) + 1
+
+
+def execute_run(settings: Settings, number: int, total: int, chunk: list[str]) -> None:
+    """One run of `transcribe_media` over a stretch of partitions, recorded in the instance."""
+    from opentr_pipeline.definitions import build_defs
+
+    import dagster as dg
+
+    global _defs
+    _defs = _defs or build_defs(settings)  # once per process: its model cache lives with it
+    label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
+    result = _defs.resolve_job_def("transcribe_media").execute_in_process(
+        instance=dg.DagsterInstance.get(),
+        run_config=QUIET_DAGSTER,
+        raise_on_error=False,
+        tags={
+            "dagster/asset_partition_range_start": chunk[0],
+            "dagster/asset_partition_range_end": chunk[-1],
+            "opentr/launched_by": "opentr run",
+        },
+    )
+    print(f"run {number}/{total}: {len(chunk)} file(s) ({label}) "
+          f"{'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})", flush=True)
+
+
+_defs = None
+
+
+def execute_runs(settings: Settings, chunks: list[list[str]], at_once: int) -> None:
+    """One run per chunk; with several chunks, `at_once` runs side by side.
+
+    Dagster's in-process execution is not thread-safe (two runs in two threads deadlock on its
+    logging set-up), so side by side means forked processes, each loading the model once for
+    all the runs it takes. The device leases hold the worker limit across them, and no worker
+    idles at one run's tail while the next run's files wait.
+    """
+    at_once = min(at_once, len(chunks))
+    jobs = [(settings, number, len(chunks), chunk) for number, chunk in enumerate(chunks, start=1)]
+    if at_once <= 1:
+        for job in jobs:
+            execute_run(*job)
+        return
+    print(f"{len(chunks)} runs, {at_once} at a time", flush=True)
+    # Fork: the children start with everything imported, and no model is loaded here yet.
+    with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("fork")) as pool:
+        for (_, number, total, chunk), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
+            try:
+                done.result()
+            except BrokenProcessPool as error:  # killed (out of memory, say): its files stay to do
+                print(f"run {number}/{total}: {len(chunk)} file(s) not processed: "
+                      f"the process running it died ({error})", flush=True)
 
 
 def failure_reasons(store, keys: list[str]) -> dict[str, str]:
@@ -99,27 +171,13 @@ def run_pipeline(settings: Settings) -> int:
     pending = [k for k in all_keys if k not in done]
     print(f"{len(uploads)} media file(s) in uploads, {len(new)} new; {len(pending)} to process")
 
-    job = defs.resolve_job_def("transcribe_media")
     started = time.perf_counter()
     to_run, not_done, reasons = set(pending), list(pending), {}
     for attempt in range(2):
         if attempt:
             print(f"again without the failed files: {len(to_run)} file(s)")
         chunks = contiguous_chunks(all_keys, to_run, settings.files_per_run)
-        for number, chunk in enumerate(chunks, start=1):
-            label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
-            print(f"run {number}/{len(chunks)}: {len(chunk)} file(s) ({label})", flush=True)
-            result = job.execute_in_process(
-                instance=instance,
-                run_config=QUIET_DAGSTER,
-                raise_on_error=False,
-                tags={
-                    "dagster/asset_partition_range_start": chunk[0],
-                    "dagster/asset_partition_range_end": chunk[-1],
-                    "opentr/launched_by": "opentr run",
-                },
-            )
-            print(f"  {'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})")
+        execute_runs(settings, chunks, runs_at_once(gpu.total_workers(), settings.files_per_run))
         done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
         not_done = [k for k in pending if k not in done]
         reasons = failure_reasons(store, not_done)
@@ -165,6 +223,9 @@ def start_dev(settings: Settings, extra_args: list[str]) -> int:
     gpu = GpuExecutor.from_settings(settings)
     set_gpu_pool_limit(instance, gpu.total_workers())
     print(f"device plan: {describe_plan(gpu.plan())} (pool 'gpu' limit {gpu.total_workers()})")
+    advice = run_queue_advice(instance, gpu.total_workers())
+    if advice:
+        print(advice)
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *extra_args]
     print(f"DAGSTER_HOME={settings.dagster_home}\n$ {' '.join(command)}", flush=True)

@@ -68,6 +68,32 @@ def test_run_transcribes_reports_failures_and_does_no_work_twice(pipeline_env, d
     assert "**4 files**" in report.stdout and "x realtime" in report.stdout  # the copy did no work
 
 
+def test_runs_with_fewer_files_than_workers_keep_every_worker_busy(pipeline_env, demo_texts, monkeypatch):
+    """One file per run and two workers: runs go side by side, so both workers transcribe at once
+    (one run after another would never overlap), and never more than two."""
+    import pandas as pd
+
+    from opentr_pipeline.core.throughput import peak_concurrency
+
+    monkeypatch.setenv("GPU_SCALE_ENABLED", "true")
+    monkeypatch.setenv("GPU_SCALE_WORKERS", "2")
+    monkeypatch.setenv("OPENTR_FILES_PER_RUN", "1")
+    uploads = Path(pipeline_env["UPLOAD_URI"])
+    for name in demo_texts:
+        shutil.copy(DEMO_MEDIA / name, uploads / name)
+    result = opentr("run")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{len(demo_texts)} runs, 3 at a time" in result.stdout
+    docs = [read_json(p) for p in (Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json")]
+    assert len(docs) == len(demo_texts)
+    frame = pd.DataFrame(docs).assign(started_at=lambda f: pd.to_datetime(f["started_at"]),
+                                      finished_at=lambda f: pd.to_datetime(f["finished_at"]))
+    assert peak_concurrency(frame) == 2
+    runs = dg.DagsterInstance.get().get_run_records(
+        dg.RunsFilter(tags={"opentr/launched_by": "opentr run"}, statuses=[dg.DagsterRunStatus.SUCCESS]))
+    assert len(runs) == len(demo_texts)
+
+
 def test_bad_setting_fails_at_start_naming_the_variable(pipeline_env, monkeypatch):
     monkeypatch.setenv("GPU_SCALE_WORKERS", "0")
     result = opentr("run")

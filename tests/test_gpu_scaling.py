@@ -298,3 +298,14 @@ def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, 
         [FileToTranscribe("a", fixtures_dir / name, name)])["a"]
     assert isinstance(result, RuntimeError)
     assert "libcublas.so.12" in str(result) and "pip install nvidia-cublas-cu12" in str(result)
+
+
+def test_a_run_queue_too_small_for_the_workers_is_pointed_out(pipeline_env):
+    import dagster as dg
+
+    from opentr_pipeline.cli import run_queue_advice
+
+    instance = dg.DagsterInstance.get()  # the project's dagster.yaml: 4 runs at a time
+    assert run_queue_advice(instance, 2) is None and run_queue_advice(instance, 3) is None
+    advice = run_queue_advice(instance, 4)
+    assert "max_concurrent_runs to 5 or more" in advice and pipeline_env["DAGSTER_HOME"] in advice
