@@ -238,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="transcribe every new file under UPLOAD_URI, then the report")
     commands.add_parser("report", help="print the throughput summary")
-    commands.add_parser("dev", help="the Dagster UI and daemon on this project's instance; "
-                                      "other options (-p 3001, -h 0.0.0.0) go to dagster dev")
+    # No -h of its own: `opentr dev -h 0.0.0.0` is dagster dev's --host (and --help its help).
+    commands.add_parser("dev", add_help=False,
+                        help="the Dagster UI and daemon on this project's instance; "
+                             "other options (-p 3001, -h 0.0.0.0) go to dagster dev")
     bench = commands.add_parser("bench", help="raw faster-whisper against the pipeline, 1 and N workers")
     from opentr_pipeline.bench import add_arguments as add_bench_arguments
 

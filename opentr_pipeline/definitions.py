@@ -35,6 +35,8 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 def build_defs(settings: Settings) -> dg.Definitions:
     gpu = GpuExecutor.from_settings(settings)
     plan = describe_plan(gpu.plan())  # validates the device variables at start-up
+    # Dagster takes a resource's description from its __doc__: the UI's resource page shows the plan.
+    object.__setattr__(gpu, "__doc__", f"{GpuExecutor.__doc__} Device plan: {plan}.")
     version = settings_version(gpu)
     # A new model or decoding setting makes existing transcripts stale in the UI.
     versioned_transcript = transcript.map_asset_specs(

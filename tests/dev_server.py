@@ -58,8 +58,9 @@ class DevServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 120) -> "DevServer":
-        dagster = self.project_root / ".venv" / "bin" / "dagster"
-        command = [str(dagster), "dev", "-w", "workspace.yaml", "-p", str(self.port), "-h", "127.0.0.1"]
+        # What `make dev` runs: opentr sets the gpu pool limit from the plan, then execs dagster dev.
+        opentr = self.project_root / ".venv" / "bin" / "opentr"
+        command = [str(opentr), "dev", "-p", str(self.port), "-h", "127.0.0.1"]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(

@@ -136,8 +136,15 @@ mutation ($id: String!) {
 }
 """
 
-SET_POOL_LIMIT = """
-mutation ($pool: String!, $limit: Int!) { setConcurrencyLimit(concurrencyKey: $pool, limit: $limit) }
+POOL_LIMIT = """
+query ($pool: String!) { instance { concurrencyLimit(concurrencyKey: $pool) { limit usingDefaultLimit } } }
+"""
+
+RESOURCE = """
+query ($selector: ResourceSelector!) { topLevelResourceDetailsOrError(resourceSelector: $selector) {
+  ... on ResourceDetails { description configuredValues { key value } }
+  ... on PythonError { message }
+} }
 """
 
 SET_NUX_SEEN = "mutation { setNuxSeen }"
@@ -250,17 +257,27 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def server(dev_env: dict[str, str]):
-    from opentr_pipeline.gpu import GpuExecutor
-    from opentr_pipeline.settings import Settings
-
     started = time.monotonic()
     dev = DevServer(PROJECT_ROOT, dev_env, log_path=ARTIFACTS / "dagster-dev.log")
     with dev:
         print(f"\ndagster dev ready at {dev.url} in {time.monotonic() - started:.1f} s")
-        # What `opentr dev` does before starting: the gpu pool gets the plan's worker count.
-        workers = GpuExecutor.from_settings(Settings.from_env(dev_env)).total_workers()
-        assert dev.graphql(SET_POOL_LIMIT, {"pool": "gpu", "limit": workers})["setConcurrencyLimit"]
         yield dev
+
+
+def test_dev_shows_the_device_plan_and_its_pool_limit(server: DevServer, dev_env: dict[str, str]):
+    """`opentr dev` set the gpu pool's limit from the plan (the UI's concurrency page reads this),
+    and the gpu resource's page carries the plan."""
+    from opentr_pipeline.core.devices import describe_plan
+    from opentr_pipeline.gpu import GpuExecutor
+    from opentr_pipeline.settings import Settings
+
+    gpu = GpuExecutor.from_settings(Settings.from_env(dev_env))
+    pool = server.graphql(POOL_LIMIT, {"pool": "gpu"})["instance"]["concurrencyLimit"]
+    assert (pool["limit"], pool["usingDefaultLimit"]) == (gpu.total_workers(), False)
+    selector = {**server.repository_selector, "resourceName": "gpu"}
+    resource = server.graphql(RESOURCE, {"selector": selector})["topLevelResourceDetailsOrError"]
+    assert f"Device plan: {describe_plan(gpu.plan())}." in resource["description"]
+    assert {"key": "gpu_scale_workers", "value": str(gpu.gpu_scale_workers)} in resource["configuredValues"]
 
 
 @pytest.fixture(scope="module")

@@ -301,8 +301,6 @@ def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, 
 
 
 def test_a_run_queue_too_small_for_the_workers_is_pointed_out(pipeline_env):
-    import dagster as dg
-
     from opentr_pipeline.cli import run_queue_advice
 
     instance = dg.DagsterInstance.get()  # the project's dagster.yaml: 4 runs at a time
