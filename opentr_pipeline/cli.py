@@ -26,6 +26,17 @@ PIPELINE_ASSETS = ("media_file", "transcript", "subtitles")
 QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
+def show_progress() -> None:
+    """The per-file lines (`[3/16] talk.mp3: ... x realtime`) go to stdout, indented."""
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def prepare_instance(settings: Settings):
     """The instance at DAGSTER_HOME, created with the project's dagster.yaml on first use."""
     home = Path(settings.dagster_home)
@@ -84,6 +95,7 @@ def execute_run(settings: Settings, number: int, total: int, chunk: list[str]) -
     import dagster as dg
 
     global _defs
+    show_progress()
     _defs = _defs or build_defs(settings)  # once per process: its model cache lives with it
     label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
     result = _defs.resolve_job_def("transcribe_media").execute_in_process(
@@ -107,7 +119,7 @@ def execute_runs(settings: Settings, chunks: list[list[str]], at_once: int) -> N
     """One run per chunk; with several chunks, `at_once` runs side by side.
 
     Dagster's in-process execution is not thread-safe (two runs in two threads deadlock on its
-    logging set-up), so side by side means forked processes, each loading the model once for
+    logging set-up), so side by side means child processes, each loading the model once for
     all the runs it takes. The device leases hold the worker limit across them, and no worker
     idles at one run's tail while the next run's files wait.
     """
@@ -118,8 +130,9 @@ def execute_runs(settings: Settings, chunks: list[list[str]], at_once: int) -> N
             execute_run(*job)
         return
     print(f"{len(chunks)} runs, {at_once} at a time", flush=True)
-    # Fork: the children start with everything imported, and no model is loaded here yet.
-    with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("fork")) as pool:
+    # Spawned, not forked: this process has already asked CUDA for its devices, and CUDA does
+    # not work in a child forked after that. Each child pays its imports once (seconds).
+    with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
         for (_, number, total, chunk), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
             try:
                 done.result()
@@ -177,7 +190,8 @@ def run_pipeline(settings: Settings) -> int:
         if attempt:
             print(f"again without the failed files: {len(to_run)} file(s)")
         chunks = contiguous_chunks(all_keys, to_run, settings.files_per_run)
-        execute_runs(settings, chunks, runs_at_once(gpu.total_workers(), settings.files_per_run))
+        execute_runs(settings, chunks,
+                     settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run))
         done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
         not_done = [k for k in pending if k not in done]
         reasons = failure_reasons(store, not_done)
@@ -249,11 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "dev":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("  %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    log.propagate = False
+    show_progress()
     from dotenv import load_dotenv  # dagster dev reads .env too; the process environment wins
 
     load_dotenv(Path.cwd() / ".env", override=False)

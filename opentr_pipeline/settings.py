@@ -107,6 +107,7 @@ class Settings:
     vad_filter: bool = True
     language: str | None = None
     files_per_run: int = 16
+    runs_at_once: int = 0  # opentr run; 0: enough to give every worker a file, plus one
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -131,4 +132,5 @@ class Settings:
             vad_filter=_bool(env, "WHISPER_VAD", True),
             language=language,
             files_per_run=_int(env, "OPENTR_FILES_PER_RUN", 16, minimum=1),
+            runs_at_once=_int(env, "OPENTR_RUNS_AT_ONCE", 0, minimum=0),
         )

@@ -50,6 +50,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         vad_filter=True,
         language=None,
         files_per_run=16,
+        runs_at_once=0,
     )
 
 
@@ -90,6 +91,7 @@ def test_every_variable_read_with_good_values(tmp_path: Path) -> None:
         "WHISPER_VAD": "off",
         "WHISPER_LANGUAGE": "EN",
         "OPENTR_FILES_PER_RUN": "64",
+        "OPENTR_RUNS_AT_ONCE": "1",
     })
     assert settings.upload_uri == "s3://bucket/uploads"  # URLs stay as given, minus the trailing slash
     assert settings.storage_uri == str(tmp_path / "store")
@@ -100,7 +102,7 @@ def test_every_variable_read_with_good_values(tmp_path: Path) -> None:
     assert settings.whisper_model == "large-v3-turbo"
     assert (settings.whisper_device, settings.whisper_compute_type) == ("cuda", "int8_float16")
     assert (settings.beam_size, settings.batch_size, settings.vad_filter) == (1, 16, False)
-    assert settings.language == "en" and settings.files_per_run == 64
+    assert settings.language == "en" and (settings.files_per_run, settings.runs_at_once) == (64, 1)
 
 
 @pytest.mark.parametrize("value", ["", "  "])
@@ -131,6 +133,7 @@ def test_blank_values_mean_the_default(value: str) -> None:
         ("WHISPER_VAD", "sometimes"),
         ("WHISPER_LANGUAGE", "english"),
         ("OPENTR_FILES_PER_RUN", "0"),
+        ("OPENTR_RUNS_AT_ONCE", "-1"),
         ("WHISPER_MODEL", "/nonexistent/folder"),
         ("WHISPER_MODEL", "not a model!"),
         ("WHISPER_MODEL", "./models/tiny"),
