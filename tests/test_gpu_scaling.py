@@ -248,6 +248,7 @@ def test_workers_that_do_not_fit_are_refused_with_the_number_that_does():
     with pytest.raises(DeviceMemoryError, match=f"at most {fit} worker") as refused:
         check_vram(device, "large-v3", 8, free_bytes=8 * GIB)
     assert "cuda:0" in str(refused.value) and f"GPU_SCALE_WORKERS={fit}" in str(refused.value)
+    assert "OPENTR_RUNS_AT_ONCE=1" in str(refused.value)
     check_vram(DevicePlan("cuda", 0, fit, 1), "large-v3", 8, free_bytes=8 * GIB)  # fits
 
 

@@ -192,7 +192,8 @@ def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: floa
         f"{device.label}: {device.workers} worker(s) of {Path(model).name} need about "
         f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights + "
         f"{worker_bytes(weights, batch_size) / GIB:.2f} GiB per worker at batch {batch_size}), "
-        f"but only {free_bytes / GIB:.1f} GiB is free: at most {fit} worker(s) fit; {advice}"
+        f"but only {free_bytes / GIB:.1f} GiB is free: at most {fit} worker(s) fit; {advice} "
+        f"(every run process holds a model of its own: OPENTR_RUNS_AT_ONCE=1 keeps `opentr run` to one)"
     )
 
 
