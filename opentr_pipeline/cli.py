@@ -7,6 +7,7 @@ materializations and failures show in the UI exactly as if launched from there.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import multiprocessing
 import os
@@ -88,18 +89,23 @@ def runs_at_once(workers: int, files_per_run: int) -> int:
     return -(-workers // files_per_run) + 1
 
 
-def execute_run(settings: Settings, number: int, total: int, chunk: list[str]) -> None:
-    """One run of `transcribe_media` over a stretch of partitions, recorded in the instance."""
+@functools.cache
+def pipeline_for(settings: Settings):
+    """This process's definitions and instance, made once: `opentr run` and each child process
+    running its runs share them from run to run (the model cache lives in this process)."""
     from opentr_pipeline.definitions import build_defs
 
-    import dagster as dg
+    instance = prepare_instance(settings)  # sets DAGSTER_HOME first
+    return build_defs(settings), instance
 
-    global _defs
+
+def execute_run(settings: Settings, number: int, total: int, chunk: list[str]) -> None:
+    """One run of `transcribe_media` over a stretch of partitions, recorded in the instance."""
     show_progress()
-    _defs = _defs or build_defs(settings)  # once per process: its model cache lives with it
+    defs, instance = pipeline_for(settings)
     label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
-    result = _defs.resolve_job_def("transcribe_media").execute_in_process(
-        instance=dg.DagsterInstance.get(),
+    result = defs.resolve_job_def("transcribe_media").execute_in_process(
+        instance=instance,
         run_config=QUIET_DAGSTER,
         raise_on_error=False,
         tags={
@@ -110,9 +116,6 @@ def execute_run(settings: Settings, number: int, total: int, chunk: list[str]) -
     )
     print(f"run {number}/{total}: {len(chunk)} file(s) ({label}) "
           f"{'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})", flush=True)
-
-
-_defs = None
 
 
 def execute_runs(settings: Settings, chunks: list[list[str]], at_once: int) -> None:
@@ -158,12 +161,10 @@ def run_pipeline(settings: Settings) -> int:
     import dagster as dg
 
     from opentr_pipeline.core.devices import describe_plan
-    from opentr_pipeline.definitions import build_defs
     from opentr_pipeline.storage import Storage
     from opentr_pipeline.uploads import register_sources, scan_uploads
 
-    instance = prepare_instance(settings)
-    defs = build_defs(settings)
+    defs, instance = pipeline_for(settings)
     gpu = defs.resources["gpu"]
     set_gpu_pool_limit(instance, gpu.total_workers())
     print(f"device plan: {describe_plan(gpu.plan())}")
