@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ContextManager
 
 import dagster as dg
 
@@ -26,6 +26,7 @@ from opentr_pipeline.core.devices import (
 from opentr_pipeline.core.transcription import (
     ModelCache,
     Transcript,
+    DecodedAudio,
     TranscriptionOptions,
     load_audio,
     model_location,
@@ -59,8 +60,14 @@ def is_missing_cuda_library(error: Exception) -> bool:
 @dataclass(frozen=True)
 class FileToTranscribe:
     key: str
-    local_path: Path
-    name: str  # what error messages call the file (its source URI)
+    uri: str  # where it is read from, and what error messages call it
+
+
+def read_local(uri: str) -> ContextManager[Path]:
+    """The default way to reach a file: it is already local."""
+    from contextlib import nullcontext
+
+    return nullcontext(Path(uri))
 
 
 class GpuExecutor(dg.ConfigurableResource):
@@ -115,23 +122,38 @@ class GpuExecutor(dg.ConfigurableResource):
     def transcribe_files(
         self,
         files: list[FileToTranscribe],
+        fetch: Callable[[str], ContextManager[Path]] = read_local,
+        on_start: Callable[[str], None] | None = None,
         on_done: Callable[[str, Transcript | Exception], None] | None = None,
     ) -> dict[str, Transcript | Exception]:
         """Transcribe every file; each result is a Transcript or the exception that file raised.
 
-        One thread per worker in the plan; each thread takes a device lease before using the
-        model, so other runs and processes on the same devices share the same cap.
+        Per file: take a decode slot, fetch and decode, take a worker lease, give the decode
+        slot back, transcribe. Both kinds of slot are per device and held across processes, so
+        a host holds at most 2 x workers decoded files (one being transcribed and one ready per
+        worker), however many runs wait, and a download happens only when its file is next.
+        `on_done` runs the moment a file is finished, so its output is written before the
+        others finish.
         """
         plan = self.plan()
-        leases = DeviceLeases(self.lock_dir or ".gpu-leases", plan)
+        lock_dir = self.lock_dir or ".gpu-leases"
+        leases = DeviceLeases(lock_dir, plan)
+        decode_slots = DeviceLeases(lock_dir, plan, kind="decode")
         options = self.options()
         log.info("device plan: %s", describe_plan(plan))
 
         def run_one(item: FileToTranscribe) -> Transcript | Exception:
+            if on_start:
+                on_start(item.key)
             try:
-                audio = load_audio(item.local_path, item.name)
-                with leases.acquire() as lease:
-                    result: Transcript | Exception = self._transcribe_on(lease, audio, options)
+                with decode_slots.acquire():
+                    with fetch(item.uri) as path:
+                        audio = load_audio(path, item.uri)
+                    held = leases.take()  # before the decode slot goes back: audio is always counted
+                try:
+                    result: Transcript | Exception = self._transcribe_on(held.lease, audio, options)
+                finally:
+                    held.release()
             except Exception as error:  # one file's failure stays that file's
                 result = error
             if on_done:
@@ -146,12 +168,12 @@ class GpuExecutor(dg.ConfigurableResource):
         # that walks ~180k objects (120-180 ms, pausing the other workers). Freezing what exists
         # now takes it down to ~20 ms (measured by the benchmark).
         gc.freeze()
-        workers = sum(device.workers for device in plan)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="opentr-worker") as pool:
+        threads = 2 * sum(device.workers for device in plan)  # one transcribing, one decoding ahead
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="opentr-worker") as pool:
             results = list(pool.map(run_one, files))
         return {item.key: result for item, result in zip(files, results)}
 
-    def _transcribe_on(self, lease, audio, options: TranscriptionOptions) -> Transcript:
+    def _transcribe_on(self, lease, audio: DecodedAudio, options: TranscriptionOptions) -> Transcript:
         """Transcribe on the leased device; out of memory retries with half the batch, down to 1."""
         compute_type = resolve_compute_type(self.whisper_compute_type, lease.device.kind)
         model = MODELS.get(self.whisper_model, lease.device, compute_type)

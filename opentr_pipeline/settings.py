@@ -108,6 +108,10 @@ class Settings:
     language: str | None = None
     files_per_run: int = 16
     runs_at_once: int = 0  # opentr run; 0: enough to give every worker a file, plus one
+    # Decoded audio is 64 kB per second (float32, 16 kHz): 4 h is 0.9 GB per file in memory.
+    max_duration_s: int = 4 * 3600
+    max_file_bytes: int = 20 * 2**30
+    max_attempts: int = 3  # runs of one file, the first included, before it is given up
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -133,4 +137,7 @@ class Settings:
             language=language,
             files_per_run=_int(env, "OPENTR_FILES_PER_RUN", 16, minimum=1),
             runs_at_once=_int(env, "OPENTR_RUNS_AT_ONCE", 0, minimum=0),
+            max_duration_s=_int(env, "OPENTR_MAX_DURATION_S", 4 * 3600, minimum=1),
+            max_file_bytes=_int(env, "OPENTR_MAX_FILE_BYTES", 20 * 2**30, minimum=1),
+            max_attempts=_int(env, "OPENTR_MAX_ATTEMPTS", 3, minimum=1),
         )

@@ -1,28 +1,102 @@
 """Where inputs come from and outputs go: a local folder or an S3 prefix, through fsspec.
 
 Outputs are written atomically (a temporary name, then a rename; on S3 a single PUT), so a
-crash mid-write never leaves a half file that a later run would trust.
+crash mid-write never leaves a half file that a later run would trust. Network and storage
+hiccups (connection refused or reset, timeouts, S3 5xx and throttling) are retried with backoff
+for up to `retry_s` seconds; anything else (a missing file, a denied permission) fails at once.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping, TypeVar
 
 import fsspec
 
+log = logging.getLogger("opentr")
+T = TypeVar("T")
+RETRY_S = 60.0  # how long a storage outage may last before the file's work fails (and is rerun)
+_TRANSIENT_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED, errno.ETIMEDOUT,
+                     errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EAGAIN}
+_TRANSIENT_NAMES = {  # botocore, aiohttp, urllib3 and fsspec types, matched by name: no imports
+    "EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+    "HTTPClientError", "ResponseParserError", "IncompleteRead", "ClientPayloadError",
+    "ClientConnectorError", "ClientOSError", "ServerDisconnectedError", "FSTimeoutError",
+}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "RequestTimeout", "InternalError", "ServiceUnavailable"}
+
+
+def is_transient(error: BaseException) -> bool:
+    """A network or service hiccup that may pass, judged along the exception's whole chain."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+            return False
+        if isinstance(error, (ConnectionError, TimeoutError)) or type(error).__name__ in _TRANSIENT_NAMES:
+            return True
+        if isinstance(error, OSError) and error.errno in _TRANSIENT_ERRNOS:
+            return True
+        response = getattr(error, "response", None)
+        if isinstance(response, dict):  # botocore ClientError
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            if status >= 500 or response.get("Error", {}).get("Code") in _TRANSIENT_CODES:
+                return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def with_retries(action: Callable[[], T], what: str, retry_s: float = RETRY_S) -> T:
+    """Run `action`; on a transient error wait 0.5, 1, 2 ... 8 s and try again, for `retry_s`."""
+    deadline = time.monotonic() + retry_s
+    delay = 0.5
+    while True:
+        try:
+            return action()
+        except Exception as error:
+            if not is_transient(error) or time.monotonic() + delay > deadline:
+                raise
+            log.warning("%s: %s; retrying in %.1f s", what, error, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
+
+
+def private_download_dir() -> Path:
+    """This process's own folder for downloaded sources (mode 0700, removed at exit by the
+    next process that finds its owner dead: a SIGKILLed process cannot clean up after itself)."""
+    global _DOWNLOADS
+    if _DOWNLOADS is None or not _DOWNLOADS.is_dir():
+        base = Path(tempfile.gettempdir())
+        for stale in base.glob("opentr-downloads-*"):
+            pid = stale.name.rsplit("-", 2)[-2]
+            if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+                shutil.rmtree(stale, ignore_errors=True)
+        _DOWNLOADS = Path(tempfile.mkdtemp(prefix=f"opentr-downloads-{os.getpid()}-", dir=base))
+    return _DOWNLOADS
+
+
+_DOWNLOADS: Path | None = None
+
 
 class Storage:
-    def __init__(self, root_uri: str):
+    def __init__(self, root_uri: str, retry_s: float = RETRY_S):
         self.root_uri = root_uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.root_uri)
         self.is_local = "file" in self.fs.protocol  # a str or a tuple of names
+        self.retry_s = retry_s
+
+    def _retrying(self, action: Callable[[], T], what: str) -> T:
+        return action() if self.is_local else with_retries(action, what, self.retry_s)
 
     def uri(self, relative: str) -> str:
         return f"{self.root_uri}/{relative}"
@@ -31,10 +105,10 @@ class Storage:
         return f"{self.root}/{relative}"
 
     def exists(self, relative: str) -> bool:
-        return self.fs.exists(self._path(relative))
+        return self._retrying(lambda: self.fs.exists(self._path(relative)), f"checking {self.uri(relative)}")
 
     def read_bytes(self, relative: str) -> bytes:
-        return self.fs.cat_file(self._path(relative))
+        return self._retrying(lambda: self.fs.cat_file(self._path(relative)), f"reading {self.uri(relative)}")
 
     def read_json(self, relative: str) -> dict:
         return json.loads(self.read_bytes(relative))
@@ -60,8 +134,8 @@ class Storage:
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise
-        else:
-            self.fs.pipe_file(path, data)  # one PUT: readers see the old object or the new one
+        else:  # one PUT: readers see the old object or the new one, never a part
+            self._retrying(lambda: self.fs.pipe_file(path, data), f"writing {self.uri(relative)}")
         return self.uri(relative)
 
     def write_many(self, files: Mapping[str, bytes]) -> None:
@@ -76,42 +150,56 @@ class Storage:
             with ThreadPoolExecutor(max_workers=min(16, len(files))) as pool:
                 list(pool.map(lambda item: self.write_bytes(*item), files.items()))
         else:
-            self.fs.pipe({self._path(relative): data for relative, data in files.items()})
+            batch = {self._path(relative): data for relative, data in files.items()}
+            self._retrying(lambda: self.fs.pipe(batch), f"writing {len(files)} file(s) under {self.root_uri}")
 
     def write_text(self, relative: str, text: str) -> str:
         return self.write_bytes(relative, text.encode("utf-8"))
 
     def write_json(self, relative: str, value: dict) -> str:
-        return self.write_text(relative, json.dumps(value, indent=2, ensure_ascii=False))
+        try:
+            data = json.dumps(value, indent=2, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a file name that is not UTF-8: keep it as \udcXX escapes
+            data = json.dumps(value, indent=2).encode()
+        return self.write_bytes(relative, data)
 
     def delete(self, relative: str) -> None:
-        try:
-            self.fs.rm_file(self._path(relative))
-        except FileNotFoundError:
-            pass
+        def remove() -> None:
+            try:
+                self.fs.rm_file(self._path(relative))
+            except FileNotFoundError:
+                pass
+
+        self._retrying(remove, f"removing {self.uri(relative)}")
 
     def list_json(self, folder: str) -> list[dict]:
-        # s3fs caches directory listings per process; other processes may have written since.
-        self.fs.invalidate_cache(self._path(folder))
-        try:
-            paths = self.fs.glob(self._path(f"{folder}/*.json"))
-        except FileNotFoundError:
-            return []
-        return [json.loads(self.fs.cat_file(p)) for p in sorted(paths)]
+        def read_all() -> list[dict]:
+            # s3fs caches directory listings per process; other processes may have written since.
+            self.fs.invalidate_cache(self._path(folder))
+            try:
+                paths = self.fs.glob(self._path(f"{folder}/*.json"))
+            except FileNotFoundError:
+                return []
+            return [json.loads(self.fs.cat_file(p)) for p in sorted(paths)]
+
+        return self._retrying(read_all, f"reading {self.uri(folder)}")
+
+    def size_of(self, uri: str) -> int:
+        """The size of any URI's object, before anything downloads it."""
+        fs, path = fsspec.core.url_to_fs(uri)
+        return int(with_retries(lambda: fs.size(path), f"looking at {uri}", self.retry_s))
 
     @contextmanager
     def local_copy(self, uri: str) -> Iterator[Path]:
-        """A local path for any URI: the file itself when local, else a temporary download."""
+        """A local path for any URI: the file itself when local, else a download into this
+        process's private folder, removed as soon as the caller is done with it."""
         fs, path = fsspec.core.url_to_fs(uri)
         if "file" in fs.protocol:
             yield Path(path)
             return
-        suffix = Path(path).suffix
-        folder = Path(tempfile.gettempdir()) / "opentr-downloads"
-        folder.mkdir(exist_ok=True)
-        local = folder / f"{uuid.uuid4().hex}{suffix}"
+        local = private_download_dir() / f"{uuid.uuid4().hex}{Path(path).suffix}"
         try:
-            fs.get_file(path, str(local))
+            with_retries(lambda: fs.get_file(path, str(local)), f"downloading {uri}", self.retry_s)
             yield local
         finally:
             local.unlink(missing_ok=True)

@@ -11,6 +11,7 @@ so a key always maps back to its object even when the key had to be shortened.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable
@@ -44,6 +45,7 @@ class UploadListing:
     uploads: list[Upload] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)  # still being written: temporary names
     not_media: list[str] = field(default_factory=list)  # finished files with a non-media name
+    skipped: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be taken
 
 
 def _mtime(info: dict) -> float:
@@ -75,6 +77,7 @@ def scan_uploads(upload_uri: str) -> UploadListing:
         return UploadListing()
     protocol = upload_uri.split("://", 1)[0] + "://" if "://" in upload_uri else ""
     listing = UploadListing()
+    taken: dict[str, str] = {}  # key -> the path that has it: two objects never share a key
     for path, info in sorted(found.items()):
         if info.get("type") != "file" or path.endswith("/"):
             continue  # S3 "folder" marker objects
@@ -84,10 +87,17 @@ def scan_uploads(upload_uri: str) -> UploadListing:
         elif not is_media_name(relative):
             listing.not_media.append(relative)
         else:
-            uri = f"{protocol}{path}" if protocol else path
-            listing.uploads.append(
-                Upload(key_for_path(relative), relative, uri, int(info.get("size") or 0), _mtime(info))
-            )
+            try:  # one odd name is reported, never allowed to stop the listing
+                upload = Upload(key_for_path(relative), relative, f"{protocol}{path}",
+                                int(info.get("size") or 0), _mtime(info))
+            except Exception as error:
+                listing.skipped[relative] = f"cannot be read as an upload ({error})"
+                continue
+            if upload.key in taken:
+                listing.skipped[relative] = f"its partition key {upload.key} is taken by {taken[upload.key]!r}"
+                continue
+            taken[upload.key] = relative
+            listing.uploads.append(upload)
     return listing
 
 
@@ -96,16 +106,35 @@ def source_path(key: str) -> str:
 
 
 def register_sources(storage: Storage, uploads: Iterable[Upload]) -> None:
-    """Many source records at once: a thousand new uploads must not mean a thousand serial writes."""
-    storage.write_many({
-        source_path(u.key): json.dumps(u.record(), indent=2, ensure_ascii=False).encode("utf-8")
-        for u in uploads
-    })
+    """Many source records at once: a thousand new uploads must not mean a thousand serial writes.
+
+    ASCII JSON: a name that is not valid UTF-8 survives as `\\udcXX` escapes and reads back
+    to the same bytes."""
+    storage.write_many({source_path(u.key): json.dumps(u.record(), indent=2).encode() for u in uploads})
+
+
+class SourceError(ValueError):
+    """A key whose source lies outside UPLOAD_URI: never read, never retried."""
+
+
+def is_under(upload_uri: str, uri: str) -> bool:
+    """Whether `uri` names something inside the upload area (symbolic links followed)."""
+    root = upload_uri.rstrip("/")
+    if "://" in root:
+        rest = uri[len(root) + 1 :] if uri.startswith(root + "/") else None
+        return rest is not None and not {".", ".."} & set(rest.split("/"))
+    if "://" in uri:
+        return False
+    return os.path.realpath(uri).startswith(os.path.realpath(root) + os.sep)
 
 
 def source_uri(storage: Storage, upload_uri: str, key: str) -> str:
-    """The object behind a key: its source record, or for a key typed by hand, a relative path."""
+    """The object behind a key: its source record, or for a key typed by hand, a relative path.
+
+    Either way it must lie under UPLOAD_URI: a typed key or an edited record cannot make the
+    pipeline read another file or a URL."""
     record = storage.read_json_or_none(source_path(key))
-    if record:
-        return record["source_uri"]
-    return f"{upload_uri.rstrip('/')}/{key.lstrip('/')}"
+    uri = record["source_uri"] if record else f"{upload_uri.rstrip('/')}/{key}"
+    if not is_under(upload_uri, uri):
+        raise SourceError(f"{key}: its source {uri!r} is not under UPLOAD_URI ({upload_uri}); not read")
+    return uri

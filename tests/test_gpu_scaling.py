@@ -183,7 +183,7 @@ import json, sys
 from pathlib import Path
 from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
 gpu = GpuExecutor(gpu_scale_enabled=True, gpu_scale_workers=2, lock_dir=sys.argv[1])
-files = [FileToTranscribe(Path(p).name, Path(p), p) for p in sys.argv[2:]]
+files = [FileToTranscribe(Path(p).name, p) for p in sys.argv[2:]]
 results = gpu.transcribe_files(files)
 print(json.dumps([{"device": r.device, "worker": r.worker, "started_at": r.started_at,
                    "finished_at": r.finished_at} for r in results.values()]))
@@ -269,7 +269,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
     monkeypatch.setattr(gpu_module, "transcribe", transcribe_with_little_memory)
     gpu = GpuExecutor(batch_size=8, lock_dir=str(tmp_path))
     name = "librispeech_test-clean_61-70968-0002.wav"
-    results = gpu.transcribe_files([FileToTranscribe("a", fixtures_dir / name, name)])
+    results = gpu.transcribe_files([FileToTranscribe("a", str(fixtures_dir / name))])
     assert batches == [8, 4, 2]
     assert word_error_rate(SPEECH[name], results["a"].text) < 0.15
 
@@ -278,8 +278,8 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
 
     monkeypatch.setattr(gpu_module, "transcribe", never_fits)
     other = "librispeech_test-clean_2830-3980-0043.wav"
-    results = gpu.transcribe_files([FileToTranscribe("b", fixtures_dir / other, other),
-                                    FileToTranscribe("c", fixtures_dir / name, name)])
+    results = gpu.transcribe_files([FileToTranscribe("b", str(fixtures_dir / other)),
+                                    FileToTranscribe("c", str(fixtures_dir / name))])
     for key in ("b", "c"):
         assert isinstance(results[key], RuntimeError)
         assert "out of memory even at batch size 1" in str(results[key])
@@ -296,7 +296,7 @@ def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, 
     monkeypatch.setattr(gpu_module, "transcribe", no_cublas)
     name = "librispeech_test-clean_61-70968-0002.wav"
     result = GpuExecutor(lock_dir=str(tmp_path)).transcribe_files(
-        [FileToTranscribe("a", fixtures_dir / name, name)])["a"]
+        [FileToTranscribe("a", str(fixtures_dir / name))])["a"]
     assert isinstance(result, RuntimeError)
     assert "libcublas.so.12" in str(result) and "pip install nvidia-cublas-cu12" in str(result)
 

@@ -100,13 +100,13 @@ def assert_good_subtitles(segments: list[dict]) -> list[Cue]:
 def transcribe_audio():
     """The bundled model, loaded once for this module, as a function from audio to segments."""
     from opentr_pipeline.core.devices import DevicePlan
-    from opentr_pipeline.core.transcription import ModelCache, TranscriptionOptions, transcribe
+    from opentr_pipeline.core.transcription import DecodedAudio, ModelCache, TranscriptionOptions, transcribe
 
     model = ModelCache().get("bundled-tiny.en", DevicePlan("cpu", 0, 1, 2), "int8")
 
     def run(audio: np.ndarray) -> list[dict]:
         transcript = transcribe(
-            model, audio, TranscriptionOptions(),
+            model, DecodedAudio(audio, ""), TranscriptionOptions(),
             model_name="bundled-tiny.en", compute_type="int8", device="cpu:0", worker=0,
         )
         return transcript.to_dict()["segments"]
@@ -118,7 +118,7 @@ def transcribe_audio():
 def jfk_segments(fixtures_dir: Path, transcribe_audio) -> list[dict]:
     from opentr_pipeline.core.transcription import load_audio
 
-    return transcribe_audio(load_audio(fixtures_dir / "jfk.flac"))
+    return transcribe_audio(load_audio(fixtures_dir / "jfk.flac").samples)
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +133,7 @@ def medley_segments(fixtures_dir: Path, transcribe_audio) -> list[dict]:
         "librispeech_test-clean_4507-16021-0012.wav",
     ]
     pause = np.zeros(8000, np.float32)
-    audio = np.concatenate([part for name in names for part in (load_audio(fixtures_dir / name), pause)])
+    audio = np.concatenate([part for name in names for part in (load_audio(fixtures_dir / name).samples, pause)])
     return transcribe_audio(audio)
 
 
@@ -169,7 +169,7 @@ def test_txt_holds_the_transcript(jfk_segments: list[dict], medley_segments: lis
 def test_recording_without_speech_gives_empty_valid_files(fixtures_dir: Path, transcribe_audio) -> None:
     from opentr_pipeline.core.transcription import load_audio
 
-    segments = transcribe_audio(load_audio(fixtures_dir / "squirrel_nospeech.wav"))
+    segments = transcribe_audio(load_audio(fixtures_dir / "squirrel_nospeech.wav").samples)
     assert segments == []  # VAD finds no speech in a squirrel's chatter
     cues = assert_good_subtitles(segments)
     assert (to_srt(cues), to_vtt(cues), to_txt(segments)) == ("", "WEBVTT\n\n", "")

@@ -1,47 +1,83 @@
 """How a multi-file step ends: good files are written and kept, bad ones are named.
 
-Dagster fails every partition of a step that raises, so a step first writes each good file's
-output, records each bad file's reason under `failures/`, and only then raises one error naming
-them all. `opentr run` (and a rerun of the good keys) then leaves exactly the bad ones failed.
+Dagster fails every partition of a step that raises (dagster-io/dagster#17836), so a step
+writes each good file's output the moment it is done, records each bad file's reason under
+`failures/`, and only then raises one error naming them all. The rerun sensor (and `opentr
+run`) then runs the others again; their finished outputs are reused, so only the bad files
+stay failed.
+
+A file being worked on has an `inflight/<key>.json` record naming the run; it is removed when
+the file is done either way. One left behind means the run's process died with that file in
+hand: the rerun plan counts it as a suspect (reruns.py).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
 
 from opentr_pipeline.core.keys import key_path
+from opentr_pipeline.core.media import MediaError
 from opentr_pipeline.storage import Storage
+from opentr_pipeline.uploads import SourceError
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    reason: str  # names the file
+    permanent: bool  # bad input: running it again cannot help
+
+
+def failure_of(error: Exception, name: str) -> FileFailure:
+    """A reason that names the file, whatever raised it; bad media and foreign sources are final."""
+    message = str(error) or type(error).__name__
+    return FileFailure(message if name in message else f"{name}: {message}",
+                       permanent=isinstance(error, (MediaError, SourceError, FileNotFoundError)))
 
 
 def failure_path(asset: str, key: str) -> str:
     return key_path(f"failures/{asset}", key)
 
 
+def in_flight_path(key: str) -> str:
+    return key_path("inflight", key)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def mark_started(store: Storage, asset: str, key: str, run_id: str) -> None:
+    store.write_json(in_flight_path(key), {"partition_key": key, "asset": asset, "run_id": run_id, "at": now()})
+
+
+def mark_finished(store: Storage, key: str) -> None:
+    store.delete(in_flight_path(key))
+
+
 def record_success(store: Storage, asset: str, key: str) -> None:
     store.delete(failure_path(asset, key))
 
 
+def record_failure(store: Storage, asset: str, key: str, failure: FileFailure, run_id: str) -> None:
+    store.write_json(failure_path(asset, key), {
+        "partition_key": key, "asset": asset, "reason": failure.reason,
+        "permanent": failure.permanent, "run_id": run_id, "at": now(),
+    })
+
+
 def finish_batch(context: dg.AssetExecutionContext, store: Storage, asset: str,
-                 failures: dict[str, str], total: int) -> None:
-    for key, reason in failures.items():
-        store.write_json(failure_path(asset, key), {
-            "partition_key": key, "asset": asset, "reason": reason,
-            "run_id": context.run_id, "at": datetime.now(timezone.utc).isoformat(),
-        })
-        context.log.error(f"{key}: {reason}")
+                 failures: dict[str, FileFailure], total: int) -> None:
+    for key, failure in failures.items():
+        record_failure(store, asset, key, failure, context.run_id)
+        context.log.error(f"{key}: {failure.reason}")
     if failures:
-        listing = "\n".join(f"- {key}: {reason}" for key, reason in failures.items())
+        listing = "\n".join(f"- {key}: {failure.reason}" for key, failure in failures.items())
         raise dg.Failure(
             description=f"{len(failures)} of {total} file(s) failed in {asset}; "
-                        f"the others were written:\n{listing}",
+                        f"the others were written and are run again without them:\n{listing}",
             metadata={"failed_keys": dg.MetadataValue.json(sorted(failures))},
             allow_retries=False,
         )
-
-
-def describe_error(error: Exception, name: str) -> str:
-    """A reason that names the file, whatever raised it."""
-    message = str(error) or type(error).__name__
-    return message if name in message else f"{name}: {message}"

@@ -1,8 +1,10 @@
 import dagster as dg
 
-from opentr_pipeline.assets.batch import describe_error, finish_batch, record_success
+from opentr_pipeline.assets.batch import (
+    FileFailure, failure_of, finish_batch, mark_finished, mark_started, record_success,
+)
 from opentr_pipeline.core.keys import key_path
-from opentr_pipeline.core.media import probe
+from opentr_pipeline.core.media import check_size, probe
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.resources import MediaStore
 from opentr_pipeline.uploads import source_uri
@@ -18,18 +20,24 @@ from opentr_pipeline.uploads import source_uri
 def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     """The uploaded file, probed: container, codecs, duration, channels, size, SHA-256."""
     store = media.outputs()
-    failures: dict[str, str] = {}
+    failures: dict[str, FileFailure] = {}
     for key in context.partition_keys:
-        uri = source_uri(store, media.upload_uri, key)
+        mark_started(store, "media_file", key, context.run_id)
+        uri = key
         try:
+            uri = source_uri(store, media.upload_uri, key)
+            check_size(uri, store.size_of(uri), media.max_file_bytes)  # before any download
             with store.local_copy(uri) as path:
-                info = probe(path, name=uri)
+                info = probe(path, name=uri, max_bytes=media.max_file_bytes,
+                             max_duration_s=media.max_duration_s)
         except Exception as error:
-            failures[key] = describe_error(error, uri)
+            failures[key] = failure_of(error, uri)
+            mark_finished(store, key)
             continue
         store.write_json(key_path("media", key),
                          {"partition_key": key, "source_uri": uri, **info.to_dict()})
         record_success(store, "media_file", key)
+        mark_finished(store, key)
         context.add_asset_metadata({
             "source_uri": uri,
             "duration_s": info.duration_s,

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from opentr_pipeline.assets.batch import finish_batch, record_success
+from opentr_pipeline.assets.batch import FileFailure, finish_batch, record_success
 from opentr_pipeline.assets.transcripts import transcript
 from opentr_pipeline.core.keys import key_path
 from opentr_pipeline.core.subtitles import build_cues, to_srt, to_txt, to_vtt
@@ -19,11 +19,11 @@ from opentr_pipeline.resources import MediaStore
 def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     """SRT, WebVTT and plain text per file, from the transcript's word timings."""
     store = media.outputs()
-    failures: dict[str, str] = {}
+    failures: dict[str, FileFailure] = {}
     for key in context.partition_keys:
         doc = store.read_json_or_none(key_path("transcripts", key))
         if doc is None:
-            failures[key] = f"{key}: no transcript yet; materialize transcript first"
+            failures[key] = FileFailure(f"{key}: no transcript yet; materialize transcript first", False)
             continue
         cues = build_cues(doc["segments"])
         srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues))

@@ -1,13 +1,17 @@
 import hashlib
 import json
 import logging
-from contextlib import ExitStack
+import threading
+from dataclasses import dataclass, field
 
 import dagster as dg
 
-from opentr_pipeline.assets.batch import describe_error, finish_batch, record_success
+from opentr_pipeline.assets.batch import (
+    FileFailure, failure_of, finish_batch, mark_finished, mark_started, record_success,
+)
 from opentr_pipeline.assets.media import media_file
 from opentr_pipeline.core.keys import key_path
+from opentr_pipeline.core.transcription import SourceChanged, Transcript
 from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.resources import MediaStore
@@ -59,15 +63,90 @@ def transcript_of_same_content(store, sha256: str, version: str, key: str) -> di
     return None
 
 
-def write_reused(context: dg.AssetExecutionContext, store, key: str, probed: dict, original: dict) -> None:
-    """A duplicate upload's transcript: a copy that names the partition whose work it reuses."""
-    relative = key_path("transcripts", key)
-    doc = {**original, "partition_key": key, "source_uri": probed["source_uri"],
-           "uri": store.uri(relative), "reused_from": original["partition_key"]}
-    store.write_json(relative, doc)
-    record_success(store, "transcript", key)
-    context.add_asset_metadata(_metadata(doc), partition_key=key)
-    context.log.info(f"{key}: same content as {original['partition_key']}; its transcript reused")
+@dataclass
+class TranscriptPlan:
+    """What a run does with each of its files; decided before any worker is asked."""
+
+    current: dict[str, dict] = field(default_factory=dict)  # key -> its transcript on disk, up to date
+    reuse: dict[str, dict] = field(default_factory=dict)  # key -> another upload's transcript of the same bytes
+    transcribe: dict[str, dict] = field(default_factory=dict)  # key -> its probe
+    same_as: dict[str, str] = field(default_factory=dict)  # key -> the key in this run with the same bytes
+    failures: dict[str, FileFailure] = field(default_factory=dict)
+
+
+def plan_transcripts(keys: list[str], probes: dict[str, dict | None], existing: dict[str, dict | None],
+                     elsewhere: dict[str, dict | None], version: str) -> TranscriptPlan:
+    """Pure: transcribe each distinct content once; reuse what is already done (no I/O)."""
+    plan = TranscriptPlan()
+    first_with_sha: dict[str, str] = {}
+    for key in keys:
+        probed = probes.get(key)
+        if probed is None:
+            plan.failures[key] = FileFailure(f"{key}: not probed yet; materialize media_file first", False)
+            continue
+        doc = existing.get(key)
+        if doc and doc.get("sha256") == probed["sha256"] and doc.get("settings_version") == version:
+            plan.current[key] = doc  # same bytes, same settings: nothing to do
+        elif elsewhere.get(key):
+            plan.reuse[key] = elsewhere[key]
+        elif probed["sha256"] in first_with_sha:
+            plan.same_as[key] = first_with_sha[probed["sha256"]]  # copied once the first is done
+        else:
+            first_with_sha[probed["sha256"]] = key
+            plan.transcribe[key] = probed
+    return plan
+
+
+class TranscriptRecorder:
+    """Writes each file's outcome the moment it is known, from whichever worker thread."""
+
+    def __init__(self, context: dg.AssetExecutionContext, store, version: str, total: int):
+        self.context, self.store, self.version, self.total = context, store, version, total
+        self.failures: dict[str, FileFailure] = {}
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def started(self, key: str) -> None:
+        mark_started(self.store, "transcript", key, self.context.run_id)
+
+    def finished(self, key: str, probed: dict, result: Transcript | Exception) -> None:
+        if not isinstance(result, Exception) and result.sha256 != probed["sha256"]:
+            result = SourceChanged(f"{probed['source_uri']}: changed since it was probed "
+                                   f"(sha256 {probed['sha256'][:12]} -> {result.sha256[:12]}); "
+                                   "it is probed and transcribed again on the next attempt")
+        with self.lock:
+            self.done += 1
+            if isinstance(result, Exception):
+                self.failures[key] = failure_of(result, probed["source_uri"])
+                message = f"[{self.done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
+            else:
+                self.write(key, probed, result)
+                message = (f"[{self.done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
+                           f"{result.x_realtime}x realtime on {result.device} worker {result.worker}")
+            mark_finished(self.store, key)
+        self.context.log.info(message)
+        log.info(message)
+
+    def write(self, key: str, probed: dict, result: Transcript) -> None:
+        relative = key_path("transcripts", key)
+        doc = {"partition_key": key, "source_uri": probed["source_uri"], "settings_version": self.version,
+               "uri": self.store.uri(relative), **result.to_dict()}
+        self.store.write_json(relative, doc)
+        self.store.write_json(sha256_index_path(result.sha256), {"partition_key": key, "settings_version": self.version})
+        self.succeeded(key, doc)
+
+    def write_reused(self, key: str, probed: dict, original: dict) -> None:
+        """A duplicate upload's transcript: a copy that names the partition whose work it reuses."""
+        relative = key_path("transcripts", key)
+        doc = {**original, "partition_key": key, "source_uri": probed["source_uri"],
+               "uri": self.store.uri(relative), "reused_from": original["partition_key"]}
+        self.store.write_json(relative, doc)
+        self.succeeded(key, doc)
+        self.context.log.info(f"{key}: same content as {original['partition_key']}; its transcript reused")
+
+    def succeeded(self, key: str, doc: dict, **extra) -> None:
+        record_success(self.store, "transcript", key)
+        self.context.add_asset_metadata({**_metadata(doc), **extra}, partition_key=key)
 
 
 @dg.asset(
@@ -84,70 +163,27 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
     store = media.outputs()
     version = settings_version(gpu)
     keys = context.partition_keys
-    failures: dict[str, str] = {}
-    probes: dict[str, dict] = {}
-    first_with_sha: dict[str, str] = {}  # sha256 -> the key in this run that gets transcribed
-    duplicates: dict[str, tuple[str, dict]] = {}  # key -> (key in this run with the same bytes, probe)
-    for key in keys:
-        probed = store.read_json_or_none(key_path("media", key))
-        if probed is None:
-            failures[key] = f"{key}: not probed yet; materialize media_file first"
-            continue
-        existing = store.read_json_or_none(key_path("transcripts", key))
-        if existing and existing.get("sha256") == probed["sha256"] and existing.get("settings_version") == version:
-            # Same bytes, same settings: the transcript on disk is this one. No worker needed.
-            context.add_asset_metadata({**_metadata(existing), "skipped": True}, partition_key=key)
-            record_success(store, "transcript", key)
-            continue
-        # Same bytes as another upload: reuse its transcript rather than a worker.
-        original = transcript_of_same_content(store, probed["sha256"], version, key)
-        if original:
-            write_reused(context, store, key, probed, original)
-        elif probed["sha256"] in first_with_sha:
-            duplicates[key] = (first_with_sha[probed["sha256"]], probed)  # copied once the first is done
-        else:
-            first_with_sha[probed["sha256"]] = key
-            probes[key] = probed
+    probes = {key: store.read_json_or_none(key_path("media", key)) for key in keys}
+    existing = {key: store.read_json_or_none(key_path("transcripts", key)) for key in keys}
+    elsewhere = {key: transcript_of_same_content(store, probed["sha256"], version, key)
+                 for key, probed in probes.items() if probed}
+    plan = plan_transcripts(keys, probes, existing, elsewhere, version)
 
-    done = 0
-
-    def progress(key: str, result) -> None:
-        nonlocal done
-        done += 1
-        if isinstance(result, Exception):
-            message = f"[{done}/{len(probes)}] {key}: FAILED: {result}"
-        else:
-            message = (f"[{done}/{len(probes)}] {key}: {result.duration_s:.1f} s audio, "
-                       f"{result.x_realtime}x realtime on {result.device} worker {result.worker}")
-        context.log.info(message)
-        log.info(message)
-
-    with ExitStack() as stack:
-        files = []
-        for key, probed in probes.items():
-            try:
-                path = stack.enter_context(store.local_copy(probed["source_uri"]))
-            except Exception as error:
-                failures[key] = describe_error(error, probed["source_uri"])
-                continue
-            files.append(FileToTranscribe(key, path, probed["source_uri"]))
-        results = gpu.transcribe_files(files, on_done=progress)
-
-    for key, result in results.items():
-        probed = probes[key]
-        if isinstance(result, Exception):
-            failures[key] = describe_error(result, probed["source_uri"])
-            continue
-        relative = key_path("transcripts", key)
-        doc = {"partition_key": key, "source_uri": probed["source_uri"], "sha256": probed["sha256"],
-               "settings_version": version, "uri": store.uri(relative), **result.to_dict()}
-        store.write_json(relative, doc)
-        store.write_json(sha256_index_path(probed["sha256"]), {"partition_key": key, "settings_version": version})
-        record_success(store, "transcript", key)
-        context.add_asset_metadata(_metadata(doc), partition_key=key)
-    for key, (first, probed) in duplicates.items():
+    recorder = TranscriptRecorder(context, store, version, total=len(plan.transcribe))
+    for key, doc in plan.current.items():
+        recorder.succeeded(key, doc, skipped=True)
+    for key, original in plan.reuse.items():
+        recorder.write_reused(key, probes[key], original)
+    gpu.transcribe_files(
+        [FileToTranscribe(key, probed["source_uri"]) for key, probed in plan.transcribe.items()],
+        fetch=store.local_copy,
+        on_start=recorder.started,
+        on_done=lambda key, result: recorder.finished(key, plan.transcribe[key], result),
+    )
+    failures = {**plan.failures, **recorder.failures}
+    for key, first in plan.same_as.items():
         if first in failures:
-            failures[key] = f"{key}: same content as {first}, which failed"
+            failures[key] = FileFailure(f"{key}: same content as {first}, which failed", False)
         else:
-            write_reused(context, store, key, probed, store.read_json(key_path("transcripts", first)))
+            recorder.write_reused(key, probes[key], store.read_json(key_path("transcripts", first)))
     finish_batch(context, store, "transcript", failures, len(keys))

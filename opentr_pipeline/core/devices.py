@@ -98,20 +98,32 @@ class Lease:
     worker: int
 
 
+@dataclass
+class HeldLease:
+    lease: Lease
+    fd: int
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
 class DeviceLeases:
     """At most `workers` holders per device, across threads and processes.
 
     Each worker slot is an OS file lock (flock) under `lock_dir`: the kernel releases it when the
-    holder's process dies, so a crash never leaves a slot taken.
+    holder's process dies, so a crash never leaves a slot taken. `kind` names a separate set of
+    slots of the same sizes (the transcription workers, or the files decoded ahead for them).
     """
 
-    def __init__(self, lock_dir: str | Path, plan: Sequence[DevicePlan]):
+    def __init__(self, lock_dir: str | Path, plan: Sequence[DevicePlan], kind: str = "worker"):
         self.lock_dir = Path(lock_dir)
         self.lock_dir.mkdir(parents=True, exist_ok=True)
         self.plan = list(plan)
+        self.kind = kind
 
     def _try(self, device: DevicePlan, worker: int) -> int | None:
-        path = self.lock_dir / f"{device.kind}{device.index}-worker{worker}.lock"
+        path = self.lock_dir / f"{device.kind}{device.index}-{self.kind}{worker}.lock"
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -122,24 +134,26 @@ class DeviceLeases:
             raise
         return fd
 
-    @contextmanager
-    def acquire(self, poll_s: float = 0.05, timeout_s: float | None = None) -> Iterator[Lease]:
-        """Wait for a free worker on any planned device (first device first) and hold it."""
+    def take(self, poll_s: float = 0.05, timeout_s: float | None = None) -> HeldLease:
+        """Wait for a free slot on any planned device (first device first); `release()` it."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
             for device in self.plan:
                 for worker in range(device.workers):
                     fd = self._try(device, worker)
                     if fd is not None:
-                        try:
-                            yield Lease(device, worker)
-                        finally:
-                            fcntl.flock(fd, fcntl.LOCK_UN)
-                            os.close(fd)
-                        return
+                        return HeldLease(Lease(device, worker), fd)
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"no free worker on {describe_plan(self.plan)} in {timeout_s} s")
+                raise TimeoutError(f"no free {self.kind} on {describe_plan(self.plan)} in {timeout_s} s")
             time.sleep(poll_s)
+
+    @contextmanager
+    def acquire(self, poll_s: float = 0.05, timeout_s: float | None = None) -> Iterator[Lease]:
+        held = self.take(poll_s, timeout_s)
+        try:
+            yield held.lease
+        finally:
+            held.release()
 
 
 # Approximate float16 weight sizes of the faster-whisper models, for the VRAM check before a

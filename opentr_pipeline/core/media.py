@@ -83,11 +83,30 @@ def _ogg_is_cut(path: Path, size: int) -> bool:
     return True
 
 
-def probe(path: str | Path, name: str | None = None) -> MediaInfo:
+def check_size(name: str, size: int, max_bytes: int | None) -> None:
+    """Refuse a file over the size limit before anything reads it (or downloads it)."""
+    if max_bytes and size > max_bytes:
+        raise MediaError(f"{name}: {size / 2**30:.2f} GiB is over the limit of "
+                         f"{max_bytes / 2**30:.2f} GiB (OPENTR_MAX_FILE_BYTES)")
+
+
+def _open_container(path: Path):
+    """By name where FFmpeg can take it (its format guess uses the extension); a name that is
+    not valid UTF-8 cannot cross into FFmpeg, so that file is handed over as an open file."""
+    try:
+        str(path).encode("utf-8")
+        return av.open(str(path), metadata_errors="ignore")
+    except UnicodeEncodeError:
+        return av.open(open(path, "rb"), metadata_errors="ignore")
+
+
+def probe(path: str | Path, name: str | None = None, max_bytes: int | None = None,
+          max_duration_s: float | None = None) -> MediaInfo:
     """Read the container and demux every audio packet (cheap: no decoding).
 
     Demuxing to the end measures the duration the data really holds, which catches files cut
-    short in transfer: the header promises more than the packets deliver.
+    short in transfer: the header promises more than the packets deliver. Files over the size
+    or duration limit are refused here, before a worker decodes hours of audio into memory.
     """
     path = Path(path)
     name = name or str(path)
@@ -96,8 +115,9 @@ def probe(path: str | Path, name: str | None = None) -> MediaInfo:
         raise MediaError(f"{name}: file not found")
     if size == 0:
         raise MediaError(f"{name}: file is empty (0 bytes)")
+    check_size(name, size, max_bytes)
     try:
-        container = av.open(str(path), metadata_errors="ignore")
+        container = _open_container(path)
     except av.error.FFmpegError as error:
         raise MediaError(f"{name}: not a readable media file ({error.strerror or error})") from None
     with container:
@@ -132,6 +152,9 @@ def probe(path: str | Path, name: str | None = None) -> MediaInfo:
             raise MediaError(f"{name}: truncated: the WAV header promises {missing} more bytes")
         if container.format.name == "ogg" and _ogg_is_cut(path, size):
             raise MediaError(f"{name}: truncated: the Ogg stream stops before its last page")
+        if max_duration_s and measured > max_duration_s:
+            raise MediaError(f"{name}: {measured / 3600:.2f} h of audio is over the limit of "
+                             f"{max_duration_s / 3600:.2f} h (OPENTR_MAX_DURATION_S)")
         codec = stream.codec_context
         return MediaInfo(
             container=container.format.name,

@@ -7,6 +7,8 @@ with `num_workers` equal to the device's worker count.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -77,6 +79,7 @@ class Transcript:
     started_at: str
     finished_at: str
     wall_s: float
+    sha256: str = ""  # of the bytes this transcript was made from
 
     @property
     def x_realtime(self) -> float:
@@ -90,15 +93,40 @@ class Transcript:
         return {**asdict(self), "x_realtime": self.x_realtime, "words": self.word_count}
 
 
-def load_audio(path: str | Path, name: str | None = None) -> np.ndarray:
-    """Decode any container to 16 kHz mono float32, naming the file if it cannot be read."""
-    try:
-        audio = decode_audio(str(path), sampling_rate=SAMPLE_RATE)
-    except Exception as error:  # PyAV raises many types; the file is the story
-        raise MediaError(f"{name or path}: could not decode audio ({error})") from None
-    if audio.size == 0:
-        raise MediaError(f"{name or path}: decoded audio is empty")
-    return audio
+class SourceChanged(RuntimeError):
+    """The file changed while it was read: what was decoded is no one version of it."""
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    samples: np.ndarray  # 16 kHz mono float32
+    sha256: str  # of exactly the bytes decoded
+
+
+def load_audio(path: str | Path, name: str | None = None) -> DecodedAudio:
+    """Hash and decode one open file to 16 kHz mono float32, naming the file if it cannot be read.
+
+    Both read the same open file, and its size and modification time must not move meanwhile,
+    so the hash a transcript records is the hash of the bytes it was made from: a file replaced
+    by a rename is still the old inode here, and one rewritten in place is refused.
+    """
+    name = name or str(path)
+    with open(path, "rb") as handle:
+        before = os.fstat(handle.fileno())
+        digest = hashlib.sha256()
+        while block := handle.read(1 << 20):
+            digest.update(block)
+        handle.seek(0)
+        try:
+            samples = decode_audio(handle, sampling_rate=SAMPLE_RATE)
+        except Exception as error:  # PyAV raises many types; the file is the story
+            raise MediaError(f"{name}: could not decode audio ({error})") from None
+        after = os.fstat(handle.fileno())
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise SourceChanged(f"{name}: changed while it was being read; it is read again on the next attempt")
+    if samples.size == 0:
+        raise MediaError(f"{name}: decoded audio is empty")
+    return DecodedAudio(samples, digest.hexdigest())
 
 
 class ModelCache:
@@ -128,7 +156,7 @@ class ModelCache:
 
 def transcribe(
     model: WhisperModel,
-    audio: np.ndarray,
+    audio: DecodedAudio,
     options: TranscriptionOptions,
     *,
     model_name: str,
@@ -148,9 +176,9 @@ def transcribe(
     if options.batch_size > 1 and options.vad_filter:
         # Batching needs VAD chunks; without VAD fall back to sequential decoding.
         pipeline = BatchedInferencePipeline(model)
-        raw_segments, info = pipeline.transcribe(audio, batch_size=options.batch_size, **common)
+        raw_segments, info = pipeline.transcribe(audio.samples, batch_size=options.batch_size, **common)
     else:
-        raw_segments, info = model.transcribe(audio, **common)
+        raw_segments, info = model.transcribe(audio.samples, **common)
     segments = [
         Segment(
             id=i,
@@ -171,7 +199,7 @@ def transcribe(
         text=" ".join(s.text for s in segments),
         language=info.language,
         language_probability=round(float(info.language_probability), 4),
-        duration_s=round(len(audio) / SAMPLE_RATE, 3),
+        duration_s=round(len(audio.samples) / SAMPLE_RATE, 3),
         segments=segments,
         model=model_name,
         compute_type=compute_type,
@@ -180,4 +208,5 @@ def transcribe(
         started_at=started.isoformat(timespec="milliseconds"),
         finished_at=finished.isoformat(timespec="milliseconds"),
         wall_s=round(wall, 4),
+        sha256=audio.sha256,
     )

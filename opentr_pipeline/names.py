@@ -1,0 +1,14 @@
+"""The names Dagster, the CLI and the tests know the pipeline's parts by, written once."""
+
+PARTITIONS = "media_files"
+TRANSCRIBE_JOB = "transcribe_media"
+REPORT_JOB = "throughput_report_job"
+PIPELINE_ASSETS = ("media_file", "transcript", "subtitles")  # per file, in lineage order
+
+# Run tags. A run over several partitions names its range with Dagster's own tags.
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+LAUNCHED_BY = "opentr/launched_by"
+ATTEMPT = "opentr/attempt"  # 1 for a first run; a rerun of its unfinished files counts on
+RERUN_OF = "opentr/rerun_of"  # the run whose unfinished files this run takes again
+RUN_PID = "opentr/run_pid"  # set by `opentr run` on its in-process runs, so a dead one is seen
