@@ -14,6 +14,7 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -21,7 +22,6 @@ from pathlib import Path
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
 
 log = logging.getLogger("opentr")
-PIPELINE_ASSETS = ("media_file", "transcript", "subtitles")
 # Dagster's console logger repeats every failure with a stack trace; the run records them all
 # in the instance, and `opentr run` prints one line per failed file at the end instead.
 QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
@@ -67,22 +67,6 @@ def run_queue_advice(instance, workers: int) -> str | None:
             f"max_concurrent_runs to {workers + 1} or more in {instance.root_directory}/dagster.yaml")
 
 
-def contiguous_chunks(all_keys: list[str], pending: set[str], size: int) -> list[list[str]]:
-    """Runs cover a range of partitions, so split the pending keys into unbroken stretches."""
-    chunks: list[list[str]] = []
-    current: list[str] = []
-    for key in all_keys:
-        if key in pending and len(current) < size:
-            current.append(key)
-            continue
-        if current:
-            chunks.append(current)
-        current = [key] if key in pending else []
-    if current:
-        chunks.append(current)
-    return chunks
-
-
 def runs_at_once(workers: int, files_per_run: int) -> int:
     """Enough runs to give every worker a file, plus one: while a run probes its files or
     finishes its last ones, the next run's threads already wait for the free workers."""
@@ -99,53 +83,65 @@ def pipeline_for(settings: Settings):
     return build_defs(settings), instance
 
 
-def execute_run(settings: Settings, number: int, total: int, chunk: list[str]) -> None:
-    """One run of `transcribe_media` over a stretch of partitions, recorded in the instance."""
+@dataclass(frozen=True)
+class RunSpec:
+    """One run to make: its stretch of partitions and its tags (a rerun's attempt, say)."""
+
+    keys: list[str]
+    tags: dict[str, str]
+
+
+def execute_run(settings: Settings, number: int, total: int, spec: RunSpec) -> str:
+    """One run of the transcription job over a stretch of partitions, recorded in the instance.
+
+    Tagged with this process's pid, so that if the process dies the run is seen to be dead."""
+    from opentr_pipeline.names import LAUNCHED_BY, RANGE_END, RANGE_START, RUN_PID, TRANSCRIBE_JOB
+
     show_progress()
     defs, instance = pipeline_for(settings)
+    chunk = spec.keys
     label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
-    result = defs.resolve_job_def("transcribe_media").execute_in_process(
+    result = defs.resolve_job_def(TRANSCRIBE_JOB).execute_in_process(
         instance=instance,
         run_config=QUIET_DAGSTER,
         raise_on_error=False,
-        tags={
-            "dagster/asset_partition_range_start": chunk[0],
-            "dagster/asset_partition_range_end": chunk[-1],
-            "opentr/launched_by": "opentr run",
-        },
+        tags={RANGE_START: chunk[0], RANGE_END: chunk[-1], LAUNCHED_BY: "opentr run",
+              RUN_PID: str(os.getpid()), **spec.tags},
     )
     print(f"run {number}/{total}: {len(chunk)} file(s) ({label}) "
           f"{'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})", flush=True)
+    return result.run_id
 
 
-def execute_runs(settings: Settings, chunks: list[list[str]], at_once: int) -> None:
-    """One run per chunk; with several chunks, `at_once` runs side by side.
+def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None:
+    """One run per spec; with several, `at_once` runs side by side.
 
     Dagster's in-process execution is not thread-safe (two runs in two threads deadlock on its
     logging set-up), so side by side means child processes, each loading the model once for
     all the runs it takes. The device leases hold the worker limit across them, and no worker
     idles at one run's tail while the next run's files wait.
     """
-    at_once = min(at_once, len(chunks))
-    jobs = [(settings, number, len(chunks), chunk) for number, chunk in enumerate(chunks, start=1)]
+    at_once = min(at_once, len(specs))
+    jobs = [(settings, number, len(specs), spec) for number, spec in enumerate(specs, start=1)]
     if at_once <= 1:
         for job in jobs:
             execute_run(*job)
         return
-    print(f"{len(chunks)} runs, {at_once} at a time", flush=True)
+    print(f"{len(specs)} runs, {at_once} at a time", flush=True)
     # Spawned, not forked: this process has already asked CUDA for its devices, and CUDA does
     # not work in a child forked after that. Each child pays its imports once (seconds).
     with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for (_, number, total, chunk), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
+        for (_, number, total, spec), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
             try:
                 done.result()
-            except BrokenProcessPool as error:  # killed (out of memory, say): its files stay to do
-                print(f"run {number}/{total}: {len(chunk)} file(s) not processed: "
-                      f"the process running it died ({error})", flush=True)
+            except BrokenProcessPool:  # killed (out of memory, say): its runs are rerun below
+                print(f"run {number}/{total}: {len(spec.keys)} file(s) not finished: "
+                      f"a process running the runs died", flush=True)
 
 
 def failure_reasons(store, keys: list[str]) -> dict[str, str]:
     from opentr_pipeline.assets.batch import failure_path
+    from opentr_pipeline.names import PIPELINE_ASSETS
 
     reasons = {}
     for key in keys:
@@ -157,10 +153,52 @@ def failure_reasons(store, keys: list[str]) -> dict[str, str]:
     return reasons
 
 
+def reruns_of_failed_runs(settings: Settings, instance, store, invocation: str, handled: set[str]) -> list[RunSpec]:
+    """The rerun sensor's decisions, taken here for this command's own failed runs: runs whose
+    process died are marked failed first, as run monitoring does under `opentr dev`."""
+    import dagster as dg
+
+    from opentr_pipeline.names import INVOCATION, PARTITIONS, RANGE_END, RANGE_START
+    from opentr_pipeline.partitions import keys_of_run
+    from opentr_pipeline.reruns import rerun_unfinished
+
+    fail_dead_runs(instance)
+    specs = []
+    failed = instance.get_runs(filters=dg.RunsFilter(tags={INVOCATION: invocation},
+                                                     statuses=[dg.DagsterRunStatus.FAILURE]))
+    for run in failed:
+        if run.run_id in handled:
+            continue
+        handled.add(run.run_id)
+        order = instance.get_dynamic_partitions(PARTITIONS)
+        for request in rerun_unfinished(instance, store, run, settings.max_attempts, settings.files_per_run):
+            tags = {k: v for k, v in request.tags.items() if k not in (RANGE_START, RANGE_END)}
+            single = {"dagster/partition": request.partition_key} if request.partition_key else {}
+            specs.append(RunSpec(keys_of_run({**request.tags, **single}, order), {**tags, INVOCATION: invocation}))
+    return specs
+
+
+def fail_dead_runs(instance) -> None:
+    """`opentr run` runs are not watched by run monitoring: a killed one (this command's, or an
+    earlier command's that was killed itself) is marked failed here and its pool slots freed."""
+    import dagster as dg
+
+    from opentr_pipeline.names import RUN_PID
+    from opentr_pipeline.reruns import dead_run_reason, fail_dead_run
+
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        if RUN_PID in run.tags and (reason := dead_run_reason(instance, run)):
+            fail_dead_run(instance, run, reason)
+
+
 def run_pipeline(settings: Settings) -> int:
+    import uuid
+
     import dagster as dg
 
     from opentr_pipeline.core.devices import describe_plan
+    from opentr_pipeline.names import INVOCATION, PARTITIONS, REPORT_JOB
+    from opentr_pipeline.partitions import contiguous_chunks
     from opentr_pipeline.storage import Storage
     from opentr_pipeline.uploads import register_sources, scan_uploads
 
@@ -171,39 +209,41 @@ def run_pipeline(settings: Settings) -> int:
     print(f"model: {settings.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
 
     store = Storage(settings.storage_uri)
+    fail_dead_runs(instance)
     listing = scan_uploads(settings.upload_uri)
     uploads = listing.uploads
     for name in sorted(listing.partial + listing.not_media):
-        print(f"skipped (not a media file name, or still uploading): {name}")
-    known = set(instance.get_dynamic_partitions("media_files"))
+        print(f"skipped (not a media file name, or still uploading): {name!r}")
+    for name, reason in sorted(listing.skipped.items()):
+        print(f"skipped {name!r}: {reason}")
+    known = set(instance.get_dynamic_partitions(PARTITIONS))
     new = [u for u in uploads if u.key not in known]
     register_sources(store, new)
     if new:
-        instance.add_dynamic_partitions("media_files", [u.key for u in new])
-    all_keys = list(instance.get_dynamic_partitions("media_files"))
+        instance.add_dynamic_partitions(PARTITIONS, [u.key for u in new])
+    all_keys = list(instance.get_dynamic_partitions(PARTITIONS))
     done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
     pending = [k for k in all_keys if k not in done]
     print(f"{len(uploads)} media file(s) in uploads, {len(new)} new; {len(pending)} to process")
 
     started = time.perf_counter()
-    to_run, not_done, reasons = set(pending), list(pending), {}
-    for attempt in range(2):
-        if attempt:
-            print(f"again without the failed files: {len(to_run)} file(s)")
-        chunks = contiguous_chunks(all_keys, to_run, settings.files_per_run)
-        execute_runs(settings, chunks,
-                     settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run))
-        done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
-        not_done = [k for k in pending if k not in done]
-        reasons = failure_reasons(store, not_done)
-        # Good files that only shared a run with a bad one: run them again without it.
-        to_run = {k for k in not_done if k not in reasons}
-        if not to_run:
-            break
+    invocation = uuid.uuid4().hex[:12]
+    specs = [RunSpec(chunk, {INVOCATION: invocation})
+             for chunk in contiguous_chunks(all_keys, set(pending), settings.files_per_run)]
+    at_once = settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run)
+    handled: set[str] = set()
+    while specs:  # bounded: every rerun counts an attempt, at most OPENTR_MAX_ATTEMPTS per file
+        execute_runs(settings, specs, at_once)
+        specs = reruns_of_failed_runs(settings, instance, store, invocation, handled)
+        if specs:
+            print(f"again: {sum(len(s.keys) for s in specs)} unfinished file(s) in {len(specs)} run(s)")
+    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+    not_done = [k for k in pending if k not in done]
+    reasons = failure_reasons(store, not_done)
 
     if len(not_done) < len(pending) or not store.exists("reports/throughput.parquet"):
         print("updating throughput_report", flush=True)
-        defs.resolve_job_def("throughput_report_job").execute_in_process(
+        defs.resolve_job_def(REPORT_JOB).execute_in_process(
             instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False
         )
     elapsed = time.perf_counter() - started

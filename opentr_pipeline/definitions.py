@@ -10,20 +10,10 @@ from opentr_pipeline.assets.subtitles import subtitles
 from opentr_pipeline.assets.transcripts import settings_version, transcript
 from opentr_pipeline.core.devices import describe_plan
 from opentr_pipeline.gpu import GpuExecutor
-from opentr_pipeline.partitions import media_files
+from opentr_pipeline.jobs import report_job, transcribe_job
 from opentr_pipeline.resources import MediaStore
-from opentr_pipeline.sensors import build_upload_sensor, report_freshness_sensor
+from opentr_pipeline.sensors import build_rerun_sensor, build_upload_sensor, report_freshness_sensor
 from opentr_pipeline.settings import Settings
-
-transcribe_job = dg.define_asset_job(
-    "transcribe_media",
-    selection=dg.AssetSelection.assets(media_file, transcript, subtitles),
-    partitions_def=media_files,
-    description="Probe, transcribe and subtitle media files: one run takes several partitions.",
-)
-report_job = dg.define_asset_job(
-    "throughput_report_job", selection=dg.AssetSelection.assets(throughput_report)
-)
 
 automation_sensor = dg.AutomationConditionSensorDefinition(
     "report_automation",
@@ -46,7 +36,8 @@ def build_defs(settings: Settings) -> dg.Definitions:
         assets=[media_file, versioned_transcript, subtitles, throughput_report],
         asset_checks=[peak_within_worker_limit],
         jobs=[transcribe_job, report_job],
-        sensors=[automation_sensor, build_upload_sensor(settings), report_freshness_sensor],
+        sensors=[automation_sensor, build_upload_sensor(settings), build_rerun_sensor(settings),
+                 report_freshness_sensor],
         resources={
             "gpu": gpu,
             "media": MediaStore.from_settings(settings),

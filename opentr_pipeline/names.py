@@ -12,3 +12,4 @@ LAUNCHED_BY = "opentr/launched_by"
 ATTEMPT = "opentr/attempt"  # 1 for a first run; a rerun of its unfinished files counts on
 RERUN_OF = "opentr/rerun_of"  # the run whose unfinished files this run takes again
 RUN_PID = "opentr/run_pid"  # set by `opentr run` on its in-process runs, so a dead one is seen
+INVOCATION = "opentr/invocation"  # the `opentr run` command a run belongs to

@@ -29,16 +29,15 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from opentr_pipeline.partitions import media_files
+from opentr_pipeline.jobs import transcribe_job
+from opentr_pipeline.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
+from opentr_pipeline.partitions import contiguous_chunks, media_files, run_request
+from opentr_pipeline.reruns import rerun_unfinished
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
 from opentr_pipeline.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
 
-TRANSCRIBE_JOB = "transcribe_media"
-REPORT_JOB = "throughput_report_job"
 SENSOR_INTERVAL_S = 15
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 NAMES_PER_LOG_LINE = 20
 
 
@@ -96,23 +95,8 @@ def run_key_for(chunk: list[Upload]) -> str:
 
 
 def run_request_for(chunk: list[Upload]) -> dg.RunRequest:
-    tags = {"opentr/launched_by": "upload_sensor", "opentr/files": str(len(chunk))}
-    if len(chunk) == 1:
-        return dg.RunRequest(run_key=run_key_for(chunk), partition_key=chunk[0].key, tags=tags)
-    return dg.RunRequest(run_key=run_key_for(chunk),
-                         tags={**tags, RANGE_START: chunk[0].key, RANGE_END: chunk[-1].key})
-
-
-def contiguous_chunks(uploads: list[Upload], position: dict[str, int], size: int) -> list[list[Upload]]:
-    """Split uploads into runs of at most `size` whose keys are neighbours in partition order."""
-    chunks: list[list[Upload]] = []
-    for upload in sorted(uploads, key=lambda u: position[u.key]):
-        last = chunks[-1] if chunks else None
-        if last and len(last) < size and position[upload.key] == position[last[-1].key] + 1:
-            last.append(upload)
-        else:
-            chunks.append([upload])
-    return chunks
+    tags = {LAUNCHED_BY: "upload_sensor", "opentr/files": str(len(chunk))}
+    return run_request([u.key for u in chunk], run_key_for(chunk), tags)
 
 
 def done_elsewhere(instance: dg.DagsterInstance, store: Storage, uploads: list[Upload]) -> set[str]:
@@ -145,7 +129,9 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     plan = plan_tick(listing, previous)
     for start in range(0, len(plan.newly_ignored), NAMES_PER_LOG_LINE):
         names = plan.newly_ignored[start : start + NAMES_PER_LOG_LINE]
-        context.log.info(f"ignored, not a media file name: {', '.join(names)}")
+        context.log.info(f"ignored, not a media file name: {', '.join(map(repr, names))}")
+    for name, reason in listing.skipped.items():
+        context.log.warning(f"skipped {name!r}: {reason}")
     waiting = (f"; waiting: {plan.waiting} file(s) new, still changing or empty, "
                f"{len(listing.partial)} with a temporary name" if plan.waiting or listing.partial else "")
     if not plan.ready:
@@ -165,8 +151,10 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
             position[upload.key] = len(position)
             new_keys.append(upload.key)
     register_sources(store, plan.ready)
-    runs = [run_request_for(chunk)
-            for chunk in contiguous_chunks(plan.ready, position, settings.files_per_run)]
+    by_key = {upload.key: upload for upload in plan.ready}
+    order = sorted(by_key, key=position.__getitem__)
+    runs = [run_request_for([by_key[key] for key in chunk])
+            for chunk in contiguous_chunks(order, set(order), settings.files_per_run)]
     again = len(plan.ready) - len(new_keys)
     context.log.info(f"{len(new_keys)} new file(s), {again} changed, in {len(runs)} run(s){waiting}")
     return dg.SensorResult(
@@ -217,3 +205,24 @@ def report_freshness_sensor(context: dg.SensorEvaluationContext):
     if report is not None and report > transcripts:
         return dg.SkipReason("the report is newer than every transcript")
     return dg.RunRequest(run_key=f"report-after-{transcripts}")
+
+
+def build_rerun_sensor(settings: Settings) -> dg.RunFailureSensorDefinition:
+    @dg.run_failure_sensor(
+        name="rerun_unfinished_files",
+        monitored_jobs=[transcribe_job],
+        request_job=transcribe_job,
+        minimum_interval_seconds=5,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="When a transcription run fails, its files that can still succeed run again "
+                    f"(at most {settings.max_attempts} runs per file; files whose run died alone, "
+                    "one per run; bad and poison files stay failed with their reason).",
+    )
+    def rerun_unfinished_files(context: dg.RunFailureSensorContext):
+        run = context.dagster_run
+        requests = rerun_unfinished(context.instance, Storage(settings.storage_uri), run,
+                                    settings.max_attempts, settings.files_per_run)
+        context.log.info(f"run {run.run_id[:8]} failed; {len(requests)} rerun(s) of its unfinished files")
+        yield from requests
+
+    return rerun_unfinished_files

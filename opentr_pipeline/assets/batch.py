@@ -13,6 +13,8 @@ hand: the rerun plan counts it as a suspect (reruns.py).
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
@@ -50,7 +52,8 @@ def now() -> str:
 
 
 def mark_started(store: Storage, asset: str, key: str, run_id: str) -> None:
-    store.write_json(in_flight_path(key), {"partition_key": key, "asset": asset, "run_id": run_id, "at": now()})
+    store.write_json(in_flight_path(key), {"partition_key": key, "asset": asset, "run_id": run_id, "at": now(),
+                                           "host": socket.gethostname(), "pid": os.getpid()})
 
 
 def mark_finished(store: Storage, key: str) -> None:

@@ -1,0 +1,18 @@
+"""The jobs: one over the per-file assets (runs take several partitions), one for the report."""
+
+import dagster as dg
+
+from opentr_pipeline.assets.media import media_file
+from opentr_pipeline.assets.reports import throughput_report
+from opentr_pipeline.assets.subtitles import subtitles
+from opentr_pipeline.assets.transcripts import transcript
+from opentr_pipeline.names import REPORT_JOB, TRANSCRIBE_JOB
+from opentr_pipeline.partitions import media_files
+
+transcribe_job = dg.define_asset_job(
+    TRANSCRIBE_JOB,
+    selection=dg.AssetSelection.assets(media_file, transcript, subtitles),
+    partitions_def=media_files,
+    description="Probe, transcribe and subtitle media files: one run takes several partitions.",
+)
+report_job = dg.define_asset_job(REPORT_JOB, selection=dg.AssetSelection.assets(throughput_report))

@@ -1,0 +1,162 @@
+"""Every file counts: after a transcription run fails, its files that can still succeed run again.
+
+A run fails for three kinds of reasons, and each file's fate is decided on its own:
+
+- some of its files are bad (failure records marked permanent): the others run again without them;
+  their finished outputs are reused, so this costs a run's start, not the work again;
+- a transient error (storage down past its retries, a file changed while read): run again;
+- its process died (OOM killer, SIGKILL, reboot): run monitoring marks the run failed (see
+  launcher.py), and the files it had in hand (`inflight/` records naming the run) are suspects.
+  A suspect runs again alone in a run of its own, so if it kills that run too, it takes no
+  neighbour with it; a file that has killed its run POISON_AFTER times is failed for good, named.
+
+Each file gets at most `max_attempts` runs (OPENTR_MAX_ATTEMPTS), so this always ends.
+`plan_rerun` decides (pure); `rerun_unfinished` reads and writes the records; the sensor and
+`opentr run` both use it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import dagster as dg
+
+from opentr_pipeline.assets.batch import FileFailure, failure_path, in_flight_path, record_failure
+from opentr_pipeline.core.keys import key_path
+from opentr_pipeline.names import ATTEMPT, LAUNCHED_BY, PARTITIONS, PIPELINE_ASSETS, RERUN_OF, RUN_PID
+from opentr_pipeline.partitions import contiguous_chunks, keys_of_run, run_request
+from opentr_pipeline.storage import Storage
+
+POISON_AFTER = 2  # deaths of a run with the file in hand, the last time alone in its run
+
+
+@dataclass
+class RerunPlan:
+    chunks: list[list[str]] = field(default_factory=list)  # runs to launch; a suspect is alone in one
+    crashes: dict[str, int] = field(default_factory=dict)  # suspect -> times its run has died with it
+    poison: list[str] = field(default_factory=list)  # failed for good: it kills its run
+    given_up: list[str] = field(default_factory=list)  # out of attempts
+
+
+def plan_rerun(run_keys: Sequence[str], order: Sequence[str], permanent: set[str], in_flight: set[str],
+               crashes: dict[str, int], attempt: int, max_attempts: int, files_per_run: int) -> RerunPlan:
+    """Which of a failed run's files run again, and how (no I/O)."""
+    plan = RerunPlan()
+    remaining = [key for key in run_keys if key not in permanent]
+    for key in remaining:
+        if key in in_flight:
+            plan.crashes[key] = crashes.get(key, 0) + 1
+            if plan.crashes[key] >= POISON_AFTER:
+                plan.poison.append(key)
+    remaining = [key for key in remaining if key not in plan.poison]
+    if attempt >= max_attempts:
+        plan.given_up = remaining
+        return plan
+    suspects = [key for key in remaining if key in in_flight]
+    plan.chunks = [[key] for key in suspects]
+    plan.chunks += contiguous_chunks(order, set(remaining) - set(suspects), files_per_run)
+    return plan
+
+
+def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.DagsterRun,
+                     max_attempts: int, files_per_run: int) -> list[dg.RunRequest]:
+    """Plan the reruns of one failed run, record poison and given-up files, return the requests."""
+    order = instance.get_dynamic_partitions(PARTITIONS)
+    run_keys = keys_of_run(run.tags, order)
+    if not run_keys:
+        return []
+    permanent: set[str] = set()
+    for key in run_keys:
+        for asset in PIPELINE_ASSETS:
+            record = store.read_json_or_none(failure_path(asset, key))
+            if record and record.get("run_id") == run.run_id and record.get("permanent"):
+                permanent.add(key)
+    in_flight = {}
+    for key in run_keys:
+        record = store.read_json_or_none(in_flight_path(key))
+        if record and record.get("run_id") == run.run_id:
+            in_flight[key] = record
+    crashes = {key: (store.read_json_or_none(crash_path(key)) or {}).get("count", 0) for key in in_flight}
+    attempt = int(run.tags.get(ATTEMPT, "1"))
+    plan = plan_rerun(run_keys, order, permanent, set(in_flight), crashes, attempt, max_attempts, files_per_run)
+
+    for key, count in plan.crashes.items():
+        store.write_json(crash_path(key), {"partition_key": key, "count": count, "last_run_id": run.run_id})
+    for key in plan.poison:
+        record_failure(store, in_flight[key]["asset"], key, FileFailure(
+            f"{key}: its run's process died {plan.crashes[key]} times while it was being processed "
+            f"(the last time alone in its run), so it is not tried again (a poison file)", True), run.run_id)
+    for key in plan.given_up:
+        if key in in_flight:
+            record_failure(store, in_flight[key]["asset"], key, FileFailure(
+                f"{key}: its run's process died with it in hand; {attempt} attempt(s) used "
+                f"(OPENTR_MAX_ATTEMPTS={max_attempts})", False), run.run_id)
+    for key in in_flight:
+        store.delete(in_flight_path(key))
+
+    selection = list(run.asset_selection) if run.asset_selection else None
+    tags = {LAUNCHED_BY: "rerun", RERUN_OF: run.run_id, ATTEMPT: str(attempt + 1)}
+    return [run_request(chunk, f"rerun-{run.run_id}-{number}", tags, asset_selection=selection)
+            for number, chunk in enumerate(plan.chunks)]
+
+
+def crash_path(key: str) -> str:
+    return key_path("crashes", key)
+
+
+# --- runs whose process is gone ---------------------------------------------------------------
+
+
+def _started_after(pid: int, timestamp: float) -> bool:
+    """Whether the process now holding `pid` began after `timestamp` (the pid was reused)."""
+    try:
+        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        booted = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return False
+    return booted + ticks / os.sysconf("SC_CLK_TCK") > timestamp + 1.0
+
+
+def process_is_gone(pid: int, since: float) -> bool:
+    """Dead, a zombie, or a different process that got the same pid later."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("Z", "X") or _started_after(pid, since)
+
+
+def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[int, float] | None:
+    """The pid of the process executing a run and when it was recorded, if this host knows it:
+    `opentr run` tags its in-process runs; a launched run logs "Started process for run"."""
+    if RUN_PID in run.tags:
+        record = instance.get_run_record_by_id(run.run_id)
+        started = (record.start_time or record.create_timestamp.timestamp()) if record else 0.0
+        return int(run.tags[RUN_PID]), float(started)
+    for entry in reversed(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)):
+        data = entry.dagster_event.engine_event_data if entry.dagster_event else None
+        if data is not None and data.pid is not None and "Started process for run" in entry.message:
+            return data.pid, entry.timestamp
+    return None
+
+
+def dead_run_reason(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    found = run_process(instance, run)
+    if found and process_is_gone(*found):
+        return f"the process executing this run (pid {found[0]}) is gone: killed, out of memory or rebooted"
+    return None
+
+
+def fail_dead_run(instance: dg.DagsterInstance, run: dg.DagsterRun, reason: str) -> None:
+    """What run monitoring does for a launched run, for an `opentr run` child that died."""
+    instance.report_run_failed(run, reason)
+    instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
