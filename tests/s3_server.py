@@ -17,6 +17,17 @@ AWS_TEST_ENV = {
 }
 
 
+_SERVERS: dict[int, object] = {}  # port -> the server now answering there (outage tests restart it)
+
+
+def running_server(port: int):
+    return _SERVERS[port]
+
+
+def replace_server(port: int, server) -> None:
+    _SERVERS[port] = server
+
+
 def _forget_s3_clients() -> None:
     """fsspec keeps one S3FileSystem per argument set for the life of the process; the endpoint
     comes from the environment, so a cached one could still point at an earlier server."""
@@ -33,6 +44,7 @@ def moto_s3_server() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    _SERVERS[port] = server
     endpoint = f"http://{host}:{port}"
     with pytest.MonkeyPatch.context() as patch:
         for name, value in {**AWS_TEST_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
@@ -46,7 +58,7 @@ def moto_s3_server() -> Iterator[str]:
             yield endpoint
         finally:
             _forget_s3_clients()
-            server.stop()
+            _SERVERS.pop(port).stop()
 
 
 def new_bucket() -> str:

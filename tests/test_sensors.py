@@ -14,9 +14,8 @@ import pytest
 
 from conftest import SPEECH, read_json, word_error_rate
 from opentr_pipeline.partitions import media_files
+from opentr_pipeline.names import RANGE_END, RANGE_START
 from opentr_pipeline.sensors import (
-    RANGE_END,
-    RANGE_START,
     UploadCursor,
     report_freshness_sensor,
     respond_to_listing,
@@ -152,7 +151,7 @@ def test_files_still_being_written_are_not_picked_up(ticks, uploads, capfd):
 
     captured = capfd.readouterr()
     logged = captured.out + captured.err
-    assert logged.count("ignored, not a media file name: notes.txt, slides.pdf") == 1, logged
+    assert logged.count("ignored, not a media file name: 'notes.txt', 'slides.pdf'") == 1, logged
     assert "rec.wav.part" not in logged
 
 
