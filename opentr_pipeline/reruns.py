@@ -144,8 +144,9 @@ def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[int, 
         return int(run.tags[RUN_PID]), float(started)
     for entry in reversed(instance.all_logs(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)):
         data = entry.dagster_event.engine_event_data if entry.dagster_event else None
-        if data is not None and data.pid is not None and "Started process for run" in entry.message:
-            return data.pid, entry.timestamp
+        pid = data.metadata.get("pid") if data is not None else None  # EngineEventData.in_process
+        if pid is not None and "Started process for run" in entry.message:
+            return int(pid.value), entry.timestamp
     return None
 
 

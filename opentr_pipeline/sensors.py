@@ -1,7 +1,8 @@
 """Uploads become partitions and runs by themselves; a second sensor keeps the report from lagging.
 
-`upload_sensor` lists UPLOAD_URI every tick and compares it with its cursor, a JSON map of each
-file's size and modification time as last seen. What it decides:
+`upload_sensor` lists UPLOAD_URI every tick and compares it with what it remembers of each file,
+its size and modification time as last seen (kept in the instance's key-value table, one row per
+file, see sensor_state.py; the cursor itself stays small). What it decides:
 
 - a file is ready once its size and mtime were seen unchanged on two consecutive ticks and it is
   not empty: a copy still in progress changes between looks (S3 objects appear whole, but a
@@ -16,9 +17,10 @@ file's size and modification time as last seen. What it decides:
 - each run's `run_key` is a hash of its keys, sizes and mtimes, so no file version is requested
   twice even if a tick is evaluated again.
 
-The cursor holds only files that are still in the upload area, so the work per tick is one
-dictionary look-up per listed file plus work proportional to what is new. A high-water mark on
-mtime would be smaller but would miss files copied with their original times (`cp -p`, rsync).
+A tick whose listing is the one it saw last time, with nothing waiting, ends after the listing.
+Otherwise it reads the listed files' rows and writes only the rows that change; at most
+MAX_FILES_PER_TICK files are requested per tick. A high-water mark on mtime would be smaller but
+would miss files copied with their original times (`cp -p`, rsync).
 """
 
 from __future__ import annotations
@@ -33,42 +35,42 @@ from opentr_pipeline.jobs import transcribe_job
 from opentr_pipeline.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.partitions import contiguous_chunks, media_files, run_request
 from opentr_pipeline.reruns import rerun_unfinished
+from opentr_pipeline.sensor_state import SensorCursor, UploadState, listing_digest
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
 from opentr_pipeline.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
 
 SENSOR_INTERVAL_S = 15
 NAMES_PER_LOG_LINE = 20
+# A tick must end well inside the daemon's 60 s limit: at 100,000 files dropped at once it would
+# not (a source record and a run request each); the rest are taken by the next ticks.
+MAX_FILES_PER_TICK = 2000
 
 
 @dataclass
-class UploadCursor:
+class SeenUploads:
+    """What the sensor knew of the listed files before this tick (kept in sensor_state)."""
+
     requested: dict[str, list] = field(default_factory=dict)  # key -> [size, mtime] last requested
     waiting: dict[str, list] = field(default_factory=dict)  # key -> [size, mtime] seen, not yet ready
-    ignored: list[str] = field(default_factory=list)  # non-media names already logged
+    ignored: set[str] = field(default_factory=set)  # non-media names already logged
 
-    @classmethod
-    def parse(cls, raw: str | None) -> "UploadCursor":
-        if not raw:
-            return cls()
-        value = json.loads(raw)
-        return cls(value.get("requested", {}), value.get("waiting", {}), value.get("ignored", []))
-
-    def dump(self) -> str:
-        return json.dumps({"requested": self.requested, "waiting": self.waiting, "ignored": self.ignored},
-                          separators=(",", ":"))
+    def by_key(self) -> dict[str, list]:
+        """key -> [requested version or None, waiting version or None], as stored."""
+        return {key: [self.requested.get(key), self.waiting.get(key)]
+                for key in self.requested.keys() | self.waiting.keys()}
 
 
 @dataclass
 class TickPlan:
     ready: list[Upload]
-    cursor: UploadCursor
-    waiting: int  # media files seen for the first time, still changing, or empty
+    seen: SeenUploads
+    waiting: int  # media files seen for the first time, still changing, empty, or over the tick's cap
     newly_ignored: list[str]
 
 
-def plan_tick(listing: UploadListing, previous: UploadCursor) -> TickPlan:
-    """Which uploads are ready now, and the cursor for the next tick (no I/O)."""
+def plan_tick(listing: UploadListing, previous: SeenUploads, cap: int = MAX_FILES_PER_TICK) -> TickPlan:
+    """Which uploads are ready now (at most `cap`), and what to remember for the next tick (no I/O)."""
     ready: list[Upload] = []
     requested: dict[str, list] = {}
     waiting: dict[str, list] = {}
@@ -76,17 +78,16 @@ def plan_tick(listing: UploadListing, previous: UploadCursor) -> TickPlan:
         state = [upload.size, upload.mtime]
         if previous.requested.get(upload.key) == state:
             requested[upload.key] = state  # already requested in this very version
-        elif upload.size > 0 and previous.waiting.get(upload.key) == state:
+        elif upload.size > 0 and previous.waiting.get(upload.key) == state and len(ready) < cap:
             ready.append(upload)
             requested[upload.key] = state
         else:
-            waiting[upload.key] = state
+            waiting[upload.key] = state  # over the cap it stays ready for the next tick
             if upload.key in previous.requested:
                 requested[upload.key] = previous.requested[upload.key]
-    seen_before = set(previous.ignored)
-    newly_ignored = [name for name in listing.not_media if name not in seen_before]
-    cursor = UploadCursor(requested, waiting, sorted(listing.not_media))
-    return TickPlan(ready, cursor, len(waiting), newly_ignored)
+    newly_ignored = [name for name in listing.not_media if name not in previous.ignored]
+    seen = SeenUploads(requested, waiting, set(listing.not_media))
+    return TickPlan(ready, seen, len(waiting), newly_ignored)
 
 
 def run_key_for(chunk: list[Upload]) -> str:
@@ -125,17 +126,30 @@ def done_elsewhere(instance: dg.DagsterInstance, store: Storage, uploads: list[U
 def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListing,
                        settings: Settings) -> dg.SensorResult:
     """Everything the sensor does after listing: plan, register sources, request runs."""
-    previous = UploadCursor.parse(context.cursor)
-    plan = plan_tick(listing, previous)
+    cursor = SensorCursor.parse(context.cursor)
+    for name, reason in listing.skipped.items():
+        context.log.warning(f"skipped {name!r}: {reason}")
+    digest = listing_digest([[u.key, u.size, u.mtime] for u in listing.uploads] + [[n] for n in listing.not_media])
+    if digest == cursor.digest and not cursor.waiting:
+        return dg.SensorResult(skip_reason="no new or changed media", cursor=context.cursor)
+
+    state = UploadState(context.instance, cursor)
+    stored = state.load("file", [u.key for u in listing.uploads])
+    previous = SeenUploads({k: r for k, (r, _) in stored.items() if r}, {k: w for k, (_, w) in stored.items() if w},
+                           set(state.load("ignored", listing.not_media)))
+    plan = plan_tick(listing, previous, MAX_FILES_PER_TICK)
+    state.save("file", previous.by_key(), plan.seen.by_key())
+    state.save("ignored", {n: 1 for n in previous.ignored}, {n: 1 for n in plan.seen.ignored})
+    next_cursor = SensorCursor(cursor.generation + 1, digest, plan.waiting).dump()
+
     for start in range(0, len(plan.newly_ignored), NAMES_PER_LOG_LINE):
         names = plan.newly_ignored[start : start + NAMES_PER_LOG_LINE]
         context.log.info(f"ignored, not a media file name: {', '.join(map(repr, names))}")
-    for name, reason in listing.skipped.items():
-        context.log.warning(f"skipped {name!r}: {reason}")
-    waiting = (f"; waiting: {plan.waiting} file(s) new, still changing or empty, "
-               f"{len(listing.partial)} with a temporary name" if plan.waiting or listing.partial else "")
+    waiting = (f"; waiting: {plan.waiting} file(s) new, still changing, empty or over this tick's "
+               f"{MAX_FILES_PER_TICK}, {len(listing.partial)} with a temporary name"
+               if plan.waiting or listing.partial else "")
     if not plan.ready:
-        return dg.SensorResult(skip_reason=f"no new or changed media{waiting}", cursor=plan.cursor.dump())
+        return dg.SensorResult(skip_reason=f"no new or changed media{waiting}", cursor=next_cursor)
 
     known = context.instance.get_dynamic_partitions(media_files.name)
     position = {key: index for index, key in enumerate(known)}
@@ -144,7 +158,7 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
         u for u in plan.ready if u.key in position and u.key not in previous.requested])
     plan.ready = [u for u in plan.ready if u.key not in already_done]
     if not plan.ready:
-        return dg.SensorResult(skip_reason=f"no new or changed media{waiting}", cursor=plan.cursor.dump())
+        return dg.SensorResult(skip_reason=f"no new or changed media{waiting}", cursor=next_cursor)
     new_keys = []
     for upload in plan.ready:
         if upload.key not in position:
@@ -160,7 +174,7 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[media_files.build_add_request(new_keys)] if new_keys else [],
-        cursor=plan.cursor.dump(),
+        cursor=next_cursor,
     )
 
 

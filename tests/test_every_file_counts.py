@@ -145,3 +145,53 @@ def test_bad_killed_and_poison_files_fail_alone_and_nothing_else_is_lost(dev, fi
     print(f"\ndrop to settled: {finished - dropped:.1f} s; first kill to settled: "
           f"{finished - killer.kills[0][1]:.1f} s; kills at "
           f"{[round(when - dropped, 1) for _, when in killer.kills]} s after the drop")
+
+
+def test_everything_converges_after_the_whole_server_is_killed_and_started_again(tmp_path, fixtures_dir):
+    """Webserver, daemon, code server and run processes all SIGKILLed at once (a reboot) while
+    runs are going and more are queued; started again on the same instance, the queued runs run,
+    the dead ones are failed by run monitoring and their files rerun, and the sensor does not
+    request again what it had requested before."""
+    for folder in ("uploads", "store", "home"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
+    env.update({"UPLOAD_URI": str(tmp_path / "uploads"), "STORAGE_URI": str(tmp_path / "store"),
+                "DAGSTER_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1", "OPENTR_FILES_PER_RUN": "1"})
+    store = tmp_path / "store"
+    names = [name for name in SPEECH if name.startswith("librispeech")] + ["jfk.flac"]
+    log = ARTIFACTS / "server-killed.log"
+
+    server = DevServer(PROJECT_ROOT, env, log_path=log).start()
+    try:
+        for name in names:
+            shutil.copy(fixtures_dir / name, tmp_path / "uploads" / (name + ".part"))
+        for name in names:
+            os.rename(tmp_path / "uploads" / (name + ".part"), tmp_path / "uploads" / name)
+
+        def runs_by_status() -> dict[str, int]:
+            found = server.graphql('query { runsOrError { ... on Runs { results { status } } } }')
+            statuses = [run["status"] for run in found["runsOrError"]["results"]]
+            return {status: statuses.count(status) for status in set(statuses)}
+
+        wait_or_fail(server, lambda: runs_by_status().get("STARTED") and runs_by_status().get("QUEUED"),
+                     timeout=180, what="runs going and runs queued", interval=0.5)
+        before = runs_by_status()
+    finally:
+        os.killpg(os.getpgid(server.process.pid), signal.SIGKILL)
+        server.process.wait(timeout=30)
+    killed = time.monotonic()
+
+    with DevServer(PROJECT_ROOT, env, log_path=log.with_name("server-restarted.log")) as again:
+        def all_done() -> bool:
+            return all((store / "transcripts" / f"{name}.json").is_file() for name in names)
+
+        wait_or_fail(again, all_done, timeout=420, what="every file transcribed after the restart")
+        runs = again.graphql('query { runsOrError { ... on Runs { results { status tags { key value } } } } }')
+    for name in names:
+        doc = json.loads((store / "transcripts" / f"{name}.json").read_text())
+        assert word_error_rate(SPEECH[name], doc["text"]) < 0.15, name
+    sensor_runs = [r for r in runs["runsOrError"]["results"]
+                   if {"key": "opentr/launched_by", "value": "upload_sensor"} in r["tags"]]
+    assert len(sensor_runs) == len(names), "the sensor requested each file once, across the restart"
+    print(f"\nbefore the kill: {before}; kill to every file done: {time.monotonic() - killed:.1f} s")

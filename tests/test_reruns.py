@@ -63,3 +63,29 @@ def test_a_pid_taken_by_a_newer_process_counts_as_gone():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_launched_run_whose_process_died_is_recognised(pipeline_env):
+    """The run worker logs "Started process for run (pid: N)" as Dagster's own api does; the
+    launcher's health check (what run monitoring asks) reads it from a real SQLite instance."""
+    import dagster as dg
+    from dagster._core.events import EngineEventData
+
+    from opentr_pipeline.launcher import WatchedRunLauncher
+    from opentr_pipeline.reruns import dead_run_reason
+
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.run_launcher, WatchedRunLauncher)  # dagster.yaml names it
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    run = instance.create_run_for_job(dg.GraphDefinition("noop").to_job(), run_id=None)
+    instance.report_engine_event(f"Started process for run (pid: {child.pid}).", run,
+                                 EngineEventData.in_process(child.pid))
+    try:
+        assert dead_run_reason(instance, run) is None
+        assert instance.run_launcher.check_run_worker_health(run).status.value == "RUNNING"
+        child.kill()
+        child.wait()
+        assert f"pid {child.pid}" in dead_run_reason(instance, run)
+        assert instance.run_launcher.check_run_worker_health(run).status.value == "FAILED"
+    finally:
+        child.kill()

@@ -16,7 +16,6 @@ from conftest import SPEECH, read_json, word_error_rate
 from opentr_pipeline.partitions import media_files
 from opentr_pipeline.names import RANGE_END, RANGE_START
 from opentr_pipeline.sensors import (
-    UploadCursor,
     report_freshness_sensor,
     respond_to_listing,
 )
@@ -178,7 +177,7 @@ def test_changed_file_is_requested_again_with_a_new_run_key(pipeline_env, ticks,
 
     talk.unlink()
     ticks()
-    assert "talk.wav" not in UploadCursor.parse(ticks.cursor).requested, "the cursor forgets deleted files"
+    assert len(ticks.cursor) < 200, "the per-file memory lives in the instance, not in the cursor"
 
 
 def test_a_thousand_uploads_in_one_tick_in_well_under_a_second(pipeline_env, ticks, uploads):
@@ -303,3 +302,30 @@ def test_restarted_sensor_does_not_request_what_others_already_did(pipeline_env,
     fresh()
     again = fresh()
     assert requested_keys(again) == [[OTHER]]
+
+
+def test_a_tick_lost_before_its_cursor_was_saved_decides_the_same_again(ticks, uploads, monkeypatch):
+    """The per-file memory is written during a tick, but a daemon that dies before saving the
+    tick's cursor must not lose the tick's run requests: evaluated again, it requests the same."""
+    import opentr_pipeline.sensors as sensors
+
+    for number in range(5):
+        write(uploads / f"call-{number}.wav", b"x" * (number + 1))
+    ticks()  # first look, committed
+    committed = ticks.cursor
+    lost = ticks.sensor.evaluate_tick(ticks.context())  # evaluated, never committed
+    ticks.cursor = committed
+    again = ticks.sensor.evaluate_tick(ticks.context())
+    assert requested_keys(again) == requested_keys(lost) != []
+    assert [r.run_key for r in again.run_requests] == [r.run_key for r in lost.run_requests]
+
+    # A drop larger than one tick's share is taken over the next ticks, none lost.
+    monkeypatch.setattr(sensors, "MAX_FILES_PER_TICK", 3)
+    for number in range(5, 12):
+        write(uploads / f"call-{number}.wav", b"y" * (number + 1))
+    ticks.cursor = again.cursor
+    ticks()
+    taken = []
+    for _ in range(4):
+        taken += [key for chunk in requested_keys(ticks()) for key in chunk]
+    assert sorted(taken) == sorted(f"call-{n}.wav" for n in range(5, 12))
