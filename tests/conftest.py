@@ -77,6 +77,7 @@ def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_
     import dagster as dg
 
     from opentr_pipeline.definitions import build_defs
+    from opentr_pipeline.names import RANGE_END, RANGE_START
     from opentr_pipeline.partitions import media_files
     from opentr_pipeline.settings import Settings
 
@@ -90,7 +91,7 @@ def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_
     return job.execute_in_process(
         instance=instance,
         raise_on_error=raise_on_error,
-        tags={"dagster/asset_partition_range_start": keys[0], "dagster/asset_partition_range_end": keys[-1]},
+        tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
     )
 
 

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from conftest import NO_SPEECH, SPEECH, materialize_keys, read_json, word_error_rate
+from opentr_pipeline.names import REPORT_JOB
 
 SHORT = [
     "librispeech_test-clean_61-70968-0002.wav",
@@ -104,7 +105,7 @@ def test_throughput_report_table_and_check(pipeline_env, uploads):
     from opentr_pipeline.settings import Settings
 
     defs = build_defs(Settings.from_env())
-    run = defs.resolve_job_def("throughput_report_job").execute_in_process(instance=dg.DagsterInstance.get())
+    run = defs.resolve_job_def(REPORT_JOB).execute_in_process(instance=dg.DagsterInstance.get())
     assert run.success
     store = Path(pipeline_env["STORAGE_URI"])
     frame = pd.read_parquet(store / "reports" / "throughput.parquet")

@@ -12,6 +12,7 @@ import dagster as dg
 import pytest
 
 from conftest import DEMO_MEDIA, read_json, word_error_rate
+from opentr_pipeline.names import LAUNCHED_BY
 
 pytestmark = pytest.mark.slow
 OPENTR = Path(sys.executable).with_name("opentr")
@@ -89,7 +90,7 @@ def test_runs_with_fewer_files_than_workers_keep_every_worker_busy(pipeline_env,
                                       finished_at=lambda f: pd.to_datetime(f["finished_at"]))
     assert peak_concurrency(frame) == 2
     runs = dg.DagsterInstance.get().get_run_records(
-        dg.RunsFilter(tags={"opentr/launched_by": "opentr run"}, statuses=[dg.DagsterRunStatus.SUCCESS]))
+        dg.RunsFilter(tags={LAUNCHED_BY: "opentr run"}, statuses=[dg.DagsterRunStatus.SUCCESS]))
     assert len(runs) == len(demo_texts)
 
 

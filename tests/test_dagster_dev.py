@@ -22,6 +22,7 @@ from playwright.sync_api import sync_playwright
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
 from dev_server import DevServer, wait_for
 from opentr_pipeline.core.keys import key_for_path, storage_name
+from opentr_pipeline.names import PARTITIONS
 
 pytestmark = pytest.mark.slow
 
@@ -315,7 +316,7 @@ def test_dev_lineage_and_backfill(server: DevServer, uploads: Path, store: Path,
         shutil.copy(fixtures_dir / name, uploads / name)
         # A key typed by hand in the UI: the file's path relative to UPLOAD_URI.
         added = server.graphql(ADD_PARTITION, {"selector": server.repository_selector,
-                                               "name": "media_files", "key": name})
+                                               "name": PARTITIONS, "key": name})
         assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess", added
     assert set(BACKFILL_FILES) <= partition_keys(server)
 

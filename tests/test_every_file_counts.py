@@ -21,6 +21,7 @@ from conftest import PROJECT_ROOT, SPEECH, word_error_rate
 from dev_server import DevServer
 from opentr_pipeline.core.keys import key_for_path, storage_name
 from test_dagster_dev import asset_key, wait_or_fail
+from opentr_pipeline.names import LAUNCHED_BY
 
 pytestmark = pytest.mark.slow
 
@@ -192,6 +193,6 @@ def test_everything_converges_after_the_whole_server_is_killed_and_started_again
         doc = json.loads((store / "transcripts" / f"{name}.json").read_text())
         assert word_error_rate(SPEECH[name], doc["text"]) < 0.15, name
     sensor_runs = [r for r in runs["runsOrError"]["results"]
-                   if {"key": "opentr/launched_by", "value": "upload_sensor"} in r["tags"]]
+                   if {"key": LAUNCHED_BY, "value": "upload_sensor"} in r["tags"]]
     assert len(sensor_runs) == len(names), "the sensor requested each file once, across the restart"
     print(f"\nbefore the kill: {before}; kill to every file done: {time.monotonic() - killed:.1f} s")

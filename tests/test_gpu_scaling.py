@@ -308,3 +308,54 @@ def test_a_run_queue_too_small_for_the_workers_is_pointed_out(pipeline_env):
     assert run_queue_advice(instance, 2) is None and run_queue_advice(instance, 3) is None
     advice = run_queue_advice(instance, 4)
     assert "max_concurrent_runs to 5 or more" in advice and pipeline_env["DAGSTER_HOME"] in advice
+
+
+def test_decoded_audio_held_at_once_is_bounded_by_the_workers(monkeypatch, fixtures_dir, tmp_path):
+    """Two runs' worth of files in two threads (as two run processes would), one worker: at most
+    two decoded files exist at any moment (one transcribing, one decoded ahead), and each S3-like
+    fetch happens only when its file is next. Real decoding and transcription."""
+    import opentr_pipeline.gpu as gpu_module
+    from contextlib import contextmanager
+
+    from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+
+    held, peak, fetching, lock = 0, 0, [], threading.Lock()
+    real_load, real_transcribe = gpu_module.load_audio, gpu_module.transcribe
+
+    def counting_load(path, name):
+        nonlocal held, peak
+        audio = real_load(path, name)
+        with lock:
+            held += 1
+            peak = max(peak, held)
+        return audio
+
+    def releasing_transcribe(*args, **kwargs):
+        nonlocal held
+        try:
+            return real_transcribe(*args, **kwargs)
+        finally:
+            with lock:
+                held -= 1
+
+    @contextmanager
+    def fetch(uri):
+        with lock:
+            fetching.append(held)  # decoded files in memory when this download starts
+        yield Path(uri)
+
+    monkeypatch.setattr(gpu_module, "load_audio", counting_load)
+    monkeypatch.setattr(gpu_module, "transcribe", releasing_transcribe)
+    gpu = GpuExecutor(lock_dir=str(tmp_path))  # one worker
+    names = [n for n in SPEECH if n.startswith("librispeech")]
+    runs = [[FileToTranscribe(f"{r}-{n}", str(fixtures_dir / n)) for n in names] for r in range(2)]
+    results = {}
+    threads = [threading.Thread(target=lambda run=run: results.update(gpu.transcribe_files(run, fetch=fetch)))
+               for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(not isinstance(r, Exception) for r in results.values()) and len(results) == 2 * len(names)
+    assert peak == 2, f"{peak} decoded files at once with one worker"
+    assert max(fetching) <= 1, "a download started while two decoded files were already waiting"

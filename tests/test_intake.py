@@ -97,3 +97,22 @@ def test_a_file_replaced_after_probing_is_not_recorded_under_its_old_hash(pipeli
     assert doc["sha256"] == read_json(store / "media/talk.wav.json")["sha256"] != probed
     assert "experience" in doc["text"].lower()
     assert not list((store / "inflight").glob("*.json")), json.dumps(os.listdir(store / "inflight"))
+
+
+def test_downloads_left_by_a_killed_process_are_removed(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    import opentr_pipeline.storage as storage
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(storage, "_DOWNLOADS", None)
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer runs
+    left = tmp_path / f"opentr-downloads-{child.pid}-abc123"
+    left.mkdir()
+    (left / "half.mp3").write_bytes(b"x")
+    mine = storage.private_download_dir()
+    assert not left.exists()
+    assert mine.name.startswith(f"opentr-downloads-{os.getpid()}-") and oct(mine.stat().st_mode)[-3:] == "700"

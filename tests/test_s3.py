@@ -15,6 +15,7 @@ from test_sensors import SHORT, UploadSensorTicks, added_keys, requested_keys
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
 from opentr_pipeline.uploads import scan_uploads
+from opentr_pipeline.names import REPORT_JOB
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,24 @@ def test_pipeline_run_with_uploads_and_storage_on_s3(s3_pipeline_env, fixtures_d
 
     from opentr_pipeline.definitions import build_defs
 
-    report = build_defs(Settings.from_env()).resolve_job_def("throughput_report_job")
+    report = build_defs(Settings.from_env()).resolve_job_def(REPORT_JOB)
     assert report.execute_in_process(instance=ticks.instance).success
     assert store.exists("reports/throughput.parquet") and "x realtime" in store.read_bytes("reports/throughput.md").decode().lower()
+
+
+def test_a_doubled_slash_is_another_object_with_its_own_key(bucket):
+    """`incoming//a.wav` and `incoming/a.wav` are two S3 objects: two partitions, each read back."""
+    root = f"s3://{bucket}/incoming"
+    put(f"{root}/a.wav", b"one")
+    put(f"{root}//a.wav", b"two")
+    listing = scan_uploads(root)
+    assert sorted(u.relative_path for u in listing.uploads) == ["/a.wav", "a.wav"]
+    keys = {u.relative_path: u.key for u in listing.uploads}
+    assert keys["a.wav"] == "a.wav" and keys["/a.wav"] != "a.wav"
+    store = Storage(f"s3://{bucket}/store")
+    from opentr_pipeline.uploads import register_sources, source_uri
+
+    register_sources(store, listing.uploads)
+    for upload in listing.uploads:
+        with store.local_copy(source_uri(store, root, upload.key)) as path:
+            assert path.read_bytes() == (b"two" if upload.relative_path == "/a.wav" else b"one")

@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SPEECH, read_json, word_error_rate
 from opentr_pipeline.partitions import media_files
-from opentr_pipeline.names import RANGE_END, RANGE_START
+from opentr_pipeline.names import RANGE_END, RANGE_START, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.sensors import (
     report_freshness_sensor,
     respond_to_listing,
@@ -57,7 +57,7 @@ class UploadSensorTicks:
 
     def run_requested(self, data) -> list[dg.ExecuteInProcessResult]:
         """Each requested run of `transcribe_media`, in process, with the request's own tags."""
-        job = self.repository.get_job("transcribe_media")
+        job = self.repository.get_job(TRANSCRIBE_JOB)
         return [job.execute_in_process(instance=self.instance, tags=request.tags,
                                        partition_key=request.partition_key, raise_on_error=False)
                 for request in data.run_requests]
@@ -280,10 +280,10 @@ def test_sensor_and_schedule_are_registered_and_running_by_default(pipeline_env)
     repository = build_defs(Settings.from_env()).get_repository_def()
     sensor = repository.get_sensor_def("upload_sensor")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert sensor.job_name == "transcribe_media" and sensor.minimum_interval_seconds <= 30
+    assert sensor.job_name == TRANSCRIBE_JOB and sensor.minimum_interval_seconds <= 30
     freshness = repository.get_sensor_def("report_freshness_sensor")
     assert freshness.default_status == dg.DefaultSensorStatus.RUNNING
-    assert freshness.job_name == "throughput_report_job"
+    assert freshness.job_name == REPORT_JOB
 
 
 def test_restarted_sensor_does_not_request_what_others_already_did(pipeline_env, ticks, uploads, fixtures_dir):
