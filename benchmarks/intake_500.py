@@ -52,7 +52,8 @@ def build_corpus(folder: Path, count: int) -> float:
 
 
 class RunMemory(threading.Thread):
-    """Samples the resident memory of every run process (`dagster api execute_run`) in a group."""
+    """Samples the resident memory of every run process in a group (the code server starts each
+    run in a process of its own, spawned by multiprocessing)."""
 
     def __init__(self, group: int):
         super().__init__(daemon=True)
@@ -68,7 +69,7 @@ class RunMemory(threading.Thread):
                 try:
                     if os.getpgid(int(entry.name)) != self.group:
                         continue
-                    if b"execute_run" not in (entry / "cmdline").read_bytes():
+                    if b"spawn_main" not in (entry / "cmdline").read_bytes():
                         continue
                     rss = next(int(line.split()[1]) for line in (entry / "status").read_text().splitlines()
                                if line.startswith("VmRSS:"))

@@ -210,7 +210,9 @@ def report_freshness_sensor(context: dg.SensorEvaluationContext):
     `report_automation` (eager) waits while any transcript run is in progress, so under a steady
     stream of uploads the report could lag for hours; and on Dagster 1.13.27 it was seen not to
     fire again for transcripts of partitions added by a sensor after its first materialization.
-    This bounds the lag to one interval; `run_key` keeps one report per transcript state.
+    This bounds the lag to one interval; `run_key` keeps one report per transcript state, and
+    while a report run is waiting or going no other is asked for: under a bulk drop every new
+    transcript would otherwise queue a report run, each a process start taken from transcription.
     """
     transcripts = latest_materialization_id(context.instance, "transcript")
     if transcripts is None:
@@ -218,6 +220,11 @@ def report_freshness_sensor(context: dg.SensorEvaluationContext):
     report = latest_materialization_id(context.instance, "throughput_report")
     if report is not None and report > transcripts:
         return dg.SkipReason("the report is newer than every transcript")
+    pending = context.instance.get_runs(dg.RunsFilter(job_name=REPORT_JOB, statuses=[
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED]), limit=1)
+    if pending:
+        return dg.SkipReason(f"a report run is already on its way ({pending[0].run_id[:8]})")
     return dg.RunRequest(run_key=f"report-after-{transcripts}")
 
 

@@ -20,7 +20,7 @@ import fsspec
 
 from opentr_pipeline.core.keys import key_for_path, key_path
 from opentr_pipeline.core.media import MEDIA_SUFFIXES
-from opentr_pipeline.storage import Storage
+from opentr_pipeline.storage import Storage, with_retries
 
 PARTIAL_SUFFIXES = {".part", ".tmp", ".crdownload", ".partial", ".download"}
 
@@ -70,9 +70,13 @@ def scan_uploads(upload_uri: str) -> UploadListing:
     """
     fs, root = fsspec.core.url_to_fs(upload_uri)
     root = root.rstrip("/")
-    fs.invalidate_cache(root)
+
+    def find() -> dict:
+        fs.invalidate_cache(root)
+        return fs.find(root, detail=True)
+
     try:
-        found = fs.find(root, detail=True)
+        found = find() if "://" not in upload_uri else with_retries(find, f"listing {upload_uri}")
     except FileNotFoundError:
         return UploadListing()
     protocol = upload_uri.split("://", 1)[0] + "://" if "://" in upload_uri else ""

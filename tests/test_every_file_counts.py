@@ -59,6 +59,7 @@ class PoisonKiller(threading.Thread):
         super().__init__(daemon=True)
         self.record = store / "inflight" / f"{storage_name(key)}.json"
         self.kills: list[tuple[int, float]] = []  # (pid, when)
+        self.finished_before_first_kill: dict[str, str] = {}  # transcript file -> its started_at
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -72,7 +73,10 @@ class PoisonKiller(threading.Thread):
                     os.kill(record["pid"], signal.SIGKILL)
                     self.kills.append((record["pid"], time.monotonic()))
                 except ProcessLookupError:
-                    pass
+                    continue
+                if len(self.kills) == 1:
+                    for path in self.record.parent.parent.glob("transcripts/*.json"):
+                        self.finished_before_first_kill[path.name] = json.loads(path.read_text())["started_at"]
             time.sleep(0.05)
 
 
@@ -138,6 +142,8 @@ def test_bad_killed_and_poison_files_fail_alone_and_nothing_else_is_lost(dev, fi
     poison = json.loads((store / "failures" / "transcript" / f"{poison_key}.json").read_text())
     assert "poison" in poison["reason"] and poison["permanent"], poison
     assert len(killer.kills) == 2, f"killed {len(killer.kills)} times: poison after 2, the last time alone"
+    for name, started_at in killer.finished_before_first_kill.items():  # kept, not transcribed again
+        assert json.loads((store / "transcripts" / name).read_text())["started_at"] == started_at, name
 
     # Slots of the killed runs were freed, and nothing is left in flight.
     wait_or_fail(server, lambda: not server.graphql(POOL_SLOTS, {"pool": "gpu"})["instance"]["concurrencyLimit"]["claimedSlots"],

@@ -273,6 +273,14 @@ def test_report_sensor_runs_only_when_transcripts_are_newer(pipeline_env):
     instance.report_runless_asset_event(dg.AssetMaterialization("throughput_report"))
     assert isinstance(evaluate(), dg.SkipReason)
 
+    # A newer transcript while a report run waits: no second report run is queued behind it.
+    instance.report_runless_asset_event(dg.AssetMaterialization("transcript", partition="a.wav"))
+    queued = instance.create_run_for_job(dg.GraphDefinition(REPORT_JOB).to_job(), status=dg.DagsterRunStatus.NOT_STARTED)
+    skipped = evaluate()
+    assert isinstance(skipped, dg.SkipReason) and queued.run_id[:8] in skipped.skip_message
+    instance.delete_run(queued.run_id)
+    assert isinstance(evaluate(), dg.RunRequest)
+
 
 def test_sensor_and_schedule_are_registered_and_running_by_default(pipeline_env):
     from opentr_pipeline.definitions import build_defs
