@@ -6,7 +6,7 @@ renames them all into the upload folder at once, and waits until every file has 
 a named failure. Meanwhile it samples the memory of every run process. Prints and writes
 (bench-results/intake.json): time to settle, transcripts, failures and their reasons, the peak
 number of concurrent transcriptions against the worker limit, runs, and run-process memory
-(peak, and growth from a quarter of each process's life to its end: flat means no per-file leak).
+(the peak of each run process; benchmarks/memory_per_file.py follows one process file by file).
 
     .venv/bin/python benchmarks/intake_500.py --files 500 --bad 5 --workers 2
 """
@@ -79,19 +79,12 @@ class RunMemory(threading.Thread):
             time.sleep(0.5)
 
     def summary(self) -> dict:
-        peaks, growths = [], []
-        for samples in self.samples.values():
-            if len(samples) < 8:
-                continue
-            values = [rss for _, rss in samples]
-            peaks.append(max(values))
-            growths.append(values[-1] - values[len(values) // 4])
+        peaks = [max(rss for _, rss in samples) for samples in self.samples.values() if len(samples) >= 8]
         mib = 2**20
         return {"run_processes": len(peaks),
+                "peak_rss_mib_min": round(min(peaks) / mib, 1) if peaks else None,
                 "peak_rss_mib_median": round(float(np.median(peaks)) / mib, 1) if peaks else None,
-                "peak_rss_mib_max": round(max(peaks) / mib, 1) if peaks else None,
-                "growth_mib_max": round(max(growths) / mib, 1) if growths else None,
-                "growth_mib_median": round(float(np.median(growths)) / mib, 1) if growths else None}
+                "peak_rss_mib_max": round(max(peaks) / mib, 1) if peaks else None}
 
 
 def main() -> int:
