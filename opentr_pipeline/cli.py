@@ -67,6 +67,17 @@ def run_queue_advice(instance, workers: int) -> str | None:
             f"max_concurrent_runs to {workers + 1} or more in {instance.root_directory}/dagster.yaml")
 
 
+def monitoring_advice(instance) -> str | None:
+    """An instance made before run monitoring came (its dagster.yaml is kept as it was) would
+    leave a killed run STARTED for ever: say so at start-up."""
+    from opentr_pipeline.launcher import WatchedRunLauncher
+
+    if instance.run_monitoring_enabled and isinstance(instance.run_launcher, WatchedRunLauncher):
+        return None
+    return (f"note: {instance.root_directory}/dagster.yaml does not watch run processes, so a killed "
+            f"run would never be rerun; copy run_launcher and run_monitoring from {PROJECT_ROOT}/dagster.yaml")
+
+
 def runs_at_once(workers: int, files_per_run: int) -> int:
     """Enough runs to give every worker a file, plus one: while a run probes its files or
     finishes its last ones, the next run's threads already wait for the free workers."""
@@ -278,9 +289,9 @@ def start_dev(settings: Settings, extra_args: list[str]) -> int:
     gpu = GpuExecutor.from_settings(settings)
     set_gpu_pool_limit(instance, gpu.total_workers())
     print(f"device plan: {describe_plan(gpu.plan())} (pool 'gpu' limit {gpu.total_workers()})")
-    advice = run_queue_advice(instance, gpu.total_workers())
-    if advice:
-        print(advice)
+    for advice in (run_queue_advice(instance, gpu.total_workers()), monitoring_advice(instance)):
+        if advice:
+            print(advice)
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *extra_args]
     print(f"DAGSTER_HOME={settings.dagster_home}\n$ {' '.join(command)}", flush=True)

@@ -89,3 +89,17 @@ def test_a_launched_run_whose_process_died_is_recognised(pipeline_env):
         assert instance.run_launcher.check_run_worker_health(run).status.value == "FAILED"
     finally:
         child.kill()
+
+
+def test_an_instance_that_does_not_watch_run_processes_is_pointed_out(pipeline_env, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from opentr_pipeline.cli import monitoring_advice
+
+    assert monitoring_advice(dg.DagsterInstance.get()) is None  # the project's dagster.yaml
+    old = tmp_path / "old-home"
+    old.mkdir()
+    (old / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    monkeypatch.setenv("DAGSTER_HOME", str(old))
+    advice = monitoring_advice(dg.DagsterInstance.get())
+    assert "run_monitoring" in advice and str(old) in advice
