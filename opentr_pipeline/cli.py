@@ -14,9 +14,9 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
@@ -102,7 +102,7 @@ class RunSpec:
     tags: dict[str, str]
 
 
-def execute_run(settings: Settings, number: int, total: int, spec: RunSpec) -> str:
+def execute_run(settings: Settings, number: int, total: int, spec: RunSpec) -> None:
     """One run of the transcription job over a stretch of partitions, recorded in the instance.
 
     Tagged with this process's pid, so that if the process dies the run is seen to be dead."""
@@ -121,7 +121,6 @@ def execute_run(settings: Settings, number: int, total: int, spec: RunSpec) -> s
     )
     print(f"run {number}/{total}: {len(chunk)} file(s) ({label}) "
           f"{'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})", flush=True)
-    return result.run_id
 
 
 def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None:
@@ -169,8 +168,7 @@ def reruns_of_failed_runs(settings: Settings, instance, store, invocation: str, 
     process died are marked failed first, as run monitoring does under `opentr dev`."""
     import dagster as dg
 
-    from opentr_pipeline.names import INVOCATION, PARTITIONS, RANGE_END, RANGE_START
-    from opentr_pipeline.partitions import keys_of_run
+    from opentr_pipeline.names import INVOCATION
     from opentr_pipeline.reruns import rerun_unfinished
 
     fail_dead_runs(instance)
@@ -181,11 +179,8 @@ def reruns_of_failed_runs(settings: Settings, instance, store, invocation: str, 
         if run.run_id in handled:
             continue
         handled.add(run.run_id)
-        order = instance.get_dynamic_partitions(PARTITIONS)
-        for request in rerun_unfinished(instance, store, run, settings.max_attempts, settings.files_per_run):
-            tags = {k: v for k, v in request.tags.items() if k not in (RANGE_START, RANGE_END)}
-            single = {"dagster/partition": request.partition_key} if request.partition_key else {}
-            specs.append(RunSpec(keys_of_run({**request.tags, **single}, order), {**tags, INVOCATION: invocation}))
+        for rerun in rerun_unfinished(instance, store, run, settings.max_attempts, settings.files_per_run):
+            specs.append(RunSpec(rerun.keys, {**rerun.tags, INVOCATION: invocation}))
     return specs
 
 

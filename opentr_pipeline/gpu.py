@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, ContextManager
@@ -65,8 +66,6 @@ class FileToTranscribe:
 
 def read_local(uri: str) -> ContextManager[Path]:
     """The default way to reach a file: it is already local."""
-    from contextlib import nullcontext
-
     return nullcontext(Path(uri))
 
 

@@ -27,10 +27,19 @@ import dagster as dg
 from opentr_pipeline.assets.batch import FileFailure, failure_path, in_flight_path, record_failure
 from opentr_pipeline.core.keys import key_path
 from opentr_pipeline.names import ATTEMPT, LAUNCHED_BY, PARTITIONS, PIPELINE_ASSETS, RERUN_OF, RUN_PID
-from opentr_pipeline.partitions import contiguous_chunks, keys_of_run, run_request
+from opentr_pipeline.partitions import contiguous_chunks, keys_of_run
 from opentr_pipeline.storage import Storage
 
 POISON_AFTER = 2  # deaths of a run with the file in hand, the last time alone in its run
+
+
+@dataclass(frozen=True)
+class Rerun:
+    """One run to launch again: the rerun sensor makes it a RunRequest, `opentr run` runs it."""
+
+    keys: list[str]
+    tags: dict[str, str]
+    run_key: str
 
 
 @dataclass
@@ -62,8 +71,8 @@ def plan_rerun(run_keys: Sequence[str], order: Sequence[str], permanent: set[str
 
 
 def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.DagsterRun,
-                     max_attempts: int, files_per_run: int) -> list[dg.RunRequest]:
-    """Plan the reruns of one failed run, record poison and given-up files, return the requests."""
+                     max_attempts: int, files_per_run: int) -> list[Rerun]:
+    """Plan the reruns of one failed run, record poison and given-up files, return the reruns."""
     order = instance.get_dynamic_partitions(PARTITIONS)
     run_keys = keys_of_run(run.tags, order)
     if not run_keys:
@@ -97,10 +106,8 @@ def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.Dagst
     for key in in_flight:
         store.delete(in_flight_path(key))
 
-    selection = list(run.asset_selection) if run.asset_selection else None
     tags = {LAUNCHED_BY: "rerun", RERUN_OF: run.run_id, ATTEMPT: str(attempt + 1)}
-    return [run_request(chunk, f"rerun-{run.run_id}-{number}", tags, asset_selection=selection)
-            for number, chunk in enumerate(plan.chunks)]
+    return [Rerun(chunk, tags, f"rerun-{run.run_id}-{number}") for number, chunk in enumerate(plan.chunks)]
 
 
 def crash_path(key: str) -> str:

@@ -127,8 +127,6 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
                        settings: Settings) -> dg.SensorResult:
     """Everything the sensor does after listing: plan, register sources, request runs."""
     cursor = SensorCursor.parse(context.cursor)
-    for name, reason in listing.skipped.items():
-        context.log.warning(f"skipped {name!r}: {reason}")
     digest = listing_digest([[u.key, u.size, u.mtime] for u in listing.uploads] + [[n] for n in listing.not_media])
     if digest == cursor.digest and not cursor.waiting:
         return dg.SensorResult(skip_reason="no new or changed media", cursor=context.cursor)
@@ -141,6 +139,8 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     state.save("file", previous.by_key(), plan.seen.by_key())
     state.save("ignored", {n: 1 for n in previous.ignored}, {n: 1 for n in plan.seen.ignored})
     next_cursor = SensorCursor(cursor.generation + 1, digest, plan.waiting).dump()
+    for name, reason in listing.skipped.items():
+        context.log.warning(f"skipped {name!r}: {reason}")
 
     for start in range(0, len(plan.newly_ignored), NAMES_PER_LOG_LINE):
         names = plan.newly_ignored[start : start + NAMES_PER_LOG_LINE]
@@ -241,9 +241,11 @@ def build_rerun_sensor(settings: Settings) -> dg.RunFailureSensorDefinition:
     )
     def rerun_unfinished_files(context: dg.RunFailureSensorContext):
         run = context.dagster_run
-        requests = rerun_unfinished(context.instance, Storage(settings.storage_uri), run,
-                                    settings.max_attempts, settings.files_per_run)
-        context.log.info(f"run {run.run_id[:8]} failed; {len(requests)} rerun(s) of its unfinished files")
-        yield from requests
+        reruns = rerun_unfinished(context.instance, Storage(settings.storage_uri), run,
+                                  settings.max_attempts, settings.files_per_run)
+        context.log.info(f"run {run.run_id[:8]} failed; {len(reruns)} rerun(s) of its unfinished files")
+        selection = list(run.asset_selection) if run.asset_selection else None
+        for rerun in reruns:
+            yield run_request(rerun.keys, rerun.run_key, rerun.tags, asset_selection=selection)
 
     return rerun_unfinished_files

@@ -71,9 +71,12 @@ def with_retries(action: Callable[[], T], what: str, retry_s: float = RETRY_S) -
             delay = min(delay * 2, 8.0)
 
 
+_DOWNLOADS: Path | None = None
+
+
 def private_download_dir() -> Path:
-    """This process's own folder for downloaded sources (mode 0700, removed at exit by the
-    next process that finds its owner dead: a SIGKILLed process cannot clean up after itself)."""
+    """This process's own folder for downloaded sources (mode 0700). A SIGKILLed process cannot
+    clean up after itself, so the next process to make its folder removes those of dead pids."""
     global _DOWNLOADS
     if _DOWNLOADS is None or not _DOWNLOADS.is_dir():
         base = Path(tempfile.gettempdir())
@@ -83,9 +86,6 @@ def private_download_dir() -> Path:
                 shutil.rmtree(stale, ignore_errors=True)
         _DOWNLOADS = Path(tempfile.mkdtemp(prefix=f"opentr-downloads-{os.getpid()}-", dir=base))
     return _DOWNLOADS
-
-
-_DOWNLOADS: Path | None = None
 
 
 class Storage:

@@ -76,7 +76,7 @@ def scan_uploads(upload_uri: str) -> UploadListing:
         return fs.find(root, detail=True)
 
     try:
-        found = find() if "://" not in upload_uri else with_retries(find, f"listing {upload_uri}")
+        found = with_retries(find, f"listing {upload_uri}")
     except FileNotFoundError:
         return UploadListing()
     protocol = upload_uri.split("://", 1)[0] + "://" if "://" in upload_uri else ""

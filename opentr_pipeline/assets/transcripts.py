@@ -74,6 +74,11 @@ class TranscriptPlan:
     failures: dict[str, FileFailure] = field(default_factory=dict)
 
 
+def is_current(doc: dict | None, probed: dict, version: str) -> bool:
+    """The transcript on disk is of these bytes under these settings: nothing to do."""
+    return bool(doc) and doc.get("sha256") == probed["sha256"] and doc.get("settings_version") == version
+
+
 def plan_transcripts(keys: list[str], probes: dict[str, dict | None], existing: dict[str, dict | None],
                      elsewhere: dict[str, dict | None], version: str) -> TranscriptPlan:
     """Pure: transcribe each distinct content once; reuse what is already done (no I/O)."""
@@ -84,9 +89,8 @@ def plan_transcripts(keys: list[str], probes: dict[str, dict | None], existing: 
         if probed is None:
             plan.failures[key] = FileFailure(f"{key}: not probed yet; materialize media_file first", False)
             continue
-        doc = existing.get(key)
-        if doc and doc.get("sha256") == probed["sha256"] and doc.get("settings_version") == version:
-            plan.current[key] = doc  # same bytes, same settings: nothing to do
+        if is_current(existing.get(key), probed, version):
+            plan.current[key] = existing[key]
         elif elsewhere.get(key):
             plan.reuse[key] = elsewhere[key]
         elif probed["sha256"] in first_with_sha:
@@ -166,7 +170,7 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
     probes = {key: store.read_json_or_none(key_path("media", key)) for key in keys}
     existing = {key: store.read_json_or_none(key_path("transcripts", key)) for key in keys}
     elsewhere = {key: transcript_of_same_content(store, probed["sha256"], version, key)
-                 for key, probed in probes.items() if probed}
+                 for key, probed in probes.items() if probed and not is_current(existing[key], probed, version)}
     plan = plan_transcripts(keys, probes, existing, elsewhere, version)
 
     recorder = TranscriptRecorder(context, store, version, total=len(plan.transcribe))
