@@ -41,7 +41,7 @@ def main(count: int) -> None:
             out.setframerate(16000)
             out.writeframes((samples * 32767).astype("<i2").tobytes())
         files.append(FileToTranscribe(path.stem, str(path)))
-    gpu = GpuExecutor(lock_dir=str(folder / "leases"), gpu_scale_enabled=True, gpu_scale_workers=2)
+    gpu = GpuExecutor.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "2"}, lock_dir=str(folder / "leases"))
     after: list[float] = []
     started = time.perf_counter()
     gpu.transcribe_files(files, on_done=lambda key, result: after.append(resident_mib()))

@@ -19,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
+from opentr_pipeline.core.devices import DeviceMemoryError
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
 
 log = logging.getLogger("opentr")
@@ -202,7 +203,7 @@ def run_pipeline(settings: Settings) -> int:
 
     import dagster as dg
 
-    from opentr_pipeline.core.devices import describe_plan
+    from opentr_pipeline.core.devices import DeviceMemoryError, describe_plan
     from opentr_pipeline.names import INVOCATION, PARTITIONS, REPORT_JOB
     from opentr_pipeline.partitions import contiguous_chunks
     from opentr_pipeline.storage import Storage
@@ -212,7 +213,7 @@ def run_pipeline(settings: Settings) -> int:
     gpu = defs.resources["gpu"]
     set_gpu_pool_limit(instance, gpu.total_workers())
     print(f"device plan: {describe_plan(gpu.plan())}")
-    print(f"model: {settings.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
+    print(f"model: {settings.decoding.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
 
     store = Storage(settings.storage_uri)
     fail_dead_runs(instance)
@@ -277,7 +278,7 @@ def print_report(settings: Settings) -> int:
 
 def start_dev(settings: Settings, extra_args: list[str]) -> int:
     """`dagster dev` on the project's instance, with the gpu pool limit set from the plan."""
-    from opentr_pipeline.core.devices import describe_plan
+    from opentr_pipeline.core.devices import DeviceMemoryError, describe_plan
     from opentr_pipeline.gpu import GpuExecutor
 
     instance = prepare_instance(settings)
@@ -303,6 +304,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("dev", add_help=False,
                         help="the Dagster UI and daemon on this project's instance; "
                              "other options (-p 3001, -h 0.0.0.0) go to dagster dev")
+    worker = commands.add_parser("worker", help="a resident transcription worker for one device "
+                                 "(holds one model; needs OPENTR_BROKER_URL)")
+    worker.add_argument("--device", help="cpu:N or cuda:N (default: the plan's first device)")
+    worker.add_argument("--queues", help="comma-separated queues to take files from (default OPENTR_QUEUE)")
+    worker.add_argument("--cpu-threads", type=int, help="CTranslate2 threads per slot (default: cores / slots)")
     bench = commands.add_parser("bench", help="raw faster-whisper against the pipeline, 1 and N workers")
     from opentr_pipeline.bench import add_arguments as add_bench_arguments
 
@@ -320,6 +326,11 @@ def main(argv: list[str] | None = None) -> int:
             return run_pipeline(settings)
         if args.command == "dev":
             return start_dev(settings, [a for a in extra if a != "--"])
+        if args.command == "worker":
+            from opentr_pipeline.workers import serve
+
+            serve(settings, args.device, args.queues.split(",") if args.queues else None, args.cpu_threads)
+            return 0
         if args.command == "bench":
             from opentr_pipeline.bench import bench_command
 
@@ -328,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"opentr: configuration error: {error}", file=sys.stderr)
         return 2
+    except DeviceMemoryError as error:
+        print(f"opentr: {error}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

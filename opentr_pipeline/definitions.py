@@ -24,7 +24,10 @@ automation_sensor = dg.AutomationConditionSensorDefinition(
 
 def build_defs(settings: Settings) -> dg.Definitions:
     gpu = GpuExecutor.from_settings(settings)
-    plan = describe_plan(gpu.plan())  # validates the device variables at start-up
+    if settings.engine.resident:  # the workers plan their own devices; this process loads no model
+        plan = f"resident workers on queue '{settings.engine.queue}' (OPENTR_BROKER_URL)"
+    else:
+        plan = describe_plan(gpu.plan())  # validates the device variables at start-up
     # Dagster takes a resource's description from its __doc__: the UI's resource page shows the plan.
     object.__setattr__(gpu, "__doc__", f"{GpuExecutor.__doc__} Device plan: {plan}.")
     version = settings_version(gpu)

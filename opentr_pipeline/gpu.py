@@ -34,7 +34,7 @@ from opentr_pipeline.core.transcription import (
     resolve_compute_type,
     transcribe,
 )
-from opentr_pipeline.settings import BUNDLED_MODEL, Settings
+from opentr_pipeline.settings import DecodingSettings, Settings
 
 log = logging.getLogger("opentr")
 MODELS = ModelCache()  # process-wide: a run step loads each model once, whatever it transcribes
@@ -70,53 +70,47 @@ def read_local(uri: str) -> ContextManager[Path]:
 
 
 class GpuExecutor(dg.ConfigurableResource):
-    """Runs transcriptions on the planned devices, `workers` at a time per device."""
+    """Runs transcriptions on the planned devices, `workers` at a time per device.
 
-    gpu_scale_enabled: bool = False
-    gpu_scale_device_id: int = 0
-    gpu_scale_workers: int = 1
-    gpu_scale_default_worker: bool = False
-    gpu_device_id: int = 0
-    whisper_device: str = "auto"
-    whisper_model: str = BUNDLED_MODEL
-    whisper_compute_type: str = "auto"
-    beam_size: int = 5
-    batch_size: int = 8
-    vad_filter: bool = True
-    language: str = ""
+    With no broker (the embedded default) the model lives in the run process; with
+    OPENTR_BROKER_URL set, each file goes to the resident worker of a device (workers.py).
+    """
+
+    # The flat variables of settings.Settings, so the UI's resource page shows what runs.
+    settings: dict[str, str] = {}
     lock_dir: str = ""
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "GpuExecutor":
-        return cls(
-            gpu_scale_enabled=settings.gpu_scale_enabled,
-            gpu_scale_device_id=settings.gpu_scale_device_id,
-            gpu_scale_workers=settings.gpu_scale_workers,
-            gpu_scale_default_worker=settings.gpu_scale_default_worker,
-            gpu_device_id=settings.gpu_device_id,
-            whisper_device=settings.whisper_device,
-            whisper_model=settings.whisper_model,
-            whisper_compute_type=settings.whisper_compute_type,
-            beam_size=settings.beam_size,
-            batch_size=settings.batch_size,
-            vad_filter=settings.vad_filter,
-            language=settings.language or "",
-            lock_dir=str(Path(settings.dagster_home) / "gpu-leases"),
-        )
+    def from_settings(cls, settings: Settings, lock_dir: str | None = None) -> "GpuExecutor":
+        return cls(settings=settings.to_env(),
+                   lock_dir=lock_dir or str(Path(settings.dagster_home) / "gpu-leases"))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str], lock_dir: str) -> "GpuExecutor":
+        """From variables alone (tests and benchmarks), the process environment aside."""
+        return cls.from_settings(Settings.from_env(environ), lock_dir)
+
+    @property
+    def config(self) -> Settings:
+        return Settings.from_env(self.settings)
 
     def plan(self) -> list[DevicePlan]:
-        return plan_devices(self)
+        return plan_devices(self.config.devices)
 
     def total_workers(self) -> int:
+        """Slots the `gpu` pool admits: the live resident workers' if any, else this host's plan."""
+        if self.config.engine.resident:
+            from opentr_pipeline.workers import live_engines
+
+            slots = sum(engine["slots"] for engine in live_engines(self.config.engine))
+            if slots:
+                return slots
         return sum(device.workers for device in self.plan())
 
     def options(self) -> TranscriptionOptions:
-        return TranscriptionOptions(
-            beam_size=self.beam_size,
-            batch_size=self.batch_size,
-            vad_filter=self.vad_filter,
-            language=self.language or None,
-        )
+        decoding = self.config.decoding
+        return TranscriptionOptions(beam_size=decoding.beam_size, batch_size=decoding.batch_size,
+                                    vad_filter=decoding.vad_filter, language=decoding.language)
 
     def transcribe_files(
         self,
@@ -134,6 +128,11 @@ class GpuExecutor(dg.ConfigurableResource):
         `on_done` runs the moment a file is finished, so its output is written before the
         others finish.
         """
+        settings = self.config
+        if settings.engine.resident:
+            from opentr_pipeline.workers import submit_files
+
+            return submit_files(settings, files, on_start, on_done)
         plan = self.plan()
         lock_dir = self.lock_dir or ".gpu-leases"
         leases = DeviceLeases(lock_dir, plan)
@@ -150,7 +149,8 @@ class GpuExecutor(dg.ConfigurableResource):
                         audio = load_audio(path, item.uri)
                     held = leases.take()  # before the decode slot goes back: audio is always counted
                 try:
-                    result: Transcript | Exception = self._transcribe_on(held.lease, audio, options)
+                    result: Transcript | Exception = transcribe_on(
+                    settings.decoding, held.lease.device, held.lease.worker, audio, options)
                 finally:
                     held.release()
             except Exception as error:  # one file's failure stays that file's
@@ -161,7 +161,7 @@ class GpuExecutor(dg.ConfigurableResource):
 
         for device in plan:
             if device.kind == "cuda":
-                check_vram(device, model_location(self.whisper_model), self.batch_size,
+                check_vram(device, model_location(settings.decoding.whisper_model), options.batch_size,
                            cuda_free_bytes(device.index))
         # faster-whisper's decode_audio runs gc.collect() for every file; in a Dagster process
         # that walks ~180k objects (120-180 ms, pausing the other workers). Freezing what exists
@@ -172,28 +172,31 @@ class GpuExecutor(dg.ConfigurableResource):
             results = list(pool.map(run_one, files))
         return {item.key: result for item, result in zip(files, results)}
 
-    def _transcribe_on(self, lease, audio: DecodedAudio, options: TranscriptionOptions) -> Transcript:
-        """Transcribe on the leased device; out of memory retries with half the batch, down to 1."""
-        compute_type = resolve_compute_type(self.whisper_compute_type, lease.device.kind)
-        model = MODELS.get(self.whisper_model, lease.device, compute_type)
-        while True:
-            try:
-                return transcribe(
-                    model, audio, options,
-                    model_name=self.whisper_model, compute_type=compute_type,
-                    device=lease.device.label, worker=lease.worker,
-                )
-            except RuntimeError as error:
-                if is_missing_cuda_library(error):
-                    raise RuntimeError(f"{lease.device.label}: {error}. {CUDA_LIBRARY_HINT}") from None
-                if not is_out_of_memory(error):
-                    raise
-                if options.batch_size <= 1:
-                    raise RuntimeError(
-                        f"{lease.device.label} ran out of memory even at batch size 1; "
-                        f"lower GPU_SCALE_WORKERS or use a smaller model ({error})"
-                    ) from None
-                smaller = max(1, options.batch_size // 2)
-                log.warning("%s out of memory at batch %d; retrying at batch %d",
-                            lease.device.label, options.batch_size, smaller)
-                options = replace(options, batch_size=smaller)
+
+
+def transcribe_on(decoding: DecodingSettings, device: DevicePlan, worker: int, audio: DecodedAudio,
+                  options: TranscriptionOptions) -> Transcript:
+    """Transcribe with this process's model for the device; out of memory halves the batch, down to 1."""
+    compute_type = resolve_compute_type(decoding.whisper_compute_type, device.kind)
+    model = MODELS.get(decoding.whisper_model, device, compute_type)
+    while True:
+        try:
+            return transcribe(
+                model, audio, options,
+                model_name=decoding.whisper_model, compute_type=compute_type,
+                device=device.label, worker=worker,
+            )
+        except RuntimeError as error:
+            if is_missing_cuda_library(error):
+                raise RuntimeError(f"{device.label}: {error}. {CUDA_LIBRARY_HINT}") from None
+            if not is_out_of_memory(error):
+                raise
+            if options.batch_size <= 1:
+                raise RuntimeError(
+                    f"{device.label} ran out of memory even at batch size 1; "
+                    f"lower GPU_SCALE_WORKERS or use a smaller model ({error})"
+                ) from None
+            smaller = max(1, options.batch_size // 2)
+            log.warning("%s out of memory at batch %d; retrying at batch %d",
+                        device.label, options.batch_size, smaller)
+            options = replace(options, batch_size=smaller)

@@ -1,16 +1,22 @@
-"""Every setting the pipeline reads from the environment, typed and checked once.
+"""Every setting the pipeline reads from the environment: one typed model, checked once.
 
-A bad value fails at start-up with a message naming the variable and the value, so a typo in
-`.env` never surfaces as a half-finished batch an hour later.
+The variables keep their flat names (OpenTranscribe's GPU_SCALE_* among them) and are grouped
+by what they steer: `devices` (where transcriptions run), `decoding` (what a transcript is made
+with), `engine` (in this process, or on resident workers through a broker). The Dagster resource,
+the worker, the benchmarks and the README all read this one model. A bad value fails at start-up
+with a message naming the variable and the value, so a typo in `.env` never surfaces as a
+half-finished batch an hour later.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "bundled-tiny.en"
@@ -23,52 +29,10 @@ COMPUTE_TYPES = (
     "auto", "default", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
     "float16", "bfloat16", "float32",
 )
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
 
 
 class SettingsError(ValueError):
     """A setting has a value the pipeline cannot work with."""
-
-
-def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise SettingsError(f"{name}={raw!r}: expected true or false")
-
-
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise SettingsError(f"{name}={raw!r}: expected a whole number") from None
-    if value < minimum:
-        raise SettingsError(f"{name}={raw!r}: must be {minimum} or more")
-    return value
-
-
-def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
-    value = env.get(name, default).strip().lower() or default
-    if value not in choices:
-        raise SettingsError(f"{name}={env.get(name)!r}: expected one of {', '.join(choices)}")
-    return value
-
-
-def _uri(env: Mapping[str, str], name: str, default: str) -> str:
-    """Local paths become absolute (relative to the working directory); URLs stay as given."""
-    raw = env.get(name, "").strip() or default
-    if "://" in raw:
-        return raw.rstrip("/")
-    return str(Path(raw).expanduser().resolve())
 
 
 def check_model(name: str, variable: str = "WHISPER_MODEL") -> str:
@@ -89,55 +53,159 @@ def check_model(name: str, variable: str = "WHISPER_MODEL") -> str:
     )
 
 
-@dataclass(frozen=True)
-class Settings:
-    upload_uri: str
-    storage_uri: str
-    dagster_home: str
-    gpu_scale_enabled: bool = False
-    gpu_scale_device_id: int = 0
-    gpu_scale_workers: int = 1
-    gpu_scale_default_worker: bool = False
-    gpu_device_id: int = 0
-    whisper_model: str = BUNDLED_MODEL
-    whisper_device: str = "auto"
-    whisper_compute_type: str = "auto"
-    beam_size: int = 5
-    batch_size: int = 8
-    vad_filter: bool = True
-    language: str | None = None
-    files_per_run: int = 16
-    runs_at_once: int = 0  # opentr run; 0: enough to give every worker a file, plus one
+def _uri(raw: str) -> str:
+    """Local paths become absolute (relative to the working directory); URLs stay as given."""
+    return raw.rstrip("/") if "://" in raw else str(Path(raw).expanduser().resolve())
+
+
+class Group(BaseModel):
+    """A group of variables; a blank value means the default, and names are case-insensitive choices."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_default(cls, values: Any) -> Any:
+        if isinstance(values, Mapping):
+            values = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
+            values = {k: v for k, v in values.items() if v != ""}
+        return values
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that give back this group (for a worker or run started from here)."""
+        out = {}
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            if isinstance(field.validation_alias, str) and not isinstance(value, BaseModel):
+                out[field.validation_alias] = ("" if value is None else str(value).lower()
+                                               if isinstance(value, bool) else str(value))
+        return out
+
+
+def env(name: str, default: Any, **limits: Any) -> Any:
+    return Field(default, validation_alias=name, **limits)
+
+
+class DeviceSettings(Group):
+    """Which devices take work and how many at once (OpenTranscribe's names; here the switch switches)."""
+
+    gpu_scale_enabled: bool = env("GPU_SCALE_ENABLED", False)
+    gpu_scale_device_id: int = env("GPU_SCALE_DEVICE_ID", 0, ge=0)
+    gpu_scale_workers: int = env("GPU_SCALE_WORKERS", 1, ge=1)
+    gpu_scale_default_worker: bool = env("GPU_SCALE_DEFAULT_WORKER", False)
+    gpu_device_id: int = env("GPU_DEVICE_ID", 0, ge=0)
+    whisper_device: Literal["auto", "cuda", "cpu"] = env("WHISPER_DEVICE", "auto")
+
+    @field_validator("whisper_device", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class DecodingSettings(Group):
+    """What decides a transcript's content (changing any of it makes transcripts stale)."""
+
+    whisper_model: str = env("WHISPER_MODEL", BUNDLED_MODEL)
+    whisper_compute_type: Literal[COMPUTE_TYPES] = env("WHISPER_COMPUTE_TYPE", "auto")  # type: ignore[valid-type]
+    beam_size: int = env("WHISPER_BEAM_SIZE", 5, ge=1)
+    batch_size: int = env("WHISPER_BATCH_SIZE", 8, ge=1)
+    vad_filter: bool = env("WHISPER_VAD", True)
+    language: str | None = env("WHISPER_LANGUAGE", None)
+
+    @field_validator("whisper_compute_type", "language", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("whisper_model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        return check_model(value)
+
+    @field_validator("language")
+    @classmethod
+    def _language(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?|yue|haw", value):
+            raise ValueError("expected a language code such as en")
+        return value
+
+
+class EngineSettings(Group):
+    """Where the model lives: in each run process (no broker), or on resident workers behind one."""
+
+    broker_url: str = env("OPENTR_BROKER_URL", "")  # e.g. redis://127.0.0.1:6379/0; empty: in process
+    queue: str = env("OPENTR_QUEUE", "transcribe", pattern=r"^[\w.-]+$")
+    # Redis re-delivers an unacknowledged file after this long: longer than the longest file takes.
+    visibility_timeout_s: int = env("OPENTR_VISIBILITY_TIMEOUT_S", 6 * 3600, ge=10)
+    # A run re-submits a file whose worker has sent no heartbeat for this long (it died mid-file).
+    worker_lost_after_s: int = env("OPENTR_WORKER_LOST_AFTER_S", 20, ge=3)
+
+    @property
+    def resident(self) -> bool:
+        return bool(self.broker_url)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", populate_by_name=True)
+
+    upload_uri: str = env("UPLOAD_URI", "data/uploads")
+    storage_uri: str = env("STORAGE_URI", "data/store")
+    dagster_home: str = env("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
+    files_per_run: int = env("OPENTR_FILES_PER_RUN", 16, ge=1)
+    runs_at_once: int = env("OPENTR_RUNS_AT_ONCE", 0, ge=0)  # opentr run; 0: every worker a file, plus one
     # Decoded audio is 64 kB per second (float32, 16 kHz): 4 h is 0.9 GB per file in memory.
-    max_duration_s: int = 4 * 3600
-    max_file_bytes: int = 20 * 2**30
-    max_attempts: int = 3  # runs of one file, the first included, before it is given up
+    max_duration_s: int = env("OPENTR_MAX_DURATION_S", 4 * 3600, ge=1)
+    max_file_bytes: int = env("OPENTR_MAX_FILE_BYTES", 20 * 2**30, ge=1)
+    max_attempts: int = env("OPENTR_MAX_ATTEMPTS", 3, ge=1)  # runs of one file, the first included
+    devices: DeviceSettings = DeviceSettings()
+    decoding: DecodingSettings = DecodingSettings()
+    engine: EngineSettings = EngineSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_means_default(cls, values: Any) -> Any:
+        return Group._blank_means_default.__func__(cls, values)  # type: ignore[attr-defined]
+
+    @field_validator("upload_uri", "storage_uri", "dagster_home")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        return _uri(value)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
-        env = os.environ if env is None else env
-        language = env.get("WHISPER_LANGUAGE", "").strip().lower() or None
-        if language is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?|yue|haw", language):
-            raise SettingsError(f"WHISPER_LANGUAGE={language!r}: expected a language code such as en")
-        return cls(
-            upload_uri=_uri(env, "UPLOAD_URI", "data/uploads"),
-            storage_uri=_uri(env, "STORAGE_URI", "data/store"),
-            dagster_home=_uri(env, "DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home")),
-            gpu_scale_enabled=_bool(env, "GPU_SCALE_ENABLED", False),
-            gpu_scale_device_id=_int(env, "GPU_SCALE_DEVICE_ID", 0, minimum=0),
-            gpu_scale_workers=_int(env, "GPU_SCALE_WORKERS", 1, minimum=1),
-            gpu_scale_default_worker=_bool(env, "GPU_SCALE_DEFAULT_WORKER", False),
-            gpu_device_id=_int(env, "GPU_DEVICE_ID", 0, minimum=0),
-            whisper_model=check_model(env.get("WHISPER_MODEL", "").strip() or BUNDLED_MODEL),
-            whisper_device=_choice(env, "WHISPER_DEVICE", "auto", ("auto", "cuda", "cpu")),
-            whisper_compute_type=_choice(env, "WHISPER_COMPUTE_TYPE", "auto", COMPUTE_TYPES),
-            beam_size=_int(env, "WHISPER_BEAM_SIZE", 5, minimum=1),
-            batch_size=_int(env, "WHISPER_BATCH_SIZE", 8, minimum=1),
-            vad_filter=_bool(env, "WHISPER_VAD", True),
-            language=language,
-            files_per_run=_int(env, "OPENTR_FILES_PER_RUN", 16, minimum=1),
-            runs_at_once=_int(env, "OPENTR_RUNS_AT_ONCE", 0, minimum=0),
-            max_duration_s=_int(env, "OPENTR_MAX_DURATION_S", 4 * 3600, minimum=1),
-            max_file_bytes=_int(env, "OPENTR_MAX_FILE_BYTES", 20 * 2**30, minimum=1),
-            max_attempts=_int(env, "OPENTR_MAX_ATTEMPTS", 3, minimum=1),
-        )
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Read the flat variables (the process environment by default) into their groups."""
+        flat = dict(os.environ if environ is None else environ)
+        try:
+            groups = {"devices": DeviceSettings.model_validate(flat),
+                      "decoding": DecodingSettings.model_validate(flat),
+                      "engine": EngineSettings.model_validate(flat)}
+            return cls.model_validate({**flat, **groups})
+        except ValidationError as error:
+            raise SettingsError(explain(error)) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that give back these settings (for a worker or run started from here)."""
+        return {**Group.to_env(self), **self.devices.to_env(), **self.decoding.to_env(), **self.engine.to_env()}  # type: ignore[arg-type]
+
+
+def explain(error: ValidationError) -> str:
+    """pydantic's errors in this project's words: `GPU_SCALE_WORKERS='0': must be 1 or more`."""
+    first = error.errors()[0]
+    variable = str(first["loc"][-1]) if first["loc"] else "settings"
+    ctx = first.get("ctx") or {}
+    kind = first["type"]
+    if kind in ("greater_than_equal",):
+        reason = f"must be {ctx['ge']} or more"
+    elif kind.startswith("int_"):
+        reason = "expected a whole number"
+    elif kind.startswith("bool_"):
+        reason = "expected true or false"
+    elif kind == "literal_error":
+        reason = f"expected one of {ctx.get('expected', '')}".replace("'", "")
+    elif kind == "string_pattern_mismatch":
+        reason = "expected letters, digits, '.', '-' or '_'"
+    elif kind == "value_error" and isinstance(ctx.get("error"), SettingsError):
+        return str(ctx["error"])
+    else:
+        reason = first["msg"].removeprefix("Value error, ")
+    return f"{variable}={first['input']!r}: {reason}"

@@ -278,7 +278,7 @@ def test_dev_shows_the_device_plan_and_its_pool_limit(server: DevServer, dev_env
     selector = {**server.repository_selector, "resourceName": "gpu"}
     resource = server.graphql(RESOURCE, {"selector": selector})["topLevelResourceDetailsOrError"]
     assert f"Device plan: {describe_plan(gpu.plan())}." in resource["description"]
-    assert {"key": "gpu_scale_workers", "value": str(gpu.gpu_scale_workers)} in resource["configuredValues"]
+    assert "GPU_SCALE_WORKERS" in next(v["value"] for v in resource["configuredValues"] if v["key"] == "settings")
 
 
 @pytest.fixture(scope="module")

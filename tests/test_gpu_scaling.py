@@ -43,14 +43,14 @@ def settings(**env: str) -> Settings:
 
 @pytest.mark.parametrize("cuda_count", [0, 1, 2])
 def test_scaling_off_is_one_worker_on_the_default_device(cuda_count):
-    plan = plan_devices(settings(GPU_SCALE_WORKERS="4"), cuda_count=cuda_count, cpu_count=8)
+    plan = plan_devices(settings(GPU_SCALE_WORKERS="4").devices, cuda_count=cuda_count, cpu_count=8)
     kind = "cuda" if cuda_count else "cpu"
     assert [(p.kind, p.index, p.workers) for p in plan] == [(kind, 0, 1)]
 
 
 @pytest.mark.parametrize("cuda_count", [0, 2])
 def test_scaling_on_replaces_the_default_worker(cuda_count):
-    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_DEVICE_ID="1", GPU_SCALE_WORKERS="4"),
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_DEVICE_ID="1", GPU_SCALE_WORKERS="4").devices,
                         cuda_count=cuda_count, cpu_count=8)
     assert [(p.index, p.workers) for p in plan] == [(1, 4)]
     assert plan[0].cpu_threads == (2 if cuda_count == 0 else 2)
@@ -59,7 +59,7 @@ def test_scaling_on_replaces_the_default_worker(cuda_count):
 @pytest.mark.parametrize("cuda_count", [0, 2])
 def test_default_worker_kept_on_its_own_device(cuda_count):
     plan = plan_devices(settings(GPU_SCALE_ENABLED="1", GPU_SCALE_DEVICE_ID="1", GPU_SCALE_WORKERS="3",
-                                 GPU_SCALE_DEFAULT_WORKER="yes", GPU_DEVICE_ID="0"),
+                                 GPU_SCALE_DEFAULT_WORKER="yes", GPU_DEVICE_ID="0").devices,
                         cuda_count=cuda_count, cpu_count=8)
     assert [(p.index, p.workers) for p in plan] == [(0, 1), (1, 3)]
     assert all(p.cpu_threads == 2 for p in plan)  # 8 cores over 4 workers on CPU
@@ -67,19 +67,19 @@ def test_default_worker_kept_on_its_own_device(cuda_count):
 
 def test_default_worker_on_the_scaled_device_adds_one():
     plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="2",
-                                 GPU_SCALE_DEFAULT_WORKER="true"), cuda_count=1, cpu_count=8)
+                                 GPU_SCALE_DEFAULT_WORKER="true").devices, cuda_count=1, cpu_count=8)
     assert [(p.index, p.workers) for p in plan] == [(0, 3)]
 
 
 def test_cpu_threads_split_the_cores():
-    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="2"), cuda_count=0, cpu_count=2)
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="2").devices, cuda_count=0, cpu_count=2)
     assert plan[0].cpu_threads == 1
-    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="4"), cuda_count=0, cpu_count=2)
+    plan = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="4").devices, cuda_count=0, cpu_count=2)
     assert plan[0].cpu_threads == 1  # never zero
 
 
 def test_default_worker_flag_does_nothing_when_scaling_is_off():
-    plan = plan_devices(settings(GPU_SCALE_DEFAULT_WORKER="true", GPU_SCALE_WORKERS="5"), cuda_count=2, cpu_count=8)
+    plan = plan_devices(settings(GPU_SCALE_DEFAULT_WORKER="true", GPU_SCALE_WORKERS="5").devices, cuda_count=2, cpu_count=8)
     assert [(p.index, p.workers) for p in plan] == [(0, 1)]
 
 
@@ -90,16 +90,16 @@ def test_default_worker_flag_does_nothing_when_scaling_is_off():
 ])
 def test_devices_that_do_not_exist_are_named(env, message):
     with pytest.raises(SettingsError, match=message):
-        plan_devices(settings(**env), cuda_count=2, cpu_count=8)
+        plan_devices(settings(**env).devices, cuda_count=2, cpu_count=8)
 
 
 def test_cuda_asked_for_without_cuda_is_refused():
     with pytest.raises(SettingsError, match="WHISPER_DEVICE='cuda'"):
-        plan_devices(settings(WHISPER_DEVICE="cuda"), cuda_count=0)
+        plan_devices(settings(WHISPER_DEVICE="cuda").devices, cuda_count=0)
 
 
 def test_cpu_forced_on_a_gpu_host():
-    plan = plan_devices(settings(WHISPER_DEVICE="cpu"), cuda_count=2, cpu_count=4)
+    plan = plan_devices(settings(WHISPER_DEVICE="cpu").devices, cuda_count=2, cpu_count=4)
     assert plan[0].kind == "cpu"
 
 
@@ -182,7 +182,7 @@ TRANSCRIBE_IN_A_PROCESS = """
 import json, sys
 from pathlib import Path
 from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
-gpu = GpuExecutor(gpu_scale_enabled=True, gpu_scale_workers=2, lock_dir=sys.argv[1])
+gpu = GpuExecutor.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "2"}, lock_dir=sys.argv[1])
 files = [FileToTranscribe(Path(p).name, p) for p in sys.argv[2:]]
 results = gpu.transcribe_files(files)
 print(json.dumps([{"device": r.device, "worker": r.worker, "started_at": r.started_at,
@@ -267,7 +267,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
         return real_transcribe(model, audio, options, **kwargs)
 
     monkeypatch.setattr(gpu_module, "transcribe", transcribe_with_little_memory)
-    gpu = GpuExecutor(batch_size=8, lock_dir=str(tmp_path))
+    gpu = GpuExecutor.from_env({"WHISPER_BATCH_SIZE": "8"}, lock_dir=str(tmp_path))
     name = "librispeech_test-clean_61-70968-0002.wav"
     results = gpu.transcribe_files([FileToTranscribe("a", str(fixtures_dir / name))])
     assert batches == [8, 4, 2]
@@ -295,7 +295,7 @@ def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, 
 
     monkeypatch.setattr(gpu_module, "transcribe", no_cublas)
     name = "librispeech_test-clean_61-70968-0002.wav"
-    result = GpuExecutor(lock_dir=str(tmp_path)).transcribe_files(
+    result = GpuExecutor.from_env({}, lock_dir=str(tmp_path)).transcribe_files(
         [FileToTranscribe("a", str(fixtures_dir / name))])["a"]
     assert isinstance(result, RuntimeError)
     assert "libcublas.so.12" in str(result) and "pip install nvidia-cublas-cu12" in str(result)
@@ -346,7 +346,7 @@ def test_decoded_audio_held_at_once_is_bounded_by_the_workers(monkeypatch, fixtu
 
     monkeypatch.setattr(gpu_module, "load_audio", counting_load)
     monkeypatch.setattr(gpu_module, "transcribe", releasing_transcribe)
-    gpu = GpuExecutor(lock_dir=str(tmp_path))  # one worker
+    gpu = GpuExecutor.from_env({}, lock_dir=str(tmp_path))  # one worker
     names = [n for n in SPEECH if n.startswith("librispeech")]
     runs = [[FileToTranscribe(f"{r}-{n}", str(fixtures_dir / n)) for n in names] for r in range(2)]
     results = {}

@@ -3,15 +3,17 @@ the variable and the value for every bad one (a typo in .env must fail at start-
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from pathlib import Path
 
+import pydantic
 import pytest
 
 from opentr_pipeline.settings import (
     BUNDLED_MODEL,
     COMPUTE_TYPES,
+    DecodingSettings,
+    DeviceSettings,
     FASTER_WHISPER_SIZES,
     PROJECT_ROOT,
     Settings,
@@ -33,44 +35,42 @@ def real_model_folder() -> Path:
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({})
-    assert settings == Settings(
-        upload_uri=str(tmp_path / "data" / "uploads"),
-        storage_uri=str(tmp_path / "data" / "store"),
-        dagster_home=str((PROJECT_ROOT / ".dagster_home").resolve()),
-        gpu_scale_enabled=False,
-        gpu_scale_device_id=0,
-        gpu_scale_workers=1,
-        gpu_scale_default_worker=False,
-        gpu_device_id=0,
-        whisper_model=BUNDLED_MODEL,
-        whisper_device="auto",
-        whisper_compute_type="auto",
-        beam_size=5,
-        batch_size=8,
-        vad_filter=True,
-        language=None,
-        files_per_run=16,
-        runs_at_once=0,
-    )
+    assert (settings.upload_uri, settings.storage_uri, settings.dagster_home) == (
+        str(tmp_path / "data" / "uploads"), str(tmp_path / "data" / "store"),
+        str((PROJECT_ROOT / ".dagster_home").resolve()))
+    assert settings.devices == DeviceSettings(
+        gpu_scale_enabled=False, gpu_scale_device_id=0, gpu_scale_workers=1,
+        gpu_scale_default_worker=False, gpu_device_id=0, whisper_device="auto")
+    assert settings.decoding == DecodingSettings(
+        whisper_model=BUNDLED_MODEL, whisper_compute_type="auto", beam_size=5, batch_size=8,
+        vad_filter=True, language=None)
+    assert not settings.engine.resident  # no broker: the model lives in the run process
+    assert (settings.files_per_run, settings.runs_at_once) == (16, 0)
+
+
+def test_to_env_gives_back_the_same_settings() -> None:
+    settings = Settings.from_env({"GPU_SCALE_WORKERS": "3", "WHISPER_LANGUAGE": "de",
+                                  "OPENTR_BROKER_URL": "redis://127.0.0.1:1/0", "WHISPER_VAD": "off"})
+    assert Settings.from_env(settings.to_env()) == settings
 
 
 def test_from_env_takes_a_dict_and_ignores_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPU_SCALE_WORKERS", "abc")  # would fail if read
     settings = Settings.from_env({"GPU_SCALE_WORKERS": "4", "GPU_SCALE_ENABLED": "true"})
-    assert settings.gpu_scale_workers == 4 and settings.gpu_scale_enabled
+    assert settings.devices.gpu_scale_workers == 4 and settings.devices.gpu_scale_enabled
 
 
 def test_from_env_without_argument_reads_os_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GPU_SCALE_WORKERS", "3")
     monkeypatch.setenv("STORAGE_URI", str(tmp_path / "store"))
     settings = Settings.from_env()
-    assert settings.gpu_scale_workers == 3
+    assert settings.devices.gpu_scale_workers == 3
     assert settings.storage_uri == str(tmp_path / "store")
 
 
 def test_settings_are_frozen() -> None:
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        Settings.from_env({}).gpu_scale_workers = 8  # type: ignore[misc]
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        Settings.from_env({}).devices.gpu_scale_workers = 8  # type: ignore[misc]
 
 
 def test_every_variable_read_with_good_values(tmp_path: Path) -> None:
@@ -96,21 +96,21 @@ def test_every_variable_read_with_good_values(tmp_path: Path) -> None:
     assert settings.upload_uri == "s3://bucket/uploads"  # URLs stay as given, minus the trailing slash
     assert settings.storage_uri == str(tmp_path / "store")
     assert settings.dagster_home == str(tmp_path / "home")
-    assert settings.gpu_scale_enabled
-    assert (settings.gpu_scale_device_id, settings.gpu_scale_workers) == (1, 4)
-    assert settings.gpu_scale_default_worker and settings.gpu_device_id == 0
-    assert settings.whisper_model == "large-v3-turbo"
-    assert (settings.whisper_device, settings.whisper_compute_type) == ("cuda", "int8_float16")
-    assert (settings.beam_size, settings.batch_size, settings.vad_filter) == (1, 16, False)
-    assert settings.language == "en" and (settings.files_per_run, settings.runs_at_once) == (64, 1)
+    assert settings.devices.gpu_scale_enabled
+    assert (settings.devices.gpu_scale_device_id, settings.devices.gpu_scale_workers) == (1, 4)
+    assert settings.devices.gpu_scale_default_worker and settings.devices.gpu_device_id == 0
+    assert settings.decoding.whisper_model == "large-v3-turbo"
+    assert (settings.devices.whisper_device, settings.decoding.whisper_compute_type) == ("cuda", "int8_float16")
+    assert (settings.decoding.beam_size, settings.decoding.batch_size, settings.decoding.vad_filter) == (1, 16, False)
+    assert settings.decoding.language == "en" and (settings.files_per_run, settings.runs_at_once) == (64, 1)
 
 
 @pytest.mark.parametrize("value", ["", "  "])
 def test_blank_values_mean_the_default(value: str) -> None:
     names = ["GPU_SCALE_WORKERS", "WHISPER_MODEL", "WHISPER_DEVICE", "WHISPER_BEAM_SIZE"]
     settings = Settings.from_env({name: value for name in names})
-    assert settings.gpu_scale_workers == 1 and settings.beam_size == 5
-    assert (settings.whisper_model, settings.whisper_device) == (BUNDLED_MODEL, "auto")
+    assert settings.devices.gpu_scale_workers == 1 and settings.decoding.beam_size == 5
+    assert (settings.decoding.whisper_model, settings.devices.whisper_device) == (BUNDLED_MODEL, "auto")
 
 
 @pytest.mark.parametrize(
@@ -134,6 +134,8 @@ def test_blank_values_mean_the_default(value: str) -> None:
         ("WHISPER_LANGUAGE", "english"),
         ("OPENTR_FILES_PER_RUN", "0"),
         ("OPENTR_RUNS_AT_ONCE", "-1"),
+        ("OPENTR_QUEUE", "gpu queue"),
+        ("OPENTR_VISIBILITY_TIMEOUT_S", "5"),
         ("WHISPER_MODEL", "/nonexistent/folder"),
         ("WHISPER_MODEL", "not a model!"),
         ("WHISPER_MODEL", "./models/tiny"),
@@ -176,7 +178,7 @@ def test_bad_model_message_lists_what_is_accepted() -> None:
 
 @pytest.mark.parametrize("size", FASTER_WHISPER_SIZES + (BUNDLED_MODEL,))
 def test_every_size_name_is_accepted(size: str) -> None:
-    assert Settings.from_env({"WHISPER_MODEL": size}).whisper_model == size
+    assert Settings.from_env({"WHISPER_MODEL": size}).decoding.whisper_model == size
 
 
 @pytest.mark.parametrize(
@@ -188,18 +190,18 @@ def test_every_size_name_is_accepted(size: str) -> None:
     ],
 )
 def test_hugging_face_ids_are_accepted(hub_id: str) -> None:
-    assert Settings.from_env({"WHISPER_MODEL": hub_id}).whisper_model == hub_id
+    assert Settings.from_env({"WHISPER_MODEL": hub_id}).decoding.whisper_model == hub_id
 
 
 @pytest.mark.parametrize("compute_type", COMPUTE_TYPES)
 def test_every_compute_type_is_accepted(compute_type: str) -> None:
     settings = Settings.from_env({"WHISPER_COMPUTE_TYPE": compute_type.upper()})
-    assert settings.whisper_compute_type == compute_type
+    assert settings.decoding.whisper_compute_type == compute_type
 
 
 def test_real_model_folder_is_accepted_as_an_absolute_path(real_model_folder: Path) -> None:
     settings = Settings.from_env({"WHISPER_MODEL": str(real_model_folder)})
-    assert settings.whisper_model == str(real_model_folder.resolve())
+    assert settings.decoding.whisper_model == str(real_model_folder.resolve())
 
 
 def test_relative_model_folder_becomes_absolute(
@@ -208,7 +210,7 @@ def test_relative_model_folder_becomes_absolute(
     """Dagster runs start in other working directories: a relative folder must not change meaning."""
     monkeypatch.chdir(real_model_folder.parent)
     settings = Settings.from_env({"WHISPER_MODEL": f"./{real_model_folder.name}"})
-    assert settings.whisper_model == str(real_model_folder.resolve())
+    assert settings.decoding.whisper_model == str(real_model_folder.resolve())
 
 
 def test_relative_storage_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

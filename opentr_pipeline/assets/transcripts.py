@@ -21,10 +21,11 @@ log = logging.getLogger("opentr")
 
 def settings_version(gpu: GpuExecutor) -> str:
     """What decides a transcript's content: changing any of it makes transcripts stale."""
+    decoding = gpu.config.decoding
     decisive = {
-        "model": gpu.whisper_model, "compute_type": gpu.whisper_compute_type,
-        "beam_size": gpu.beam_size, "vad_filter": gpu.vad_filter, "language": gpu.language,
-        "batched": gpu.batch_size > 1, "format": 1,
+        "model": decoding.whisper_model, "compute_type": decoding.whisper_compute_type,
+        "beam_size": decoding.beam_size, "vad_filter": decoding.vad_filter,
+        "language": decoding.language or "", "batched": decoding.batch_size > 1, "format": 1,
     }
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -37,6 +38,8 @@ def _metadata(doc: dict) -> dict:
         "words": doc["words"],
         "device": doc["device"],
         "worker": doc["worker"],
+        "host": doc.get("host", ""),
+        "engine": doc.get("engine", ""),
         "wall_s": doc["wall_s"],
         "reused_from": doc.get("reused_from") or "",
         "preview": dg.MetadataValue.text(doc["text"][:300]),

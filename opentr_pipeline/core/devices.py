@@ -14,20 +14,9 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Sequence
 
-from opentr_pipeline.settings import SettingsError
-
-
-class PlanVariables(Protocol):
-    """The settings a plan is made from (Settings and the GpuExecutor resource both have them)."""
-
-    gpu_scale_enabled: bool
-    gpu_scale_device_id: int
-    gpu_scale_workers: int
-    gpu_scale_default_worker: bool
-    gpu_device_id: int
-    whisper_device: str
+from opentr_pipeline.settings import DeviceSettings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -54,7 +43,7 @@ def cuda_device_count() -> int:
 
 
 def plan_devices(
-    settings: PlanVariables, cuda_count: int | None = None, cpu_count: int | None = None
+    settings: DeviceSettings, cuda_count: int | None = None, cpu_count: int | None = None
 ) -> list[DevicePlan]:
     """Turn the settings into devices and worker counts, or say which variable is wrong."""
     cuda_count = cuda_device_count() if cuda_count is None else cuda_count

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import threading
+import uuid
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
 from opentr_pipeline.core.devices import DevicePlan
 from opentr_pipeline.core.media import MediaError
 from opentr_pipeline.settings import BUNDLED_MODEL
 
-SAMPLE_RATE = 16000
+if TYPE_CHECKING:
+    from faster_whisper import WhisperModel
+
+SAMPLE_RATE = 16000  # faster-whisper is imported where it is used: a run that sends its files
+# to resident workers never loads it (nor torch), and starts seconds sooner
 
 
 def model_location(name: str) -> str:
@@ -80,6 +86,14 @@ class Transcript:
     finished_at: str
     wall_s: float
     sha256: str = ""  # of the bytes this transcript was made from
+    host: str = ""
+    engine: str = ""  # the process that held the model: one id per model load
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Transcript":
+        segments = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
+        fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
+        return cls(**{**fields, "segments": segments})
 
     @property
     def x_realtime(self) -> float:
@@ -91,6 +105,17 @@ class Transcript:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "x_realtime": self.x_realtime, "words": self.word_count}
+
+
+_ENGINE: dict[int, str] = {}
+
+
+def engine_id() -> str:
+    """This process's id as a model holder: host, pid and a random tag (pids are reused)."""
+    pid = os.getpid()
+    if pid not in _ENGINE:
+        _ENGINE[pid] = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:6]}"
+    return _ENGINE[pid]
 
 
 class SourceChanged(RuntimeError):
@@ -110,6 +135,8 @@ def load_audio(path: str | Path, name: str | None = None) -> DecodedAudio:
     so the hash a transcript records is the hash of the bytes it was made from: a file replaced
     by a rename is still the old inode here, and one rewritten in place is refused.
     """
+    from faster_whisper import decode_audio
+
     name = name or str(path)
     with open(path, "rb") as handle:
         before = os.fstat(handle.fileno())
@@ -133,13 +160,15 @@ class ModelCache:
     """One WhisperModel per (model, device, compute type) in this process, loaded on first use."""
 
     def __init__(self) -> None:
-        self._models: dict[tuple, WhisperModel] = {}
+        self._models: dict[tuple, "WhisperModel"] = {}
         self._lock = threading.Lock()
 
-    def get(self, model_name: str, device: DevicePlan, compute_type: str) -> WhisperModel:
+    def get(self, model_name: str, device: DevicePlan, compute_type: str) -> "WhisperModel":
         key = (model_name, device, compute_type)
         with self._lock:
             if key not in self._models:
+                from faster_whisper import WhisperModel
+
                 self._models[key] = WhisperModel(
                     model_location(model_name),
                     device=device.kind,
@@ -155,7 +184,7 @@ class ModelCache:
 
 
 def transcribe(
-    model: WhisperModel,
+    model: "WhisperModel",
     audio: DecodedAudio,
     options: TranscriptionOptions,
     *,
@@ -165,6 +194,8 @@ def transcribe(
     worker: int,
 ) -> Transcript:
     """Run one transcription and time exactly that (decoding and queueing are outside)."""
+    from faster_whisper import BatchedInferencePipeline
+
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     common = dict(
@@ -209,4 +240,6 @@ def transcribe(
         finished_at=finished.isoformat(timespec="milliseconds"),
         wall_s=round(wall, 4),
         sha256=audio.sha256,
+        host=socket.gethostname(),
+        engine=engine_id(),
     )

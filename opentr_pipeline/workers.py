@@ -1,0 +1,302 @@
+"""Resident transcription workers: one process per device holds one model; runs send it files.
+
+A worker (`opentr worker`) is a Celery worker with a thread pool, so one process holds one
+WhisperModel for its device (loaded once, with `num_workers` = its slots) and its threads share
+it. At most `slots` (GPU_SCALE_WORKERS) of them transcribe at once, by construction; as many
+more decode the next files meanwhile. Files travel as source URIs plus decoding options over a
+Redis broker, acknowledged late, so a file whose worker dies is delivered again.
+
+A run (the GpuExecutor resource) submits its files and records each result as it arrives. It
+watches the heartbeat of the worker that took each file: a worker gone silent for
+OPENTR_WORKER_LOST_AFTER_S had its file submitted again at once (the broker would wait for its
+visibility timeout, hours), and the old message is marked superseded so it is never done twice.
+A file that loses two workers is failed as poison, named.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from celery import Celery
+from redis import Redis
+
+from opentr_pipeline.core.devices import DevicePlan, check_vram, cuda_free_bytes, plan_devices
+from opentr_pipeline.core.media import MediaError
+from opentr_pipeline.core.transcription import (
+    SourceChanged, Transcript, TranscriptionOptions, engine_id, load_audio, model_location,
+)
+from opentr_pipeline.settings import DecodingSettings, EngineSettings, Settings, SettingsError
+from opentr_pipeline.storage import Storage
+from opentr_pipeline.uploads import SourceError, is_under
+
+log = logging.getLogger("opentr")
+TASK = "opentr.transcribe"
+HEARTBEAT = "opentr:engine:{}"
+SUPERSEDED = "opentr:superseded:{}"
+LOST_WORKERS_BEFORE_POISON = 2
+
+
+def celery_app(engine: EngineSettings) -> Celery:
+    app = Celery("opentr", broker=engine.broker_url, backend=engine.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,  # a message is acknowledged when its file is done, not when taken
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # a worker reserves only what its threads are working on
+        broker_transport_options={"visibility_timeout": engine.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": engine.visibility_timeout_s},
+        result_expires=24 * 3600,
+        task_default_queue=engine.queue,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+def live_engines(engine: EngineSettings) -> list[dict]:
+    """The resident workers whose heartbeat is fresh: host, device, slots, queues, engine id."""
+    redis = Redis.from_url(engine.broker_url)
+    found = []
+    for name in redis.scan_iter(HEARTBEAT.format("*")):
+        raw = redis.get(name)
+        if raw:
+            found.append(json.loads(raw))
+    return found
+
+
+# -- the worker side -----------------------------------------------------------------------------
+
+@dataclass
+class Resident:
+    """What a worker process holds for its whole life: one device, one model, its slots."""
+
+    settings: Settings
+    device: DevicePlan
+    engine: str
+    free_slots: queue.Queue
+    redis: Redis
+    queues: list[str]
+
+    def announce(self) -> dict:
+        return {"engine": self.engine, "host": socket.gethostname(), "pid": os.getpid(),
+                "device": self.device.label, "slots": self.device.workers, "queues": self.queues}
+
+
+RESIDENT: Resident | None = None
+
+
+def error_payload(error: Exception, name: str) -> dict:
+    message = str(error) or type(error).__name__
+    return {"error": message if name in message else f"{name}: {message}",
+            "permanent": isinstance(error, (MediaError, SourceError, FileNotFoundError)),
+            "kind": type(error).__name__}
+
+
+def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict[str, str],
+                    on_taken: Callable[[dict], None]) -> dict:
+    """One file on this worker: the task body, kept free of Celery so it reads plainly."""
+    resident = RESIDENT
+    assert resident is not None, "transcribe_file runs inside `opentr worker`"
+    if resident.redis.exists(SUPERSEDED.format(task_id)):
+        return {"superseded": True}  # its run gave it to another worker when this one's went silent
+    on_taken(resident.announce())
+    try:
+        decoding = DecodingSettings.model_validate(decoding_vars)
+        mine = resident.settings.decoding
+        if (decoding.whisper_model, decoding.whisper_compute_type) != (mine.whisper_model, mine.whisper_compute_type):
+            raise RuntimeError(
+                f"worker {resident.engine} holds {mine.whisper_model} ({mine.whisper_compute_type}); the run "
+                f"asked for {decoding.whisper_model} ({decoding.whisper_compute_type}): give both the same "
+                f"WHISPER_MODEL and WHISPER_COMPUTE_TYPE, or a queue of their own (OPENTR_QUEUE)")
+        if not is_under(resident.settings.upload_uri, source_uri):
+            raise SourceError(f"{source_uri}: not under this worker's UPLOAD_URI {resident.settings.upload_uri}")
+        with Storage(resident.settings.upload_uri).local_copy(source_uri) as path:
+            audio = load_audio(path, source_uri)
+        options = TranscriptionOptions(beam_size=decoding.beam_size, batch_size=decoding.batch_size,
+                                       vad_filter=decoding.vad_filter, language=decoding.language)
+        from opentr_pipeline.gpu import transcribe_on
+
+        slot = resident.free_slots.get()  # the hard per-device limit: no slot, no transcription
+        try:
+            transcript = transcribe_on(mine, resident.device, slot, audio, options)
+        finally:
+            resident.free_slots.put(slot)
+        log.info("%s: %.1f s audio, %sx realtime on %s slot %d", key, transcript.duration_s,
+                 transcript.x_realtime, resident.device.label, slot)
+        return {"transcript": transcript.to_dict()}
+    except Exception as error:  # one file's failure stays that file's; the message goes back to the run
+        log.warning("%s: %s", key, error)
+        return error_payload(error, source_uri)
+
+
+def register_task(app: Celery) -> None:
+    @app.task(name=TASK, bind=True)
+    def transcribe_task(self, key: str, source_uri: str, decoding_vars: dict[str, str]) -> dict:
+        return transcribe_file(self.request.id, key, source_uri, decoding_vars,
+                               on_taken=lambda meta: self.update_state(state="STARTED", meta=meta))
+
+
+def worker_device(settings: Settings, device: str | None, cpu_threads: int | None) -> DevicePlan:
+    """The one device this worker serves: `--device cuda:1` or the plan's first device."""
+    plan = plan_devices(settings.devices)
+    if device is None:
+        chosen = plan[0]
+    else:
+        kind, _, index = device.partition(":")
+        if kind not in ("cpu", "cuda") or not index.isdigit():
+            raise SettingsError(f"--device={device!r}: expected cpu:N or cuda:N")
+        chosen = DevicePlan(kind, int(index), plan[0].workers, plan[0].cpu_threads)
+    if cpu_threads:
+        chosen = DevicePlan(chosen.kind, chosen.index, chosen.workers, cpu_threads)
+    return chosen
+
+
+def start_worker(settings: Settings, device: str | None = None, queues: list[str] | None = None,
+                 cpu_threads: int | None = None, free_bytes: Callable[[int], float] = cuda_free_bytes) -> Resident:
+    """Check the device fits, load the model once, and start the heartbeat; the worker then serves."""
+    global RESIDENT
+    if not settings.engine.resident:
+        raise SettingsError("OPENTR_BROKER_URL is empty: a resident worker needs a broker "
+                            "(e.g. redis://127.0.0.1:6379/0, which `make dev` and `make cluster-up` start)")
+    plan = worker_device(settings, device, cpu_threads)
+    if plan.kind == "cuda":
+        check_vram(plan, model_location(settings.decoding.whisper_model), settings.decoding.batch_size,
+                   free_bytes(plan.index))
+    from opentr_pipeline.gpu import MODELS
+    from opentr_pipeline.core.transcription import resolve_compute_type
+
+    clock = time.perf_counter()
+    MODELS.get(settings.decoding.whisper_model, plan,
+               resolve_compute_type(settings.decoding.whisper_compute_type, plan.kind))
+    slots: queue.Queue = queue.Queue()
+    for slot in range(plan.workers):
+        slots.put(slot)
+    resident = Resident(settings, plan, engine_id(), slots, Redis.from_url(settings.engine.broker_url),
+                        queues or [settings.engine.queue])
+    log.info("engine %s: %s loaded on %s in %.1f s, %d slot(s), queues %s", resident.engine,
+             settings.decoding.whisper_model, plan.label, time.perf_counter() - clock, plan.workers,
+             ",".join(resident.queues))
+    RESIDENT = resident
+    threading.Thread(target=heartbeat, args=(resident,), daemon=True, name="opentr-heartbeat").start()
+    return resident
+
+
+def heartbeat(resident: Resident) -> None:
+    lost_after = resident.settings.engine.worker_lost_after_s
+    key = HEARTBEAT.format(resident.engine)
+    while True:
+        try:
+            resident.redis.set(key, json.dumps(resident.announce()), ex=lost_after)
+        except Exception as error:  # the broker is down: Celery reconnects; keep trying
+            log.warning("heartbeat: %s", error)
+        time.sleep(max(1.0, lost_after / 4))
+
+
+def serve(settings: Settings, device: str | None, queues: list[str] | None, cpu_threads: int | None) -> None:
+    """`opentr worker`: a resident worker for one device, until it is stopped."""
+    resident = start_worker(settings, device, queues, cpu_threads)
+    app = celery_app(settings.engine)
+    register_task(app)
+    app.worker_main([
+        "worker", "--pool=threads", f"--concurrency={2 * resident.device.workers}",
+        f"--queues={','.join(resident.queues)}", f"--hostname={resident.device.label}.{resident.engine}",
+        "--without-gossip", "--without-mingle", "--loglevel=INFO",
+    ])
+
+
+# -- the run side --------------------------------------------------------------------------------
+
+@dataclass
+class Submitted:
+    key: str
+    uri: str
+    lost_workers: int = 0
+    taken_by: str = ""
+
+
+def result_of(payload: dict) -> Transcript | Exception:
+    if "transcript" in payload:
+        return Transcript.from_dict(payload["transcript"])
+    if payload.get("permanent"):
+        return MediaError(payload["error"])
+    return (SourceChanged if payload.get("kind") == "SourceChanged" else RuntimeError)(payload["error"])
+
+
+def submit_files(settings: Settings, files: list, on_start: Callable[[str], None] | None,
+                 on_done: Callable[[str, Transcript | Exception], None] | None,
+                 poll_s: float = 0.2) -> dict[str, Transcript | Exception]:
+    """Send every file to the resident workers; hand each result to `on_done` as it arrives."""
+    engine = settings.engine
+    app = celery_app(engine)
+    redis = Redis.from_url(engine.broker_url)
+    variables = settings.decoding.to_env()
+    pending: dict[str, Submitted] = {}
+    results: dict[str, Transcript | Exception] = {}
+
+    def submit(item: Submitted) -> None:
+        sent = app.send_task(TASK, args=[item.key, item.uri, variables], queue=engine.queue)
+        pending[sent.id] = item
+
+    def finish(task_id: str, result: Transcript | Exception) -> None:
+        item = pending.pop(task_id)
+        results[item.key] = result
+        if on_done:
+            on_done(item.key, result)
+
+    for file in files:
+        submit(Submitted(file.key, file.uri))
+    live = live_engines(engine)
+    log.info("%d file(s) sent to queue %r; %d resident worker(s) live, %d slot(s)", len(files), engine.queue,
+             len(live), sum(e["slots"] for e in live))
+    last_news = time.monotonic()
+    while pending:
+        for task_id, item in list(pending.items()):
+            answer = app.AsyncResult(task_id)
+            state = answer.state
+            if state == "SUCCESS":
+                payload = answer.result
+                answer.forget()
+                if not payload.get("superseded"):
+                    finish(task_id, result_of(payload))
+            elif state == "FAILURE":
+                finish(task_id, RuntimeError(f"{item.uri}: the worker failed: {answer.result}"))
+            elif state == "STARTED" and isinstance(answer.info, dict):
+                taken_by = answer.info.get("engine", "")
+                if taken_by and not item.taken_by and on_start:
+                    on_start(item.key)
+                item.taken_by = taken_by
+                if taken_by and not redis.exists(HEARTBEAT.format(taken_by)):
+                    requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+        if pending and time.monotonic() - last_news > 30:
+            last_news = time.monotonic()
+            waiting = sum(1 for item in pending.values() if not item.taken_by)
+            live = live_engines(engine)
+            advice = "" if live else "; no resident worker is live: start one with `opentr worker`"
+            log.info("%d file(s) in hand, %d waiting for a slot on queue %r%s", len(pending) - waiting,
+                     waiting, engine.queue, advice)
+        time.sleep(poll_s)
+    return results
+
+
+def requeue_from_lost_worker(redis: Redis, engine: EngineSettings, task_id: str, item: Submitted,
+                             pending: dict, submit: Callable, finish: Callable) -> None:
+    """The worker holding this file went silent: give the file to another, or call it poison."""
+    redis.set(SUPERSEDED.format(task_id), 1, ex=engine.visibility_timeout_s + 3600)
+    item.lost_workers += 1
+    lost = item.taken_by
+    if item.lost_workers >= LOST_WORKERS_BEFORE_POISON:
+        finish(task_id, RuntimeError(
+            f"{item.uri}: poison file: {item.lost_workers} workers died while transcribing it (last {lost})"))
+        return
+    log.warning("%s: worker %s went silent mid-file; sent to another worker", item.uri, lost)
+    pending.pop(task_id)
+    submit(Submitted(item.key, item.uri, item.lost_workers))
