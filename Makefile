@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test test-fast dev bench report clean
+.PHONY: install demo test test-fast dev bench report clean cluster-up cluster-down
 
 install: $(STAMP)
 
@@ -30,6 +30,14 @@ test: install
 dev: install
 	$(BIN)/opentr dev
 
+# The production shape on one machine, loopback only: Redis, PostgreSQL, two resident workers
+# (cpu:0 and cpu:1 standing for two GPUs), the Dagster daemon and UI. `cluster-down` stops it all.
+cluster-up: install
+	$(BIN)/python scripts/cluster.py up
+
+cluster-down:
+	$(BIN)/python scripts/cluster.py down
+
 bench: install
 	$(BIN)/opentr bench
 
@@ -37,4 +45,4 @@ report: install
 	$(BIN)/opentr report
 
 clean:
-	rm -rf data .dagster_home .test-artifacts bench-results
+	rm -rf data .dagster_home .test-artifacts bench-results .cluster

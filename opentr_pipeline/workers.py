@@ -204,6 +204,7 @@ def heartbeat(resident: Resident) -> None:
 def serve(settings: Settings, device: str | None, queues: list[str] | None, cpu_threads: int | None) -> None:
     """`opentr worker`: a resident worker for one device, until it is stopped."""
     resident = start_worker(settings, device, queues, cpu_threads)
+    logging.getLogger("celery.app.trace").setLevel(logging.WARNING)  # it prints each whole transcript
     app = celery_app(settings.engine)
     register_task(app)
     app.worker_main([
