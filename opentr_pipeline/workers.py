@@ -22,10 +22,11 @@ import queue
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from celery import Celery
+from celery.signals import task_received
 from redis import Redis
 
 from opentr_pipeline.core.devices import DevicePlan, check_vram, cuda_free_bytes, plan_devices
@@ -41,6 +42,7 @@ log = logging.getLogger("opentr")
 TASK = "opentr.transcribe"
 HEARTBEAT = "opentr:engine:{}"
 SUPERSEDED = "opentr:superseded:{}"
+TAKEN = "opentr:taken:{}"  # task id -> the engine that received it (even before a thread runs it)
 LOST_WORKERS_BEFORE_POISON = 2
 
 
@@ -108,7 +110,8 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
     assert resident is not None, "transcribe_file runs inside `opentr worker`"
     if resident.redis.exists(SUPERSEDED.format(task_id)):
         return {"superseded": True}  # its run gave it to another worker when this one's went silent
-    on_taken(resident.announce())
+    mark_taken(resident, task_id)
+    on_taken({**resident.announce(), "key": key})
     try:
         decoding = DecodingSettings.model_validate(decoding_vars)
         mine = resident.settings.decoding
@@ -136,6 +139,10 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
     except Exception as error:  # one file's failure stays that file's; the message goes back to the run
         log.warning("%s: %s", key, error)
         return error_payload(error, source_uri)
+
+
+def mark_taken(resident: Resident, task_id: str) -> None:
+    resident.redis.set(TAKEN.format(task_id), resident.engine, ex=resident.settings.engine.visibility_timeout_s)
 
 
 def register_task(app: Celery) -> None:
@@ -207,6 +214,9 @@ def serve(settings: Settings, device: str | None, queues: list[str] | None, cpu_
     logging.getLogger("celery.app.trace").setLevel(logging.WARNING)  # it prints each whole transcript
     app = celery_app(settings.engine)
     register_task(app)
+    # A message is the worker's from the moment it arrives, not only once a thread runs it: a run
+    # must know whom to watch for a file that sat in a killed worker's buffer.
+    task_received.connect(lambda sender=None, request=None, **_: mark_taken(resident, request.id), weak=False)
     app.worker_main([
         "worker", "--pool=threads", f"--concurrency={2 * resident.device.workers}",
         f"--queues={','.join(resident.queues)}", f"--hostname={resident.device.label}.{resident.engine}",
@@ -222,6 +232,20 @@ class Submitted:
     uri: str
     lost_workers: int = 0
     taken_by: str = ""
+    started: bool = False
+    sent_at: float = field(default_factory=time.monotonic)
+    queue_empty_since: float | None = None
+
+
+def in_limbo(redis: Redis, engine: EngineSettings, item: Submitted) -> bool:
+    """Sent, taken off the queue, yet claimed by no worker for a while: its worker died between
+    taking the message and announcing it. Redis would give it back after the visibility timeout."""
+    if redis.llen(engine.queue):
+        item.queue_empty_since = None
+        return False
+    now = time.monotonic()
+    item.queue_empty_since = item.queue_empty_since or now
+    return now - item.queue_empty_since > 2 * engine.worker_lost_after_s
 
 
 def result_of(payload: dict) -> Transcript | Exception:
@@ -268,15 +292,20 @@ def submit_files(settings: Settings, files: list, on_start: Callable[[str], None
                 answer.forget()
                 if not payload.get("superseded"):
                     finish(task_id, result_of(payload))
-            elif state == "FAILURE":
+                continue
+            if state == "FAILURE":
                 finish(task_id, RuntimeError(f"{item.uri}: the worker failed: {answer.result}"))
-            elif state == "STARTED" and isinstance(answer.info, dict):
-                taken_by = answer.info.get("engine", "")
-                if taken_by and not item.taken_by and on_start:
-                    on_start(item.key)
+                continue
+            if state == "STARTED" and not item.started and on_start:
+                item.started = True
+                on_start(item.key)
+            taken_by = (redis.get(TAKEN.format(task_id)) or b"").decode()
+            if taken_by:
                 item.taken_by = taken_by
-                if taken_by and not redis.exists(HEARTBEAT.format(taken_by)):
+                if not redis.exists(HEARTBEAT.format(taken_by)):
                     requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+            elif in_limbo(redis, engine, item):
+                requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
         if pending and time.monotonic() - last_news > 30:
             last_news = time.monotonic()
             waiting = sum(1 for item in pending.values() if not item.taken_by)
@@ -292,12 +321,13 @@ def requeue_from_lost_worker(redis: Redis, engine: EngineSettings, task_id: str,
                              pending: dict, submit: Callable, finish: Callable) -> None:
     """The worker holding this file went silent: give the file to another, or call it poison."""
     redis.set(SUPERSEDED.format(task_id), 1, ex=engine.visibility_timeout_s + 3600)
-    item.lost_workers += 1
+    item.lost_workers += 1 if item.taken_by else 0  # a message lost in transit says nothing of the file
     lost = item.taken_by
     if item.lost_workers >= LOST_WORKERS_BEFORE_POISON:
         finish(task_id, RuntimeError(
             f"{item.uri}: poison file: {item.lost_workers} workers died while transcribing it (last {lost})"))
         return
-    log.warning("%s: worker %s went silent mid-file; sent to another worker", item.uri, lost)
+    log.warning("%s: worker %s went silent with the file in hand; sent to another worker",
+                item.uri, lost or "(unknown)")
     pending.pop(task_id)
     submit(Submitted(item.key, item.uri, item.lost_workers))

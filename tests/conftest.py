@@ -64,7 +64,7 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     (tmp_path / "home").mkdir()
     shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
     for name in list(os.environ):
-        if name.startswith(("GPU_", "WHISPER_", "OPENTR_FILES", "OPENTR_RUNS")):
+        if name.startswith(("GPU_", "WHISPER_", "OPENTR_")) and name != "OPENTR_FIXTURES":
             monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
