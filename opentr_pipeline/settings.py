@@ -140,6 +140,13 @@ class EngineSettings(Group):
     # A run re-submits a file whose worker has sent no heartbeat for this long (it died mid-file).
     worker_lost_after_s: int = env("OPENTR_WORKER_LOST_AFTER_S", 20, ge=3)
 
+    @field_validator("broker_url")
+    @classmethod
+    def _broker(cls, value: str) -> str:
+        if value and value != "embedded" and not value.startswith(("redis://", "rediss://")):
+            raise ValueError("expected redis://host:port/db, embedded (opentr dev starts its own), or empty")
+        return value
+
     @property
     def resident(self) -> bool:
         return bool(self.broker_url)

@@ -7,12 +7,14 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import jiwer
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT / "benchmarks"))  # the benchmark scripts' helpers are tested too
 FIXTURES = Path(os.environ.get("OPENTR_FIXTURES", PROJECT_ROOT.parent / "shared/fixtures/audio")).resolve()
 DEMO_MEDIA = PROJECT_ROOT / "resources" / "demo_media"
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from opentr_pipeline import bench
+import bench  # benchmarks/bench.py (conftest puts benchmarks/ on the path)
 from opentr_pipeline.settings import Settings
 
 
@@ -88,25 +88,37 @@ def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
 
 
 @pytest.mark.slow
-def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, tmp_path, capsys):
-    """The whole command on two short files: both sides run, the table prints, the JSON is whole."""
-    from opentr_pipeline.cli import main
+def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, tmp_path):
+    """The whole command on two short files: raw, in-process and resident sides all run, the
+    table prints, the JSON is whole, and the resident worker and its Redis are gone after."""
+    import subprocess
+
+    from conftest import PROJECT_ROOT
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "--files", "2", "--seconds", "5", "--out", str(out),
-                 "--work-dir", str(tmp_path / "work")]) == 0
-    printed = capsys.readouterr().out
-    assert bench.PIPELINE_WHOLE in printed and ("PASS" in printed or "MISS" in printed)
+    done = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "opentr"), "bench", "--files", "2", "--seconds", "5",
+                           "--out", str(out), "--work-dir", str(tmp_path / "work")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = done.stdout
+    assert bench.PIPELINE_WHOLE in printed and bench.RESIDENT_WHOLE in printed
+    assert "PASS" in printed or "MISS" in printed
     report = json.loads(out.read_text())
     one_core = [(bench.RAW_ONE_CORE, 1)] if report["settings"]["device"] == "cpu" else []
     assert [(r["configuration"], r["workers"]) for r in report["results"]] == [
         *one_core, (bench.RAW, 1), (bench.PIPELINE_SPAN, 1), (bench.PIPELINE_WHOLE, 1),
+        (bench.RESIDENT_SPAN, 1), (bench.RESIDENT_WHOLE, 1),
         (bench.RAW, 2), (bench.PIPELINE_SPAN, 2), (bench.PIPELINE_WHOLE, 2),
+        (bench.RESIDENT_SPAN, 2), (bench.RESIDENT_WHOLE, 2),
     ]
     assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in report["results"])
     assert report["machine"]["faster_whisper"] == "1.2.1"
-    assert len(report["targets"]) == 4
-    assert len(report["ratio_to_cores_x_one_core"]) == (4 if one_core else 0)
+    assert len(report["targets"]) == 6
+    assert len(report["ratio_to_cores_x_one_core"]) == (6 if one_core else 0)
+    resident = [r for r in report["results"] if r["configuration"] == bench.RESIDENT_SPAN]
+    assert [r["details"]["peak_concurrency"] for r in resident] == [1, 2]  # the worker's slots, filled
+    left = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout
+    assert left == "", f"processes left behind: {left}"
 
 
 def test_bench_command_line_options():

@@ -302,7 +302,7 @@ def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, 
 
 
 def test_a_run_queue_too_small_for_the_workers_is_pointed_out(pipeline_env):
-    from opentr_pipeline.cli import run_queue_advice
+    from opentr_pipeline.instance import run_queue_advice
 
     instance = dg.DagsterInstance.get()  # the project's dagster.yaml: 4 runs at a time
     assert run_queue_advice(instance, 2) is None and run_queue_advice(instance, 3) is None

@@ -94,7 +94,7 @@ def test_a_launched_run_whose_process_died_is_recognised(pipeline_env):
 def test_an_instance_that_does_not_watch_run_processes_is_pointed_out(pipeline_env, tmp_path, monkeypatch):
     import dagster as dg
 
-    from opentr_pipeline.cli import monitoring_advice
+    from opentr_pipeline.instance import monitoring_advice
 
     assert monitoring_advice(dg.DagsterInstance.get()) is None  # the project's dagster.yaml
     old = tmp_path / "old-home"

@@ -47,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from opentr_pipeline.core.throughput import peak_overlap
-from opentr_pipeline.settings import PROJECT_ROOT, Settings
+from opentr_pipeline.settings import PROJECT_ROOT, DecodingSettings, DeviceSettings, Settings
 
 SAMPLE_RATE = 16000
 NO_SPEECH = "squirrel_nospeech.wav"  # silence-like noise: it would only pad the corpus
@@ -58,6 +58,9 @@ SCALING_TARGET = 1.6  # N workers x realtime / 1 worker x realtime
 RAW = "raw faster-whisper (transcription span)"
 PIPELINE_SPAN = "pipeline (transcription span)"
 PIPELINE_WHOLE = "pipeline (whole command)"
+RESIDENT_SPAN = "pipeline, resident worker (transcription span)"
+RESIDENT_WHOLE = "pipeline, resident worker (whole command)"
+RESIDENT_TARGET = 0.95  # resident pipeline span x realtime / raw x realtime, same workers
 # On a CPU, how far N workers are from N x one core says whether the workers or the cores are
 # the limit: one worker with all the cores cannot keep them all busy (the beam search barely
 # speeds up with more threads), so N-vs-1 understates how well the workers scale.
@@ -182,30 +185,20 @@ class BenchPlan:
         """The pipeline's device plan for N workers, so raw gets the same thread split."""
         from opentr_pipeline.core.devices import plan_devices
 
-        settings = Settings(
-            upload_uri="", storage_uri="", dagster_home="",
-            gpu_scale_enabled=True, gpu_scale_workers=workers,
-            gpu_scale_device_id=self.device_index, gpu_device_id=self.device_index,
-            whisper_device=self.device,
-        )
-        (device,) = plan_devices(settings)
+        (device,) = plan_devices(self.devices(workers))
         return device
 
+    def devices(self, workers: int) -> DeviceSettings:
+        return DeviceSettings(gpu_scale_enabled=True, gpu_scale_workers=workers,
+                              gpu_scale_device_id=self.device_index, gpu_device_id=self.device_index,
+                              whisper_device=self.device)
+
     def pipeline_env(self, workers: int) -> dict[str, str]:
-        return {
-            "GPU_SCALE_ENABLED": "true",
-            "GPU_SCALE_WORKERS": str(workers),
-            "GPU_SCALE_DEVICE_ID": str(self.device_index),
-            "GPU_DEVICE_ID": str(self.device_index),
-            "GPU_SCALE_DEFAULT_WORKER": "false",
-            "WHISPER_MODEL": self.model,
-            "WHISPER_DEVICE": self.device,
-            "WHISPER_COMPUTE_TYPE": self.compute_type,
-            "WHISPER_BEAM_SIZE": str(self.beam_size),
-            "WHISPER_BATCH_SIZE": str(self.batch_size),
-            "WHISPER_VAD": "true" if self.vad_filter else "false",
-            "WHISPER_LANGUAGE": self.language or "",
-        }
+        """The settings' own variables (settings.py), so the pipeline runs exactly this plan."""
+        decoding = DecodingSettings(whisper_model=self.model, whisper_compute_type=self.compute_type,
+                                    beam_size=self.beam_size, batch_size=self.batch_size,
+                                    vad_filter=self.vad_filter, language=self.language)
+        return {**self.devices(workers).to_env(), **decoding.to_env()}
 
 
 def make_plan(settings: Settings, device: str | None, model: str | None,
@@ -214,21 +207,22 @@ def make_plan(settings: Settings, device: str | None, model: str | None,
     from opentr_pipeline.core.transcription import resolve_compute_type
     from opentr_pipeline.settings import SettingsError, check_model
 
-    wanted = device or settings.whisper_device
+    devices, decoding = settings.devices, settings.decoding
+    wanted = device or devices.whisper_device
     cuda = cuda_device_count()
     if wanted == "cuda" and cuda == 0:
         raise SettingsError("--device cuda: no CUDA device is visible on this machine")
     kind = "cuda" if wanted != "cpu" and cuda > 0 else "cpu"
-    index = settings.gpu_scale_device_id if settings.gpu_scale_enabled else settings.gpu_device_id
+    index = devices.gpu_scale_device_id if devices.gpu_scale_enabled else devices.gpu_device_id
     return BenchPlan(
-        model=check_model(model, "--model") if model else settings.whisper_model,
+        model=check_model(model, "--model") if model else decoding.whisper_model,
         device=kind,
         device_index=index if kind == "cuda" else 0,
-        compute_type=resolve_compute_type(compute_type or settings.whisper_compute_type, kind),
-        beam_size=settings.beam_size,
-        batch_size=settings.batch_size,
-        vad_filter=settings.vad_filter,
-        language=settings.language,
+        compute_type=resolve_compute_type(compute_type or decoding.whisper_compute_type, kind),
+        beam_size=decoding.beam_size,
+        batch_size=decoding.batch_size,
+        vad_filter=decoding.vad_filter,
+        language=decoding.language,
     )
 
 
@@ -295,7 +289,7 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
         thread.join()
     with_decoding_s = time.perf_counter() - first
     cpu_s = _cpu_s(os.times()) - cpu_before
-    del model
+    model = None  # freed before the pipeline side loads its own  # noqa: F841
     if errors:
         raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
     span = max(end for _, end in intervals) - min(start for start, _ in intervals)
@@ -329,14 +323,32 @@ def _seconds(stamp: str) -> float:
 
 
 def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
-                        work_dir: Path) -> list[Measurement]:
-    """`opentr run` on fresh folders: the whole command, and the span its transcripts record."""
-    root = work_dir / f"pipeline-{workers}w-{time.time_ns()}"
+                        work_dir: Path, resident: bool = False) -> list[Measurement]:
+    """`opentr run` on fresh folders: the whole command, and the span its transcripts record.
+
+    `resident`: a resident worker with N slots is started first (Redis and `opentr worker`, its
+    model loaded once, as under `make dev` or a cluster), and `opentr run` sends it the files.
+    """
+    if resident:
+        from opentr_pipeline.workers import local_engine
+
+        root = work_dir / f"engine-{workers}w-{time.time_ns()}"
+        environ = {**os.environ, **plan.pipeline_env(workers), "UPLOAD_URI": str(root / "uploads"),
+                   "STORAGE_URI": str(root / "store"), "DAGSTER_HOME": str(root / "home")}
+        device = plan.device_for(workers)
+        with local_engine(Settings.from_env(environ), root / "engine", [device.label], device.cpu_threads) as broker:
+            return pipeline_end_to_end_on(corpus, plan, workers, root, {"OPENTR_BROKER_URL": broker})
+    return pipeline_end_to_end_on(corpus, plan, workers, work_dir / f"pipeline-{workers}w-{time.time_ns()}", {})
+
+
+def pipeline_end_to_end_on(corpus: list[CorpusFile], plan: BenchPlan, workers: int, root: Path,
+                           extra_env: dict[str, str]) -> list[Measurement]:
+    resident = bool(extra_env)
     uploads, store, home = root / "uploads", root / "store", root / "home"
     uploads.mkdir(parents=True)
     for item in corpus:
         shutil.copy(item.path, uploads / item.path.name)
-    env = {**os.environ, **plan.pipeline_env(workers),
+    env = {**os.environ, **plan.pipeline_env(workers), **extra_env,
            "UPLOAD_URI": str(uploads), "STORAGE_URI": str(store), "DAGSTER_HOME": str(home)}
     log_path = root / "opentr-run.log"
     command = [sys.executable, "-m", "opentr_pipeline.cli", "run"]
@@ -367,16 +379,17 @@ def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
     }
     return [
         Measurement(
-            configuration=PIPELINE_SPAN, workers=workers, files=len(docs), audio_s=audio_s,
+            configuration=RESIDENT_SPAN if resident else PIPELINE_SPAN, workers=workers, files=len(docs), audio_s=audio_s,
             wall_s=round(span, 3),
             includes="first transcription start to last end (transcripts' started_at/finished_at)",
             details=shared,
         ),
         Measurement(
-            configuration=PIPELINE_WHOLE, workers=workers, files=len(docs), audio_s=audio_s,
+            configuration=RESIDENT_WHOLE if resident else PIPELINE_WHOLE, workers=workers, files=len(docs), audio_s=audio_s,
             wall_s=round(whole_s, 3),
-            includes="the whole `opentr run` subprocess: start-up, Dagster, probing, model "
-                     "load, transcription, subtitles, throughput report",
+            includes="the whole `opentr run` subprocess: start-up, Dagster, probing, "
+                     + ("transcription on the resident worker (model loaded before), " if resident
+                        else "model load, transcription, ") + "subtitles, throughput report",
             details={**shared, "overhead_outside_span_s": round(whole_s - span, 3),
                      "cpu_s": round(cpu_s, 2), "cores_busy": round(cpu_s / whole_s, 2)},
         ),
@@ -393,7 +406,7 @@ def best_of(measurements: list[Measurement]) -> list[Measurement]:
         key = (m.configuration, m.workers)
         if key not in best or m.x_realtime > best[key].x_realtime:
             best[key] = m
-    order = {RAW_ONE_CORE: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2}
+    order = {RAW_ONE_CORE: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2, RESIDENT_SPAN: 3, RESIDENT_WHOLE: 4}
     return sorted(best.values(), key=lambda m: (m.workers, order.get(m.configuration, 9)))
 
 
@@ -416,6 +429,11 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
             value = span.x_realtime / raw.x_realtime
             targets.append({"target": f"pipeline span >= {SPAN_TARGET} x raw, {n} worker(s)",
                             "value": round(value, 3), "pass": value >= SPAN_TARGET})
+        resident = by.get((RESIDENT_SPAN, n))
+        if raw and resident:
+            value = resident.x_realtime / raw.x_realtime
+            targets.append({"target": f"resident pipeline span >= {RESIDENT_TARGET} x raw, {n} worker(s)",
+                            "value": round(value, 3), "pass": value >= RESIDENT_TARGET})
     if workers > 1:
         for configuration in (RAW, PIPELINE_SPAN):
             one, many = by.get((configuration, 1)), by.get((configuration, workers))
@@ -426,7 +444,7 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
     per_core: dict[str, float] = {}
     one_core = by.get((RAW_ONE_CORE, 1))
     for m in rows:
-        if one_core and m.configuration in (RAW, PIPELINE_SPAN) and "cpu_threads_per_worker" in m.details:
+        if one_core and m.configuration in (RAW, PIPELINE_SPAN, RESIDENT_SPAN) and "cpu_threads_per_worker" in m.details:
             cores = m.workers * m.details["cpu_threads_per_worker"]
             per_core[f"{m.configuration}, {m.workers} worker(s) on {cores} core(s)"] = round(
                 m.x_realtime / (cores * one_core.x_realtime), 3)
@@ -532,6 +550,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None,
                         help="where the corpus and pipeline folders go (default: a fresh temp folder, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--engine", choices=("in-process", "resident", "both"), default="both",
+                        help="where the pipeline's model lives: in each run process, on a resident "
+                             "worker (Redis + `opentr worker`, model loaded before the command), or both")
 
 
 def run_bench(args: argparse.Namespace, settings: Settings) -> int:
@@ -556,7 +577,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         for round_number in range(1, args.repeat + 1):
             label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
             # Every other round runs in the opposite order, so neither side always goes first.
-            steps = [(w, side) for w in worker_counts for side in ("raw", "pipeline")]
+            sides = {"in-process": ("raw", "pipeline"), "resident": ("raw", "resident"),
+                     "both": ("raw", "pipeline", "resident")}[args.engine]
+            steps = [(w, side) for w in worker_counts for side in sides]
             if plan.device == "cpu" and args.workers > 1:
                 steps.insert(0, (1, "one core"))
             for workers, side in steps if round_number % 2 else steps[::-1]:
@@ -566,8 +589,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                     measurements.append(raw_faster_whisper(corpus, plan, workers, side == "one core"))
                     print(f"  {measurements[-1].x_realtime:.1f}x realtime", flush=True)
                     continue
-                print(f"{label}opentr run, GPU_SCALE_WORKERS={workers} ...", flush=True)
-                measurements += pipeline_end_to_end(corpus, plan, workers, work_dir)
+                print(f"{label}opentr run, GPU_SCALE_WORKERS={workers}"
+                      f"{' on a resident worker' if side == 'resident' else ''} ...", flush=True)
+                measurements += pipeline_end_to_end(corpus, plan, workers, work_dir, side == "resident")
                 print(f"  span {measurements[-2].x_realtime:.1f}x, whole command "
                       f"{measurements[-1].x_realtime:.1f}x realtime", flush=True)
     finally:

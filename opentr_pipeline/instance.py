@@ -1,0 +1,49 @@
+"""The Dagster instance at DAGSTER_HOME, as `opentr run` and `opentr dev` prepare it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from opentr_pipeline.settings import PROJECT_ROOT, Settings
+
+
+def prepare_instance(settings: Settings):
+    """The instance at DAGSTER_HOME, created with the project's dagster.yaml on first use."""
+    home = Path(settings.dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    os.environ["DAGSTER_HOME"] = str(home)
+    import dagster as dg
+
+    return dg.DagsterInstance.get()
+
+
+def set_gpu_pool_limit(instance, workers: int) -> None:
+    """The `gpu` pool's limit is the plan's total workers; the UI's concurrency page shows it."""
+    instance.event_log_storage.set_concurrency_slots("gpu", workers)
+
+
+def run_queue_advice(instance, workers: int) -> str | None:
+    """The daemon starts at most max_concurrent_runs runs; single-file runs need workers + 1
+    (the report run too) to fill every worker. Said at start-up rather than changed behind the
+    user's back: each run is a process with a model of its own."""
+    limit = instance.get_concurrency_config().run_queue_config.max_concurrent_runs
+    if limit < 0 or limit > workers:
+        return None
+    return (f"note: the run queue starts {limit} run(s) at a time, so runs holding fewer files than "
+            f"workers can leave some of the {workers} workers idle; set concurrency.runs."
+            f"max_concurrent_runs to {workers + 1} or more in {instance.root_directory}/dagster.yaml")
+
+
+def monitoring_advice(instance) -> str | None:
+    """An instance made before run monitoring came (its dagster.yaml is kept as it was) would
+    leave a killed run STARTED for ever: say so at start-up."""
+    from opentr_pipeline.launcher import WatchedRunLauncher
+
+    if instance.run_monitoring_enabled and isinstance(instance.run_launcher, WatchedRunLauncher):
+        return None
+    return (f"note: {instance.root_directory}/dagster.yaml does not watch run processes, so a killed "
+            f"run would never be rerun; copy run_launcher and run_monitoring from {PROJECT_ROOT}/dagster.yaml")

@@ -1,0 +1,223 @@
+"""`opentr run`: every new upload through the pipeline once, in runs the UI shows as its own.
+
+It records everything in the Dagster instance at DAGSTER_HOME, so its runs, materializations and
+failures show in the UI exactly as if launched from there. Runs go to a pool of processes (each
+keeps its model between runs); a failed run's unfinished files run again, a bounded number of times.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+
+from opentr_pipeline.instance import prepare_instance, set_gpu_pool_limit
+from opentr_pipeline.settings import Settings
+
+log = logging.getLogger("opentr")
+# Dagster's console logger repeats every failure with a stack trace; the run records them all
+# in the instance, and `opentr run` prints one line per failed file at the end instead.
+QUIET_DAGSTER = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
+
+
+def show_progress() -> None:
+    """The per-file lines (`[3/16] talk.mp3: ... x realtime`) go to stdout, indented."""
+    if log.handlers:
+        return
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("  %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
+def runs_at_once(workers: int, files_per_run: int) -> int:
+    """Enough runs to give every worker a file, plus one: while a run probes its files or
+    finishes its last ones, the next run's threads already wait for the free workers."""
+    return -(-workers // files_per_run) + 1
+
+
+@functools.cache
+def pipeline_for(settings: Settings):
+    """This process's definitions and instance, made once: `opentr run` and each child process
+    running its runs share them from run to run (the model cache lives in this process)."""
+    from opentr_pipeline.definitions import build_defs
+
+    instance = prepare_instance(settings)  # sets DAGSTER_HOME first
+    return build_defs(settings), instance
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run to make: its stretch of partitions and its tags (a rerun's attempt, say)."""
+
+    keys: list[str]
+    tags: dict[str, str]
+
+
+def execute_run(settings: Settings, number: int, total: int, spec: RunSpec) -> None:
+    """One run of the transcription job over a stretch of partitions, recorded in the instance.
+
+    Tagged with this process's pid, so that if the process dies the run is seen to be dead."""
+    from opentr_pipeline.names import LAUNCHED_BY, RANGE_END, RANGE_START, RUN_PID, TRANSCRIBE_JOB
+
+    show_progress()
+    defs, instance = pipeline_for(settings)
+    chunk = spec.keys
+    label = chunk[0] if len(chunk) == 1 else f"{chunk[0]} ... {chunk[-1]}"
+    result = defs.resolve_job_def(TRANSCRIBE_JOB).execute_in_process(
+        instance=instance,
+        run_config=QUIET_DAGSTER,
+        raise_on_error=False,
+        tags={RANGE_START: chunk[0], RANGE_END: chunk[-1], LAUNCHED_BY: "opentr run",
+              RUN_PID: str(os.getpid()), **spec.tags},
+    )
+    print(f"run {number}/{total}: {len(chunk)} file(s) ({label}) "
+          f"{'succeeded' if result.success else 'had failures'} (run {result.run_id[:8]})", flush=True)
+
+
+def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None:
+    """One run per spec; with several, `at_once` runs side by side.
+
+    Dagster's in-process execution is not thread-safe (two runs in two threads deadlock on its
+    logging set-up), so side by side means child processes, each loading the model once for
+    all the runs it takes. The device leases hold the worker limit across them, and no worker
+    idles at one run's tail while the next run's files wait.
+    """
+    at_once = min(at_once, len(specs))
+    jobs = [(settings, number, len(specs), spec) for number, spec in enumerate(specs, start=1)]
+    if at_once <= 1:
+        for job in jobs:
+            execute_run(*job)
+        return
+    print(f"{len(specs)} runs, {at_once} at a time", flush=True)
+    # Spawned, not forked: this process has already asked CUDA for its devices, and CUDA does
+    # not work in a child forked after that. Each child pays its imports once (seconds).
+    with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for (_, number, total, spec), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
+            try:
+                done.result()
+            except BrokenProcessPool:  # killed (out of memory, say): its runs are rerun below
+                print(f"run {number}/{total}: {len(spec.keys)} file(s) not finished: "
+                      f"a process running the runs died", flush=True)
+
+
+def failure_reasons(store, keys: list[str]) -> dict[str, str]:
+    from opentr_pipeline.assets.batch import failure_path
+    from opentr_pipeline.names import PIPELINE_ASSETS
+
+    reasons = {}
+    for key in keys:
+        for asset in PIPELINE_ASSETS:
+            record = store.read_json_or_none(failure_path(asset, key))
+            if record:
+                reasons[key] = record["reason"]
+                break
+    return reasons
+
+
+def reruns_of_failed_runs(settings: Settings, instance, store, invocation: str, handled: set[str]) -> list[RunSpec]:
+    """The rerun sensor's decisions, taken here for this command's own failed runs: runs whose
+    process died are marked failed first, as run monitoring does under `opentr dev`."""
+    import dagster as dg
+
+    from opentr_pipeline.names import INVOCATION
+    from opentr_pipeline.reruns import rerun_unfinished
+
+    fail_dead_runs(instance)
+    specs = []
+    failed = instance.get_runs(filters=dg.RunsFilter(tags={INVOCATION: invocation},
+                                                     statuses=[dg.DagsterRunStatus.FAILURE]))
+    for run in failed:
+        if run.run_id in handled:
+            continue
+        handled.add(run.run_id)
+        for rerun in rerun_unfinished(instance, store, run, settings.max_attempts, settings.files_per_run):
+            specs.append(RunSpec(rerun.keys, {**rerun.tags, INVOCATION: invocation}))
+    return specs
+
+
+def fail_dead_runs(instance) -> None:
+    """`opentr run` runs are not watched by run monitoring: a killed one (this command's, or an
+    earlier command's that was killed itself) is marked failed here and its pool slots freed."""
+    import dagster as dg
+
+    from opentr_pipeline.names import RUN_PID
+    from opentr_pipeline.reruns import dead_run_reason, fail_dead_run
+
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        if RUN_PID in run.tags and (reason := dead_run_reason(instance, run)):
+            fail_dead_run(instance, run, reason)
+
+
+def run_pipeline(settings: Settings) -> int:
+    import uuid
+
+    import dagster as dg
+
+    from opentr_pipeline.core.devices import describe_plan
+    from opentr_pipeline.names import INVOCATION, PARTITIONS, REPORT_JOB
+    from opentr_pipeline.partitions import contiguous_chunks
+    from opentr_pipeline.storage import Storage
+    from opentr_pipeline.uploads import register_sources, scan_uploads
+
+    defs, instance = pipeline_for(settings)
+    gpu = defs.resources["gpu"]
+    set_gpu_pool_limit(instance, gpu.total_workers())
+    print(f"device plan: {describe_plan(gpu.plan())}")
+    print(f"model: {settings.decoding.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
+
+    store = Storage(settings.storage_uri)
+    fail_dead_runs(instance)
+    listing = scan_uploads(settings.upload_uri)
+    uploads = listing.uploads
+    for name in sorted(listing.partial + listing.not_media):
+        print(f"skipped (not a media file name, or still uploading): {name!r}")
+    for name, reason in sorted(listing.skipped.items()):
+        print(f"skipped {name!r}: {reason}")
+    known = set(instance.get_dynamic_partitions(PARTITIONS))
+    new = [u for u in uploads if u.key not in known]
+    register_sources(store, new)
+    if new:
+        instance.add_dynamic_partitions(PARTITIONS, [u.key for u in new])
+    all_keys = list(instance.get_dynamic_partitions(PARTITIONS))
+    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+    pending = [k for k in all_keys if k not in done]
+    print(f"{len(uploads)} media file(s) in uploads, {len(new)} new; {len(pending)} to process")
+
+    started = time.perf_counter()
+    invocation = uuid.uuid4().hex[:12]
+    specs = [RunSpec(chunk, {INVOCATION: invocation})
+             for chunk in contiguous_chunks(all_keys, set(pending), settings.files_per_run)]
+    at_once = settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run)
+    handled: set[str] = set()
+    while specs:  # bounded: every rerun counts an attempt, at most OPENTR_MAX_ATTEMPTS per file
+        execute_runs(settings, specs, at_once)
+        specs = reruns_of_failed_runs(settings, instance, store, invocation, handled)
+        if specs:
+            print(f"again: {sum(len(s.keys) for s in specs)} unfinished file(s) in {len(specs)} run(s)")
+    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+    not_done = [k for k in pending if k not in done]
+    reasons = failure_reasons(store, not_done)
+
+    if len(not_done) < len(pending) or not store.exists("reports/throughput.parquet"):
+        print("updating throughput_report", flush=True)
+        defs.resolve_job_def(REPORT_JOB).execute_in_process(
+            instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False
+        )
+    elapsed = time.perf_counter() - started
+    print(f"\n{len(pending) - len(not_done)} of {len(pending)} file(s) done in {elapsed:.1f} s")
+    print(f"transcripts: {store.uri('transcripts')}\nsubtitles:   {store.uri('subtitles')}")
+    print(f"report:      {store.uri('reports/throughput.md')}")
+    if not_done:
+        print(f"\n{len(not_done)} file(s) failed:")
+        for key in not_done:
+            print(f"  {key}: {reasons.get(key, 'failed (see the run in the Dagster UI)')}")
+        return 1
+    return 0
