@@ -27,8 +27,10 @@ demo: install
 test: install
 	bash scripts/test.sh
 
+# A private Redis and one resident worker per device beside the UI, so every run shares one
+# loaded model (OPENTR_BROKER_URL= with nothing after it keeps the model in each run process).
 dev: install
-	$(BIN)/opentr dev
+	OPENTR_BROKER_URL=$${OPENTR_BROKER_URL-embedded} $(BIN)/opentr dev
 
 # The production shape on one machine, loopback only: Redis, PostgreSQL, two resident workers
 # (cpu:0 and cpu:1 standing for two GPUs), the Dagster daemon and UI. `cluster-down` stops it all.

@@ -32,9 +32,11 @@ from typing import Callable, Iterator
 
 from celery import Celery
 from celery.signals import task_received
+from kombu.exceptions import OperationalError
 from redis import Redis
+from redis.exceptions import RedisError
 
-from opentr_pipeline.core.devices import DevicePlan, check_vram, cuda_free_bytes, plan_devices
+from opentr_pipeline.core.devices import WORKER_NOTE, DevicePlan, check_vram, cuda_free_bytes, plan_devices
 from opentr_pipeline.core.media import MediaError
 from opentr_pipeline.core.transcription import (
     SourceChanged, Transcript, TranscriptionOptions, engine_id, load_audio, model_location,
@@ -49,6 +51,7 @@ HEARTBEAT = "opentr:engine:{}"
 SUPERSEDED = "opentr:superseded:{}"
 TAKEN = "opentr:taken:{}"  # task id -> the engine that received it (even before a thread runs it)
 LOST_WORKERS_BEFORE_POISON = 2
+BROKER_PATIENCE_S = 300  # a run waits this long for a broker that went away, then fails as transient
 
 
 def celery_app(engine: EngineSettings) -> Celery:
@@ -92,6 +95,7 @@ class Resident:
     free_slots: queue.Queue
     redis: Redis
     queues: list[str]
+    in_hand: set[str] = field(default_factory=set)  # task ids being worked on, re-announced with each heartbeat
 
     def announce(self) -> dict:
         return {"engine": self.engine, "host": socket.gethostname(), "pid": os.getpid(),
@@ -116,6 +120,7 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
     if resident.redis.exists(SUPERSEDED.format(task_id)):
         return {"superseded": True}  # its run gave it to another worker when this one's went silent
     mark_taken(resident, task_id)
+    resident.in_hand.add(task_id)
     on_taken({**resident.announce(), "key": key})
     try:
         decoding = DecodingSettings.model_validate(decoding_vars)
@@ -144,6 +149,8 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
     except Exception as error:  # one file's failure stays that file's; the message goes back to the run
         log.warning("%s: %s", key, error)
         return error_payload(error, source_uri)
+    finally:
+        resident.in_hand.discard(task_id)
 
 
 def mark_taken(resident: Resident, task_id: str) -> None:
@@ -185,7 +192,7 @@ def start_worker(settings: Settings, device: str | None = None, queues: list[str
     plan = worker_device(settings, device, cpu_threads)
     if plan.kind == "cuda":
         check_vram(plan, model_location(settings.decoding.whisper_model), settings.decoding.batch_size,
-                   free_bytes(plan.index))
+                   free_bytes(plan.index), note=WORKER_NOTE)
     from opentr_pipeline.gpu import MODELS
     from opentr_pipeline.core.transcription import resolve_compute_type
 
@@ -211,6 +218,8 @@ def heartbeat(resident: Resident) -> None:
     while True:
         try:
             resident.redis.set(key, json.dumps(resident.announce()), ex=lost_after)
+            for task_id in list(resident.in_hand):  # a broker restarted empty learns them again
+                mark_taken(resident, task_id)
         except Exception as error:  # the broker is down: Celery reconnects; keep trying
             log.warning("heartbeat: %s", error)
         time.sleep(max(1.0, lost_after / 4))
@@ -291,29 +300,50 @@ def submit_files(settings: Settings, files: list, on_start: Callable[[str], None
     log.info("%d file(s) sent to queue %r; %d resident worker(s) live, %d slot(s)", len(files), engine.queue,
              len(live), sum(e["slots"] for e in live))
     last_news = time.monotonic()
+    outage_since: float | None = None
+    judge_after = 0.0  # no worker is called lost until the heartbeats had time to come back
     while pending:
-        for task_id, item in list(pending.items()):
-            answer = app.AsyncResult(task_id)
-            state = answer.state
-            if state == "SUCCESS":
-                payload = answer.result
-                answer.forget()
-                if not payload.get("superseded"):
-                    finish(task_id, result_of(payload))
-                continue
-            if state == "FAILURE":
-                finish(task_id, RuntimeError(f"{item.uri}: the worker failed: {answer.result}"))
-                continue
-            if state == "STARTED" and not item.started and on_start:
-                item.started = True
-                on_start(item.key)
-            taken_by = (redis.get(TAKEN.format(task_id)) or b"").decode()
-            if taken_by:
-                item.taken_by = taken_by
-                if not redis.exists(HEARTBEAT.format(taken_by)):
+        try:
+            for task_id, item in list(pending.items()):
+                answer = app.AsyncResult(task_id)
+                state = answer.state
+                if state == "SUCCESS":
+                    payload = answer.result
+                    answer.forget()
+                    if not payload.get("superseded"):
+                        finish(task_id, result_of(payload))
+                    continue
+                if state == "FAILURE":
+                    finish(task_id, RuntimeError(f"{item.uri}: the worker failed: {answer.result}"))
+                    continue
+                if state == "STARTED" and not item.started and on_start:
+                    item.started = True
+                    on_start(item.key)
+                if time.monotonic() < judge_after:
+                    continue
+                taken_by = (redis.get(TAKEN.format(task_id)) or b"").decode()
+                if taken_by:
+                    item.taken_by = taken_by
+                    if not redis.exists(HEARTBEAT.format(taken_by)):
+                        requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+                elif in_limbo(redis, engine, item):
                     requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
-            elif in_limbo(redis, engine, item):
-                requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+            if outage_since is not None:
+                log.info("broker reachable again after %.0f s", time.monotonic() - outage_since)
+                outage_since = None
+        except (RedisError, OperationalError, OSError) as error:
+            # The broker is down or restarting: the workers carry on with what they hold and
+            # store their results once it is back; a broker restarted empty loses queued
+            # messages, which the limbo check sends again.
+            now = time.monotonic()
+            if outage_since is None:
+                outage_since = now
+                log.warning("broker unreachable (%s); waiting up to %d s", error, BROKER_PATIENCE_S)
+            if now - outage_since > BROKER_PATIENCE_S:
+                raise RuntimeError(f"the broker {engine.broker_url} was unreachable for {BROKER_PATIENCE_S} s") from None
+            judge_after = now + engine.worker_lost_after_s
+            time.sleep(1)
+            continue
         if pending and time.monotonic() - last_news > 30:
             last_news = time.monotonic()
             waiting = sum(1 for item in pending.values() if not item.taken_by)

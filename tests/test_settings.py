@@ -219,3 +219,15 @@ def test_relative_storage_paths_become_absolute(tmp_path: Path, monkeypatch: pyt
     assert (settings.upload_uri, settings.storage_uri, settings.dagster_home) == (
         str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "home")
     )
+
+
+def test_the_readme_documents_exactly_the_variables_the_model_reads() -> None:
+    """One schema: the README's settings table lists the model's variables, no more, no fewer."""
+    from opentr_pipeline.settings import DecodingSettings, DeviceSettings, EngineSettings
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    table = readme.split("## Settings", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"^\| `([A-Z_]+)` \|", table, flags=re.M)) - {"OPENTR_FIXTURES"}
+    read = {field.validation_alias for model in (Settings, DeviceSettings, DecodingSettings, EngineSettings)
+            for field in model.model_fields.values() if isinstance(field.validation_alias, str)}
+    assert documented == read

