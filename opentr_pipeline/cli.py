@@ -19,13 +19,13 @@ log = logging.getLogger("opentr")
 
 
 def print_report(settings: Settings) -> int:
+    from opentr_pipeline.assets.reports import device_limits
     from opentr_pipeline.core.throughput import markdown_summary, transcripts_frame
-    from opentr_pipeline.definitions import build_defs
+    from opentr_pipeline.gpu import GpuExecutor
     from opentr_pipeline.storage import Storage
 
-    gpu = build_defs(settings).resources["gpu"]
     frame = transcripts_frame(Storage(settings.storage_uri).list_json("transcripts"))
-    print(markdown_summary(frame, {d.label: d.workers for d in gpu.plan()}))
+    print(markdown_summary(frame, device_limits(GpuExecutor.from_settings(settings))))
     return 0
 
 

@@ -275,7 +275,7 @@ def result_of(payload: dict) -> Transcript | Exception:
 
 def submit_files(settings: Settings, files: list, on_start: Callable[[str], None] | None,
                  on_done: Callable[[str, Transcript | Exception], None] | None,
-                 poll_s: float = 0.2) -> dict[str, Transcript | Exception]:
+                 poll_s: float = 0.25) -> dict[str, Transcript | Exception]:
     """Send every file to the resident workers; hand each result to `on_done` as it arrives."""
     engine = settings.engine
     app = celery_app(engine)
@@ -304,30 +304,37 @@ def submit_files(settings: Settings, files: list, on_start: Callable[[str], None
     judge_after = 0.0  # no worker is called lost until the heartbeats had time to come back
     while pending:
         try:
-            for task_id, item in list(pending.items()):
-                answer = app.AsyncResult(task_id)
-                state = answer.state
-                if state == "SUCCESS":
-                    payload = answer.result
-                    answer.forget()
-                    if not payload.get("superseded"):
-                        finish(task_id, result_of(payload))
+            ids = list(pending)  # one round trip for every file's state, one for who holds it
+            metas = redis.mget([app.backend.get_key_for_task(task_id) for task_id in ids])
+            holders = redis.mget([TAKEN.format(task_id) for task_id in ids])
+            alive: dict[str, bool] = {}
+            judge = time.monotonic() >= judge_after
+            for task_id, raw, holder in zip(ids, metas, holders):
+                item = pending[task_id]
+                meta = app.backend.decode_result(raw) if raw else {"status": "PENDING"}
+                if meta["status"] == "SUCCESS":
+                    redis.delete(app.backend.get_key_for_task(task_id))
+                    if not meta["result"].get("superseded"):
+                        finish(task_id, result_of(meta["result"]))
                     continue
-                if state == "FAILURE":
-                    finish(task_id, RuntimeError(f"{item.uri}: the worker failed: {answer.result}"))
+                if meta["status"] == "FAILURE":
+                    finish(task_id, RuntimeError(f"{item.uri}: the worker failed: {meta['result']}"))
                     continue
-                if state == "STARTED" and not item.started and on_start:
+                if meta["status"] == "STARTED" and not item.started and on_start:
                     item.started = True
                     on_start(item.key)
-                if time.monotonic() < judge_after:
+                if not judge:
                     continue
-                taken_by = (redis.get(TAKEN.format(task_id)) or b"").decode()
-                if taken_by:
-                    item.taken_by = taken_by
-                    if not redis.exists(HEARTBEAT.format(taken_by)):
+                item.taken_by = holder.decode() if holder else ""
+                if item.taken_by:
+                    if item.taken_by not in alive:
+                        alive[item.taken_by] = bool(redis.exists(HEARTBEAT.format(item.taken_by)))
+                    if not alive[item.taken_by]:
                         requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
                 elif in_limbo(redis, engine, item):
                     requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+            if judge:
+                judge_after = time.monotonic() + 1.0  # liveness once a second is plenty
             if outage_since is not None:
                 log.info("broker reachable again after %.0f s", time.monotonic() - outage_since)
                 outage_since = None

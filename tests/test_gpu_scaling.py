@@ -8,6 +8,7 @@ and the two CUDA calls (free memory, an out-of-memory error) are faked where mar
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -220,7 +221,8 @@ def test_default_worker_and_scaled_device_both_take_work(pipeline_env, fixtures_
         shutil.copy(fixtures_dir / name, Path(pipeline_env["UPLOAD_URI"]) / name)
     assert materialize_keys(names, selection=["media_file", "transcript"]).success
     frame = _intervals(Path(pipeline_env["STORAGE_URI"]))
-    assert set(frame["device"]) == {"cpu:0", "cpu:1"}
+    host = os.uname().nodename
+    assert set(frame["device"]) == {f"{host}/cpu:0", f"{host}/cpu:1"}  # a GPU is a device on a host
     for device, group in frame.groupby("device"):
         assert peak_concurrency(group) == 1
 

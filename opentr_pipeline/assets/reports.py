@@ -1,4 +1,5 @@
 import io
+import socket
 
 import dagster as dg
 
@@ -16,7 +17,13 @@ REPORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationConditi
 
 
 def device_limits(gpu: GpuExecutor) -> dict[str, int]:
-    return {device.label: device.workers for device in gpu.plan()}
+    """Slots per GPU (host/device): the live resident workers', or this host's plan."""
+    settings = gpu.config
+    if settings.engine.resident:
+        from opentr_pipeline.workers import live_engines
+
+        return {f"{e['host']}/{e['device']}": e["slots"] for e in live_engines(settings.engine)}
+    return {f"{socket.gethostname()}/{device.label}": device.workers for device in gpu.plan()}
 
 
 @dg.asset(

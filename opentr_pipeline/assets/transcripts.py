@@ -181,6 +181,9 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
         recorder.succeeded(key, doc, skipped=True)
     for key, original in plan.reuse.items():
         recorder.write_reused(key, probes[key], original)
+    engine = gpu.config.engine
+    if plan.transcribe and engine.resident:
+        context.log.info(f"{len(plan.transcribe)} file(s) go to the resident workers on queue '{engine.queue}'")
     gpu.transcribe_files(
         [FileToTranscribe(key, probed["source_uri"]) for key, probed in plan.transcribe.items()],
         fetch=store.local_copy,

@@ -23,7 +23,8 @@ def transcripts_frame(transcripts: list[dict]) -> pd.DataFrame:
     rows = [
         {
             "partition_key": t["partition_key"],
-            "device": t["device"],
+            # A GPU is a device on a host: cuda:0 on two hosts is two GPUs (older transcripts lack a host).
+            "device": f"{t['host']}/{t['device']}" if t.get("host") else t["device"],
             "worker": int(t["worker"]),
             "audio_s": float(t["duration_s"]),
             "wall_s": float(t["wall_s"]),
