@@ -15,6 +15,7 @@ A file that loses two workers is failed as poison, named.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -199,6 +200,9 @@ def start_worker(settings: Settings, device: str | None = None, queues: list[str
     clock = time.perf_counter()
     MODELS.get(settings.decoding.whisper_model, plan,
                resolve_compute_type(settings.decoding.whisper_compute_type, plan.kind))
+    # faster-whisper's decode_audio runs gc.collect() for every file, pausing every thread while
+    # it walks the heap; freezing what exists after start-up (Celery, the model) keeps that short.
+    gc.freeze()
     slots: queue.Queue = queue.Queue()
     for slot in range(plan.workers):
         slots.put(slot)
