@@ -99,10 +99,11 @@ class GpuExecutor(dg.ConfigurableResource):
 
     def total_workers(self) -> int:
         """Slots the `gpu` pool admits: the live resident workers' if any, else this host's plan."""
-        if self.config.engine.resident:
+        engine = self.config.engine
+        if engine.resident:
             from opentr_pipeline.workers import live_engines
 
-            slots = sum(engine["slots"] for engine in live_engines(self.config.engine))
+            slots = sum(live["slots"] for live in live_engines(engine))
             if slots:
                 return slots
         return sum(device.workers for device in self.plan())
@@ -150,7 +151,7 @@ class GpuExecutor(dg.ConfigurableResource):
                     held = leases.take()  # before the decode slot goes back: audio is always counted
                 try:
                     result: Transcript | Exception = transcribe_on(
-                    settings.decoding, held.lease.device, held.lease.worker, audio, options)
+                        settings.decoding, held.lease.device, held.lease.worker, audio, options)
                 finally:
                     held.release()
             except Exception as error:  # one file's failure stays that file's

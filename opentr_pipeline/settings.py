@@ -58,6 +58,14 @@ def _uri(raw: str) -> str:
     return raw.rstrip("/") if "://" in raw else str(Path(raw).expanduser().resolve())
 
 
+def without_blanks(values: Any) -> Any:
+    """Values stripped, and a blank one dropped so that its default applies."""
+    if isinstance(values, Mapping):
+        values = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
+        values = {k: v for k, v in values.items() if v != ""}
+    return values
+
+
 class Group(BaseModel):
     """A group of variables; a blank value means the default, and names are case-insensitive choices."""
 
@@ -66,10 +74,7 @@ class Group(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _blank_means_default(cls, values: Any) -> Any:
-        if isinstance(values, Mapping):
-            values = {k: v.strip() if isinstance(v, str) else v for k, v in values.items()}
-            values = {k: v for k, v in values.items() if v != ""}
-        return values
+        return without_blanks(values)
 
     def to_env(self) -> dict[str, str]:
         """The variables that give back this group (for a worker or run started from here)."""
@@ -171,7 +176,7 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _blank_means_default(cls, values: Any) -> Any:
-        return Group._blank_means_default.__func__(cls, values)  # type: ignore[attr-defined]
+        return without_blanks(values)
 
     @field_validator("upload_uri", "storage_uri", "dagster_home")
     @classmethod

@@ -107,10 +107,11 @@ RESIDENT: Resident | None = None
 
 
 def error_payload(error: Exception, name: str) -> dict:
-    message = str(error) or type(error).__name__
-    return {"error": message if name in message else f"{name}: {message}",
-            "permanent": isinstance(error, (MediaError, SourceError, FileNotFoundError)),
-            "kind": type(error).__name__}
+    """The run's own judgement of a failure (assets/batch.py), sent back as plain data."""
+    from opentr_pipeline.assets.batch import failure_of
+
+    failure = failure_of(error, name)
+    return {"error": failure.reason, "permanent": failure.permanent, "kind": type(error).__name__}
 
 
 def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict[str, str],
@@ -254,14 +255,13 @@ class Submitted:
     lost_workers: int = 0
     taken_by: str = ""
     started: bool = False
-    sent_at: float = field(default_factory=time.monotonic)
     queue_empty_since: float | None = None
 
 
-def in_limbo(redis: Redis, engine: EngineSettings, item: Submitted) -> bool:
+def in_limbo(queued: int, engine: EngineSettings, item: Submitted) -> bool:
     """Sent, taken off the queue, yet claimed by no worker for a while: its worker died between
     taking the message and announcing it. Redis would give it back after the visibility timeout."""
-    if redis.llen(engine.queue):
+    if queued:
         item.queue_empty_since = None
         return False
     now = time.monotonic()
@@ -313,6 +313,7 @@ def submit_files(settings: Settings, files: list, on_start: Callable[[str], None
             holders = redis.mget([TAKEN.format(task_id) for task_id in ids])
             alive: dict[str, bool] = {}
             judge = time.monotonic() >= judge_after
+            queued = redis.llen(engine.queue) if judge else 0
             for task_id, raw, holder in zip(ids, metas, holders):
                 item = pending[task_id]
                 meta = app.backend.decode_result(raw) if raw else {"status": "PENDING"}
@@ -335,7 +336,7 @@ def submit_files(settings: Settings, files: list, on_start: Callable[[str], None
                         alive[item.taken_by] = bool(redis.exists(HEARTBEAT.format(item.taken_by)))
                     if not alive[item.taken_by]:
                         requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
-                elif in_limbo(redis, engine, item):
+                elif in_limbo(queued, engine, item):
                     requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
             if judge:
                 judge_after = time.monotonic() + 1.0  # liveness once a second is plenty

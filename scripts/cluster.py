@@ -154,7 +154,7 @@ def up() -> int:
     env = {**os.environ, "OPENTR_BROKER_URL": broker, "DAGSTER_HOME": settings.dagster_home,
            "UPLOAD_URI": settings.upload_uri, "STORAGE_URI": settings.storage_uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     try:
-        from opentr_pipeline.workers import redis_server_command
+        from opentr_pipeline.workers import HEARTBEAT, redis_server_command
 
         process = cluster.spawn("redis", redis_server_command(REDIS_PORT, STATE_DIR), env)
         from redis import Redis
@@ -168,7 +168,7 @@ def up() -> int:
         workers = [cluster.spawn(f"worker-{device.replace(':', '')}",
                                  [str(BIN / "opentr"), "worker", "--device", device, "--cpu-threads", str(threads)], env)
                    for device in DEVICES]
-        engines = lambda: len(list(redis.scan_iter("opentr:engine:*"))) >= len(DEVICES)  # noqa: E731
+        engines = lambda: len(list(redis.scan_iter(HEARTBEAT.format("*")))) >= len(DEVICES)  # noqa: E731
         for device, worker in zip(DEVICES, workers):
             wait_for(engines, 120, f"the resident worker for {device}", worker,
                      STATE_DIR / f"worker-{device.replace(':', '')}.log")
