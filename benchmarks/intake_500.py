@@ -130,7 +130,7 @@ def main() -> int:
             runs = server.graphql('query { runsOrError { ... on Runs { results { status } } } }')
             statuses = [r["status"] for r in runs["runsOrError"]["results"]]
         print()
-        from opentr_pipeline.core.throughput import summarize_devices, transcripts_frame
+        from opentr_pipeline.outputs.throughput import summarize_devices, transcripts_frame
         from opentr_pipeline.storage import Storage
 
         frame = transcripts_frame(Storage(str(store)).list_json("transcripts"))

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from faster_whisper import decode_audio
 
-from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+from opentr_pipeline.engine.in_process import FileToTranscribe, InProcessEngine
+from opentr_pipeline.settings import Settings
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo_media"
 
@@ -41,10 +42,10 @@ def main(count: int) -> None:
             out.setframerate(16000)
             out.writeframes((samples * 32767).astype("<i2").tobytes())
         files.append(FileToTranscribe(path.stem, str(path)))
-    gpu = GpuExecutor.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "2"}, lock_dir=str(folder / "leases"))
+    engine = InProcessEngine(Settings.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "2"}), str(folder / "leases"))
     after: list[float] = []
     started = time.perf_counter()
-    gpu.transcribe_files(files, on_done=lambda key, result: after.append(resident_mib()))
+    engine.transcribe_files(files, on_done=lambda key, result: after.append(resident_mib()))
     print(f"{count} files of {len(samples) / 16000:.1f} s in {time.perf_counter() - started:.1f} s")
     print("resident MiB after each file:", " ".join(f"{m:.0f}" for m in after))
     tenth = after[min(10, count - 1)]

@@ -56,7 +56,7 @@ def run_start_costs(home: Path, docs: dict[str, dict]) -> tuple[list[float], lis
     """Per transcribe run: its process start -> first transcription, and its creation -> that."""
     import dagster as dg
 
-    from opentr_pipeline.names import RANGE_START, TRANSCRIBE_JOB
+    from opentr_pipeline.defs.names import RANGE_START, TRANSCRIBE_JOB
 
     os.environ["DAGSTER_HOME"] = str(home)
     instance = dg.DagsterInstance.get()

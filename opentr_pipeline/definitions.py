@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from opentr_pipeline.assets.media import media_file
-from opentr_pipeline.assets.reports import peak_within_worker_limit, throughput_report
-from opentr_pipeline.assets.subtitles import subtitles
-from opentr_pipeline.assets.transcripts import settings_version, transcript
-from opentr_pipeline.core.devices import describe_plan
-from opentr_pipeline.gpu import GpuExecutor
-from opentr_pipeline.jobs import report_job, transcribe_job
-from opentr_pipeline.resources import MediaStore
-from opentr_pipeline.sensors import build_rerun_sensor, build_upload_sensor, report_freshness_sensor
+from opentr_pipeline.defs.assets.media import media_file
+from opentr_pipeline.defs.assets.reports import peak_within_worker_limit, throughput_report
+from opentr_pipeline.defs.assets.subtitles import subtitles
+from opentr_pipeline.defs.assets.transcripts import settings_version, transcript
+from opentr_pipeline.defs.jobs import report_job, transcribe_job
+from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
+from opentr_pipeline.defs.sensors import build_rerun_sensor, build_upload_sensor, report_freshness_sensor
+from opentr_pipeline.engine.devices import describe_plan
 from opentr_pipeline.settings import Settings
 
 automation_sensor = dg.AutomationConditionSensorDefinition(

@@ -203,3 +203,21 @@ class Storage:
             yield local
         finally:
             local.unlink(missing_ok=True)
+
+
+# -- confinement: sources are read only from inside the upload area --------------------------
+
+
+class SourceError(ValueError):
+    """A key whose source lies outside UPLOAD_URI: never read, never retried."""
+
+
+def is_under(upload_uri: str, uri: str) -> bool:
+    """Whether `uri` names something inside the upload area (symbolic links followed)."""
+    root = upload_uri.rstrip("/")
+    if "://" in root:
+        rest = uri[len(root) + 1 :] if uri.startswith(root + "/") else None
+        return rest is not None and not {".", ".."} & set(rest.split("/"))
+    if "://" in uri:
+        return False
+    return os.path.realpath(uri).startswith(os.path.realpath(root) + os.sep)

@@ -154,7 +154,8 @@ def up() -> int:
     env = {**os.environ, "OPENTR_BROKER_URL": broker, "DAGSTER_HOME": settings.dagster_home,
            "UPLOAD_URI": settings.upload_uri, "STORAGE_URI": settings.storage_uri, "PATH": f"{BIN}:{os.environ['PATH']}"}
     try:
-        from opentr_pipeline.workers import HEARTBEAT, redis_server_command
+        from opentr_pipeline.engine.broker import HEARTBEAT
+        from opentr_pipeline.engine.local import redis_server_command
 
         process = cluster.spawn("redis", redis_server_command(REDIS_PORT, STATE_DIR), env)
         from redis import Redis

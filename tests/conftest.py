@@ -79,8 +79,8 @@ def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_
     import dagster as dg
 
     from opentr_pipeline.definitions import build_defs
-    from opentr_pipeline.names import RANGE_END, RANGE_START
-    from opentr_pipeline.partitions import media_files
+    from opentr_pipeline.defs.names import RANGE_END, RANGE_START
+    from opentr_pipeline.defs.partitions import media_files
     from opentr_pipeline.settings import Settings
 
     instance = dg.DagsterInstance.get()

@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from conftest import NO_SPEECH, SPEECH, materialize_keys, read_json, word_error_rate
-from opentr_pipeline.names import REPORT_JOB
+from opentr_pipeline.defs.names import REPORT_JOB
 
 SHORT = [
     "librispeech_test-clean_61-70968-0002.wav",

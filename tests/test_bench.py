@@ -12,18 +12,22 @@ from pathlib import Path
 
 import pytest
 
-import bench  # benchmarks/bench.py (conftest puts benchmarks/ on the path)
+import bench  # benchmarks/ (conftest puts it on the path): the command and its parts
+import corpus
+import plain
+import plan
+import report
 from opentr_pipeline.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def tiny_corpus(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[bench.CorpusFile]:
-    fixtures = bench.speech_fixtures(fixtures_dir)
-    return bench.build_corpus(fixtures, tmp_path_factory.mktemp("corpus"), files=3, seconds=6)
+def tiny_corpus(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[corpus.CorpusFile]:
+    fixtures = corpus.speech_fixtures(fixtures_dir)
+    return corpus.build_corpus(fixtures, tmp_path_factory.mktemp("corpus"), files=3, seconds=6)
 
 
 def test_corpus_is_distinct_16k_mono_recordings_of_the_asked_length(tiny_corpus, fixtures_dir):
-    assert bench.NO_SPEECH not in [p.name for p in bench.speech_fixtures(fixtures_dir)]
+    assert corpus.NO_SPEECH not in [p.name for p in corpus.speech_fixtures(fixtures_dir)]
     assert len({item.sha256 for item in tiny_corpus}) == 3
     longest_clip_s = 11.0  # jfk: a file stops at the first clip that reaches the length
     for item in tiny_corpus:
@@ -34,57 +38,57 @@ def test_corpus_is_distinct_16k_mono_recordings_of_the_asked_length(tiny_corpus,
 
 
 def test_corpus_is_the_same_for_the_same_seed(fixtures_dir, tmp_path):
-    fixtures = bench.speech_fixtures(fixtures_dir)
-    first = bench.build_corpus(fixtures, tmp_path / "a", files=2, seconds=5)
-    again = bench.build_corpus(fixtures, tmp_path / "b", files=2, seconds=5)
+    fixtures = corpus.speech_fixtures(fixtures_dir)
+    first = corpus.build_corpus(fixtures, tmp_path / "a", files=2, seconds=5)
+    again = corpus.build_corpus(fixtures, tmp_path / "b", files=2, seconds=5)
     assert [c.sha256 for c in first] == [c.sha256 for c in again]
 
 
 def test_missing_fixtures_folder_is_a_clear_error(tmp_path):
-    with pytest.raises(bench.BenchError, match="OPENTR_FIXTURES"):
-        bench.speech_fixtures(tmp_path / "nowhere")
+    with pytest.raises(plan.BenchError, match="OPENTR_FIXTURES"):
+        corpus.speech_fixtures(tmp_path / "nowhere")
 
 
 def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
     """Real model, two workers sharing it; then the table and JSON from those figures."""
-    plan = bench.make_plan(Settings.from_env(), device="cpu", model=None, compute_type=None)
-    assert (plan.device, plan.compute_type) == ("cpu", "int8")
-    assert plan.pipeline_env(2)["GPU_SCALE_WORKERS"] == "2"
-    one = bench.raw_faster_whisper(tiny_corpus[:2], plan, workers=1)
-    two = bench.raw_faster_whisper(tiny_corpus[:2], plan, workers=2)
+    chosen = plan.make_plan(Settings.from_env(), device="cpu", model=None, compute_type=None)
+    assert (chosen.device, chosen.compute_type) == ("cpu", "int8")
+    assert chosen.pipeline_env(2)["GPU_SCALE_WORKERS"] == "2"
+    one = plain.raw_faster_whisper(tiny_corpus[:2], chosen, workers=1)
+    two = plain.raw_faster_whisper(tiny_corpus[:2], chosen, workers=2)
     assert one.details["peak_concurrency"] == 1 and two.details["peak_concurrency"] == 2
     assert two.details["cpu_threads_per_worker"] == max(1, (os.cpu_count() or 1) // 2)
     assert one.audio_s == pytest.approx(sum(c.duration_s for c in tiny_corpus[:2]))
     assert one.x_realtime > 0
-    one_core = bench.raw_faster_whisper(tiny_corpus[:2], plan, workers=1, one_core=True)
-    assert (one_core.configuration, one_core.details["cpu_threads_per_worker"]) == (bench.RAW_ONE_CORE, 1)
+    one_core = plain.raw_faster_whisper(tiny_corpus[:2], chosen, workers=1, one_core=True)
+    assert (one_core.configuration, one_core.details["cpu_threads_per_worker"]) == (plan.RAW_ONE_CORE, 1)
 
     # Pipeline rows built from the same figures: only the arithmetic and the shape are under test.
-    span = bench.Measurement(bench.PIPELINE_SPAN, 2, two.files, two.audio_s, two.wall_s * 1.25, "span")
-    rows = bench.best_of([two, one, span, bench.Measurement(bench.RAW, 1, 2, one.audio_s, one.wall_s * 2, "slower")])
-    assert [(m.configuration, m.workers) for m in rows] == [(bench.RAW, 1), (bench.RAW, 2), (bench.PIPELINE_SPAN, 2)]
-    figures = bench.comparisons(rows, workers=2)
-    assert figures["ratio_to_raw_same_workers"][f"{bench.PIPELINE_SPAN} / raw, 2 worker(s)"] == pytest.approx(0.8, abs=1e-3)
+    span = plan.Measurement(plan.PIPELINE_SPAN, 2, two.files, two.audio_s, two.wall_s * 1.25, "span")
+    rows = report.best_of([two, one, span, plan.Measurement(plan.RAW, 1, 2, one.audio_s, one.wall_s * 2, "slower")])
+    assert [(m.configuration, m.workers) for m in rows] == [(plan.RAW, 1), (plan.RAW, 2), (plan.PIPELINE_SPAN, 2)]
+    figures = report.comparisons(rows, workers=2)
+    assert figures["ratio_to_raw_same_workers"][f"{plan.PIPELINE_SPAN} / raw, 2 worker(s)"] == pytest.approx(0.8, abs=1e-3)
     assert {t["target"]: t["pass"] for t in figures["targets"]}[
-        f"pipeline span >= {bench.SPAN_TARGET} x raw, 2 worker(s)"] is False
+        f"pipeline span >= {plan.SPAN_TARGET} x raw, 2 worker(s)"] is False
     assert figures["ratio_to_cores_x_one_core"] == {}  # no one-core row, no per-core figure
-    half_speed_core = bench.Measurement(bench.RAW_ONE_CORE, 1, 2, one.audio_s, one.wall_s * 2, "one core")
+    half_speed_core = plan.Measurement(plan.RAW_ONE_CORE, 1, 2, one.audio_s, one.wall_s * 2, "one core")
     cores = two.workers * two.details["cpu_threads_per_worker"]
-    per_core = bench.comparisons([*rows, half_speed_core], workers=2)["ratio_to_cores_x_one_core"]
-    assert per_core[f"{bench.RAW}, 2 worker(s) on {cores} core(s)"] == pytest.approx(
+    per_core = report.comparisons([*rows, half_speed_core], workers=2)["ratio_to_cores_x_one_core"]
+    assert per_core[f"{plan.RAW}, 2 worker(s) on {cores} core(s)"] == pytest.approx(
         two.x_realtime / (cores * one.x_realtime / 2), abs=1e-3)
-    table = bench.format_table(rows)
+    table = report.format_table(rows)
     assert table.splitlines()[0].startswith("| configuration")
     assert len(table.splitlines()) == 2 + len(rows)
 
     options = {"workers": 2, "files": 2, "seconds": 6.0, "repeat": 1}
-    report = json.loads(json.dumps(bench.build_report(
-        {"cpu_count": 2}, plan, options, tiny_corpus[:2], [], [one, two, span])))
-    assert set(report) >= {"machine", "settings", "corpus", "results", "ratio_to_raw_same_workers",
+    doc = json.loads(json.dumps(report.build_report(
+        {"cpu_count": 2}, chosen, options, tiny_corpus[:2], [], [one, two, span])))
+    assert set(doc) >= {"machine", "settings", "corpus", "results", "ratio_to_raw_same_workers",
                            "ratio_n_vs_1", "targets", "all_measurements"}
-    assert report["settings"]["model"] == plan.model and report["settings"]["workers"] == 2
-    assert {"configuration", "workers", "audio_s", "wall_s", "x_realtime", "details"} <= set(report["results"][0])
-    assert f"{bench.RAW}, 2 vs 1 worker(s)" in report["ratio_n_vs_1"]
+    assert doc["settings"]["model"] == chosen.model and doc["settings"]["workers"] == 2
+    assert {"configuration", "workers", "audio_s", "wall_s", "x_realtime", "details"} <= set(doc["results"][0])
+    assert f"{plan.RAW}, 2 vs 1 worker(s)" in doc["ratio_n_vs_1"]
 
 
 @pytest.mark.slow
@@ -101,21 +105,21 @@ def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, 
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     printed = done.stdout
-    assert bench.PIPELINE_WHOLE in printed and bench.RESIDENT_WHOLE in printed
+    assert plan.PIPELINE_WHOLE in printed and plan.RESIDENT_WHOLE in printed
     assert "PASS" in printed or "MISS" in printed
-    report = json.loads(out.read_text())
-    one_core = [(bench.RAW_ONE_CORE, 1)] if report["settings"]["device"] == "cpu" else []
-    assert [(r["configuration"], r["workers"]) for r in report["results"]] == [
-        *one_core, (bench.RAW, 1), (bench.PIPELINE_SPAN, 1), (bench.PIPELINE_WHOLE, 1),
-        (bench.RESIDENT_SPAN, 1), (bench.RESIDENT_WHOLE, 1),
-        (bench.RAW, 2), (bench.PIPELINE_SPAN, 2), (bench.PIPELINE_WHOLE, 2),
-        (bench.RESIDENT_SPAN, 2), (bench.RESIDENT_WHOLE, 2),
+    doc = json.loads(out.read_text())
+    one_core = [(plan.RAW_ONE_CORE, 1)] if doc["settings"]["device"] == "cpu" else []
+    assert [(r["configuration"], r["workers"]) for r in doc["results"]] == [
+        *one_core, (plan.RAW, 1), (plan.PIPELINE_SPAN, 1), (plan.PIPELINE_WHOLE, 1),
+        (plan.RESIDENT_SPAN, 1), (plan.RESIDENT_WHOLE, 1),
+        (plan.RAW, 2), (plan.PIPELINE_SPAN, 2), (plan.PIPELINE_WHOLE, 2),
+        (plan.RESIDENT_SPAN, 2), (plan.RESIDENT_WHOLE, 2),
     ]
-    assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in report["results"])
-    assert report["machine"]["faster_whisper"] == "1.2.1"
-    assert len(report["targets"]) == 6
-    assert len(report["ratio_to_cores_x_one_core"]) == (6 if one_core else 0)
-    resident = [r for r in report["results"] if r["configuration"] == bench.RESIDENT_SPAN]
+    assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in doc["results"])
+    assert doc["machine"]["faster_whisper"] == "1.2.1"
+    assert len(doc["targets"]) == 6
+    assert len(doc["ratio_to_cores_x_one_core"]) == (6 if one_core else 0)
+    resident = [r for r in doc["results"] if r["configuration"] == plan.RESIDENT_SPAN]
     assert [r["details"]["peak_concurrency"] for r in resident] == [1, 2]  # the worker's slots, filled
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout
     assert left == "", f"processes left behind: {left}"

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from conftest import DEMO_MEDIA, read_json, word_error_rate
-from opentr_pipeline.names import LAUNCHED_BY
+from opentr_pipeline.defs.names import LAUNCHED_BY
 
 pytestmark = pytest.mark.slow
 OPENTR = Path(sys.executable).with_name("opentr")
@@ -73,7 +73,7 @@ def test_runs_with_fewer_files_than_workers_keep_every_worker_busy(pipeline_env,
     (one run after another would never overlap), and never more than two."""
     import pandas as pd
 
-    from opentr_pipeline.core.throughput import peak_concurrency
+    from opentr_pipeline.outputs.throughput import peak_concurrency
 
     monkeypatch.setenv("GPU_SCALE_ENABLED", "true")
     monkeypatch.setenv("GPU_SCALE_WORKERS", "2")

@@ -154,7 +154,7 @@ def test_cluster_rehearsal_loses_nothing_when_a_worker_is_killed(tmp_path: Path,
         assert {d["host"] for d in docs} == {os.uname().nodename}
 
         # Slots: never more than GPU_SCALE_WORKERS at once per worker; the survivor filled them.
-        from opentr_pipeline.core.throughput import peak_overlap
+        from opentr_pipeline.outputs.throughput import peak_overlap
 
         peaks = {device: peak_overlap([(d["started_at"], d["finished_at"]) for d in found])
                  for device, found in by_device.items()}

@@ -21,8 +21,8 @@ from playwright.sync_api import sync_playwright
 
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
 from dev_server import DevServer, wait_for
-from opentr_pipeline.core.keys import key_for_path, storage_name
-from opentr_pipeline.names import PARTITIONS
+from opentr_pipeline.intake.keys import key_for_path, storage_name
+from opentr_pipeline.defs.names import PARTITIONS
 
 pytestmark = pytest.mark.slow
 
@@ -268,8 +268,8 @@ def server(dev_env: dict[str, str]):
 def test_dev_shows_the_device_plan_and_its_pool_limit(server: DevServer, dev_env: dict[str, str]):
     """`opentr dev` set the gpu pool's limit from the plan (the UI's concurrency page reads this),
     and the gpu resource's page carries the plan."""
-    from opentr_pipeline.core.devices import describe_plan
-    from opentr_pipeline.gpu import GpuExecutor
+    from opentr_pipeline.engine.devices import describe_plan
+    from opentr_pipeline.defs.resources import GpuExecutor
     from opentr_pipeline.settings import Settings
 
     gpu = GpuExecutor.from_settings(Settings.from_env(dev_env))

@@ -19,9 +19,9 @@ import pytest
 
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
 from dev_server import DevServer
-from opentr_pipeline.core.keys import key_for_path, storage_name
+from opentr_pipeline.intake.keys import key_for_path, storage_name
 from test_dagster_dev import asset_key, wait_or_fail
-from opentr_pipeline.names import LAUNCHED_BY
+from opentr_pipeline.defs.names import LAUNCHED_BY
 
 pytestmark = pytest.mark.slow
 

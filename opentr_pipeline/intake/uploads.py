@@ -11,17 +11,19 @@ so a key always maps back to its object even when the key had to be shortened.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable
 
 import fsspec
 
-from opentr_pipeline.core.keys import key_for_path, key_path
-from opentr_pipeline.core.media import MEDIA_SUFFIXES
-from opentr_pipeline.storage import Storage, with_retries
+from opentr_pipeline.intake.keys import key_for_path, key_path
+from opentr_pipeline.storage import SourceError, Storage, is_under, with_retries
 
+MEDIA_SUFFIXES = {
+    ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aiff", ".aif",
+    ".webm", ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".mpeg", ".mpg", ".ts", ".3gp", ".amr",
+}
 PARTIAL_SUFFIXES = {".part", ".tmp", ".crdownload", ".partial", ".download"}
 
 
@@ -115,21 +117,6 @@ def register_sources(storage: Storage, uploads: Iterable[Upload]) -> None:
     ASCII JSON: a name that is not valid UTF-8 survives as `\\udcXX` escapes and reads back
     to the same bytes."""
     storage.write_many({source_path(u.key): json.dumps(u.record(), indent=2).encode() for u in uploads})
-
-
-class SourceError(ValueError):
-    """A key whose source lies outside UPLOAD_URI: never read, never retried."""
-
-
-def is_under(upload_uri: str, uri: str) -> bool:
-    """Whether `uri` names something inside the upload area (symbolic links followed)."""
-    root = upload_uri.rstrip("/")
-    if "://" in root:
-        rest = uri[len(root) + 1 :] if uri.startswith(root + "/") else None
-        return rest is not None and not {".", ".."} & set(rest.split("/"))
-    if "://" in uri:
-        return False
-    return os.path.realpath(uri).startswith(os.path.realpath(root) + os.sep)
 
 
 def source_uri(storage: Storage, upload_uri: str, key: str) -> str:

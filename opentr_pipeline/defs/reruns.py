@@ -24,10 +24,11 @@ from typing import Sequence
 
 import dagster as dg
 
-from opentr_pipeline.assets.batch import FileFailure, failure_path, in_flight_path, record_failure
-from opentr_pipeline.core.keys import key_path
-from opentr_pipeline.names import ATTEMPT, LAUNCHED_BY, PARTITIONS, PIPELINE_ASSETS, RERUN_OF, RUN_PID
-from opentr_pipeline.partitions import contiguous_chunks, keys_of_run
+from opentr_pipeline.defs.names import ATTEMPT, LAUNCHED_BY, PARTITIONS, PIPELINE_ASSETS, RERUN_OF, RUN_PID
+from opentr_pipeline.defs.outcomes import failure_path, in_flight_path, record_failure
+from opentr_pipeline.defs.partitions import contiguous_chunks, keys_of_run
+from opentr_pipeline.engine.failures import FileFailure
+from opentr_pipeline.intake.keys import key_path
 from opentr_pipeline.storage import Storage
 
 POISON_AFTER = 2  # deaths of a run with the file in hand, the last time alone in its run

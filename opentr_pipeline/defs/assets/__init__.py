@@ -1,3 +1,6 @@
+"""The assets: media_file (probe), transcript (through the GPU executor), subtitles, and the
+unpartitioned throughput_report with its blocking check. One media file is one partition."""
+
 import warnings
 
 import dagster as dg

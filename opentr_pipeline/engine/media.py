@@ -8,11 +8,6 @@ from pathlib import Path
 
 import av
 
-MEDIA_SUFFIXES = {
-    ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aiff", ".aif",
-    ".webm", ".mp4", ".m4v", ".mkv", ".mov", ".avi", ".mpeg", ".mpg", ".ts", ".3gp", ".amr",
-}
-
 
 class MediaError(ValueError):
     """The file is not usable media; the message names the file and the reason."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dagster import DefaultRunLauncher
 from dagster._core.launcher import CheckRunHealthResult, WorkerStatus
 
-from opentr_pipeline.reruns import dead_run_reason
+from opentr_pipeline.defs.reruns import dead_run_reason
 
 
 class WatchedRunLauncher(DefaultRunLauncher):

@@ -2,12 +2,12 @@
 
 import dagster as dg
 
-from opentr_pipeline.assets.media import media_file
-from opentr_pipeline.assets.reports import throughput_report
-from opentr_pipeline.assets.subtitles import subtitles
-from opentr_pipeline.assets.transcripts import transcript
-from opentr_pipeline.names import REPORT_JOB, TRANSCRIBE_JOB
-from opentr_pipeline.partitions import media_files
+from opentr_pipeline.defs.assets.media import media_file
+from opentr_pipeline.defs.assets.reports import throughput_report
+from opentr_pipeline.defs.assets.subtitles import subtitles
+from opentr_pipeline.defs.assets.transcripts import transcript
+from opentr_pipeline.defs.names import REPORT_JOB, TRANSCRIBE_JOB
+from opentr_pipeline.defs.partitions import media_files
 
 transcribe_job = dg.define_asset_job(
     TRANSCRIBE_JOB,

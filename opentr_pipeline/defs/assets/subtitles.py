@@ -1,11 +1,12 @@
 import dagster as dg
 
-from opentr_pipeline.assets.batch import FileFailure, finish_batch, record_success
-from opentr_pipeline.assets.transcripts import transcript
-from opentr_pipeline.core.keys import key_path
-from opentr_pipeline.core.subtitles import build_cues, to_srt, to_txt, to_vtt
-from opentr_pipeline.partitions import media_files
-from opentr_pipeline.resources import MediaStore
+from opentr_pipeline.defs.assets.transcripts import transcript
+from opentr_pipeline.defs.outcomes import finish_batch, record_success
+from opentr_pipeline.defs.partitions import media_files
+from opentr_pipeline.defs.resources import MediaStore
+from opentr_pipeline.engine.failures import FileFailure
+from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.outputs.subtitles import build_cues, to_srt, to_txt, to_vtt
 
 
 @dg.asset(

@@ -2,9 +2,9 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from opentr_pipeline.names import PARTITIONS, RANGE_END, RANGE_START
+from opentr_pipeline.defs.names import PARTITIONS, RANGE_END, RANGE_START
 
-# One partition per media file; keys come from opentr_pipeline.core.keys.
+# One partition per media file; keys come from opentr_pipeline.intake.keys.
 media_files = dg.DynamicPartitionsDefinition(name=PARTITIONS)
 
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from opentr_pipeline.jobs import transcribe_job
-from opentr_pipeline.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
-from opentr_pipeline.partitions import contiguous_chunks, media_files, run_request
-from opentr_pipeline.reruns import rerun_unfinished
-from opentr_pipeline.sensor_state import SensorCursor, UploadState, listing_digest
+from opentr_pipeline.defs.jobs import transcribe_job
+from opentr_pipeline.defs.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
+from opentr_pipeline.defs.partitions import contiguous_chunks, media_files, run_request
+from opentr_pipeline.defs.reruns import rerun_unfinished
+from opentr_pipeline.defs.sensor_state import SensorCursor, UploadState, listing_digest
+from opentr_pipeline.intake.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
-from opentr_pipeline.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
 
 SENSOR_INTERVAL_S = 15
 NAMES_PER_LOG_LINE = 20

@@ -1,13 +1,12 @@
 import dagster as dg
 
-from opentr_pipeline.assets.batch import (
-    FileFailure, failure_of, finish_batch, mark_finished, mark_started, record_success,
-)
-from opentr_pipeline.core.keys import key_path
-from opentr_pipeline.core.media import check_size, probe
-from opentr_pipeline.partitions import media_files
-from opentr_pipeline.resources import MediaStore
-from opentr_pipeline.uploads import source_uri
+from opentr_pipeline.defs.outcomes import finish_batch, mark_finished, mark_started, record_success
+from opentr_pipeline.defs.partitions import media_files
+from opentr_pipeline.defs.resources import MediaStore
+from opentr_pipeline.engine.failures import FileFailure, failure_of
+from opentr_pipeline.engine.media import check_size, probe
+from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.intake.uploads import source_uri
 
 
 @dg.asset(

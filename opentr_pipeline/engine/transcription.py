@@ -8,25 +8,27 @@ with `num_workers` equal to the device's worker count.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 import threading
-import uuid
 import time
-from dataclasses import asdict, dataclass, field
+import uuid
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from opentr_pipeline.core.devices import DevicePlan
-from opentr_pipeline.core.media import MediaError
-from opentr_pipeline.settings import BUNDLED_MODEL
+from opentr_pipeline.engine.devices import DevicePlan
+from opentr_pipeline.engine.media import MediaError
+from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
+log = logging.getLogger("opentr")
 SAMPLE_RATE = 16000  # faster-whisper is imported where it is used: a run that sends its files
 # to resident workers never loads it (nor torch), and starts seconds sooner
 
@@ -52,6 +54,11 @@ class TranscriptionOptions:
     batch_size: int = 8
     vad_filter: bool = True
     language: str | None = None
+
+    @classmethod
+    def from_settings(cls, decoding: DecodingSettings) -> "TranscriptionOptions":
+        return cls(beam_size=decoding.beam_size, batch_size=decoding.batch_size,
+                   vad_filter=decoding.vad_filter, language=decoding.language)
 
 
 @dataclass
@@ -243,3 +250,52 @@ def transcribe(
         host=socket.gethostname(),
         engine=engine_id(),
     )
+
+
+MODELS = ModelCache()  # process-wide: a process loads each model once, whatever it transcribes
+
+
+def is_out_of_memory(error: Exception) -> bool:
+    return "out of memory" in str(error).lower()
+
+
+# CTranslate2 opens cuBLAS at the first transcription, not at model load, and its message
+# ("Library libcublas.so.12 is not found or cannot be loaded") does not say what to install.
+CUDA_LIBRARY_HINT = (
+    "CTranslate2 4.x needs CUDA 12's cuBLAS (a CUDA 13 PyTorch does not bring it): "
+    "pip install nvidia-cublas-cu12 and put its lib folder on LD_LIBRARY_PATH "
+    "(README, 'On a GPU host'), or set WHISPER_DEVICE=cpu"
+)
+
+
+def is_missing_cuda_library(error: Exception) -> bool:
+    text = str(error)
+    return "Library lib" in text and ("not found" in text or "cannot be loaded" in text)
+
+
+def transcribe_on(decoding: DecodingSettings, device: DevicePlan, worker: int, audio: DecodedAudio,
+                  options: TranscriptionOptions) -> Transcript:
+    """Transcribe with this process's model for the device; out of memory halves the batch, down to 1."""
+    compute_type = resolve_compute_type(decoding.whisper_compute_type, device.kind)
+    model = MODELS.get(decoding.whisper_model, device, compute_type)
+    while True:
+        try:
+            return transcribe(
+                model, audio, options,
+                model_name=decoding.whisper_model, compute_type=compute_type,
+                device=device.label, worker=worker,
+            )
+        except RuntimeError as error:
+            if is_missing_cuda_library(error):
+                raise RuntimeError(f"{device.label}: {error}. {CUDA_LIBRARY_HINT}") from None
+            if not is_out_of_memory(error):
+                raise
+            if options.batch_size <= 1:
+                raise RuntimeError(
+                    f"{device.label} ran out of memory even at batch size 1; "
+                    f"lower GPU_SCALE_WORKERS or use a smaller model ({error})"
+                ) from None
+            smaller = max(1, options.batch_size // 2)
+            log.warning("%s out of memory at batch %d; retrying at batch %d",
+                        device.label, options.batch_size, smaller)
+            options = replace(options, batch_size=smaller)

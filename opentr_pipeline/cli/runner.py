@@ -17,7 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
-from opentr_pipeline.instance import prepare_instance, set_gpu_pool_limit
+from opentr_pipeline.cli.instance import prepare_instance, set_gpu_pool_limit
 from opentr_pipeline.settings import Settings
 
 log = logging.getLogger("opentr")
@@ -65,7 +65,7 @@ def execute_run(settings: Settings, number: int, total: int, spec: RunSpec) -> N
     """One run of the transcription job over a stretch of partitions, recorded in the instance.
 
     Tagged with this process's pid, so that if the process dies the run is seen to be dead."""
-    from opentr_pipeline.names import LAUNCHED_BY, RANGE_END, RANGE_START, RUN_PID, TRANSCRIBE_JOB
+    from opentr_pipeline.defs.names import LAUNCHED_BY, RANGE_END, RANGE_START, RUN_PID, TRANSCRIBE_JOB
 
     show_progress()
     defs, instance = pipeline_for(settings)
@@ -109,8 +109,8 @@ def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None
 
 
 def failure_reasons(store, keys: list[str]) -> dict[str, str]:
-    from opentr_pipeline.assets.batch import failure_path
-    from opentr_pipeline.names import PIPELINE_ASSETS
+    from opentr_pipeline.defs.names import PIPELINE_ASSETS
+    from opentr_pipeline.defs.outcomes import failure_path
 
     reasons = {}
     for key in keys:
@@ -127,8 +127,8 @@ def reruns_of_failed_runs(settings: Settings, instance, store, invocation: str, 
     process died are marked failed first, as run monitoring does under `opentr dev`."""
     import dagster as dg
 
-    from opentr_pipeline.names import INVOCATION
-    from opentr_pipeline.reruns import rerun_unfinished
+    from opentr_pipeline.defs.names import INVOCATION
+    from opentr_pipeline.defs.reruns import rerun_unfinished
 
     fail_dead_runs(instance)
     specs = []
@@ -148,8 +148,8 @@ def fail_dead_runs(instance) -> None:
     earlier command's that was killed itself) is marked failed here and its pool slots freed."""
     import dagster as dg
 
-    from opentr_pipeline.names import RUN_PID
-    from opentr_pipeline.reruns import dead_run_reason, fail_dead_run
+    from opentr_pipeline.defs.names import RUN_PID
+    from opentr_pipeline.defs.reruns import dead_run_reason, fail_dead_run
 
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         if RUN_PID in run.tags and (reason := dead_run_reason(instance, run)):
@@ -161,11 +161,11 @@ def run_pipeline(settings: Settings) -> int:
 
     import dagster as dg
 
-    from opentr_pipeline.core.devices import describe_plan
-    from opentr_pipeline.names import INVOCATION, PARTITIONS, REPORT_JOB
-    from opentr_pipeline.partitions import contiguous_chunks
+    from opentr_pipeline.defs.names import INVOCATION, PARTITIONS, REPORT_JOB
+    from opentr_pipeline.defs.partitions import contiguous_chunks
+    from opentr_pipeline.engine.devices import describe_plan
+    from opentr_pipeline.intake.uploads import register_sources, scan_uploads
     from opentr_pipeline.storage import Storage
-    from opentr_pipeline.uploads import register_sources, scan_uploads
 
     defs, instance = pipeline_for(settings)
     gpu = defs.resources["gpu"]

@@ -6,15 +6,13 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from opentr_pipeline.assets.batch import (
-    FileFailure, failure_of, finish_batch, mark_finished, mark_started, record_success,
-)
-from opentr_pipeline.assets.media import media_file
-from opentr_pipeline.core.keys import key_path
-from opentr_pipeline.core.transcription import SourceChanged, Transcript
-from opentr_pipeline.gpu import FileToTranscribe, GpuExecutor
-from opentr_pipeline.partitions import media_files
-from opentr_pipeline.resources import MediaStore
+from opentr_pipeline.defs.assets.media import media_file
+from opentr_pipeline.defs.outcomes import finish_batch, mark_finished, mark_started, record_success
+from opentr_pipeline.defs.partitions import media_files
+from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor, MediaStore
+from opentr_pipeline.engine.failures import FileFailure, failure_of
+from opentr_pipeline.engine.transcription import SourceChanged, Transcript
+from opentr_pipeline.intake.keys import key_path
 
 log = logging.getLogger("opentr")
 

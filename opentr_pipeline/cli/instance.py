@@ -13,8 +13,12 @@ def prepare_instance(settings: Settings):
     """The instance at DAGSTER_HOME, created with the project's dagster.yaml on first use."""
     home = Path(settings.dagster_home)
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        shutil.copy(PROJECT_ROOT / "dagster.yaml", home / "dagster.yaml")
+    config = home / "dagster.yaml"
+    if not config.exists():
+        shutil.copy(PROJECT_ROOT / "dagster.yaml", config)
+    elif "module: opentr_pipeline.launcher" in (text := config.read_text()):
+        # An instance made before the launcher moved into defs/ would fail to load it.
+        config.write_text(text.replace("module: opentr_pipeline.launcher", "module: opentr_pipeline.defs.launcher"))
     os.environ["DAGSTER_HOME"] = str(home)
     import dagster as dg
 
@@ -41,7 +45,7 @@ def run_queue_advice(instance, workers: int) -> str | None:
 def monitoring_advice(instance) -> str | None:
     """An instance made before run monitoring came (its dagster.yaml is kept as it was) would
     leave a killed run STARTED for ever: say so at start-up."""
-    from opentr_pipeline.launcher import WatchedRunLauncher
+    from opentr_pipeline.defs.launcher import WatchedRunLauncher
 
     if instance.run_monitoring_enabled and isinstance(instance.run_launcher, WatchedRunLauncher):
         return None

@@ -1,0 +1,99 @@
+"""The plain side: the best faster-whisper script a user would write with the same model and
+settings (one model, N threads sharing it), timed the same way as the pipeline."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import replace
+
+from corpus import SAMPLE_RATE, CorpusFile
+from plan import RAW, RAW_ONE_CORE, BenchError, BenchPlan, Measurement, _cpu_s
+
+from opentr_pipeline.outputs.throughput import peak_overlap
+
+def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
+                       one_core: bool = False) -> Measurement:
+    """N threads over one shared model, the way a plain script would do it.
+
+    `one_core` pins CTranslate2 to one thread: the per-core reference on a CPU.
+    """
+    from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
+
+    from opentr_pipeline.engine.transcription import model_location
+
+    device = plan.device_for(workers)
+    if one_core:
+        device = replace(device, cpu_threads=1)
+    clock = time.perf_counter()
+    model = WhisperModel(
+        model_location(plan.model),
+        device=device.kind,
+        device_index=device.index if device.kind == "cuda" else 0,
+        compute_type=plan.compute_type,
+        cpu_threads=device.cpu_threads,
+        num_workers=workers,
+    )
+    load_s = time.perf_counter() - clock
+    todo: queue.Queue[CorpusFile] = queue.Queue()
+    for item in corpus:
+        todo.put(item)
+    intervals: list[tuple[float, float]] = []
+    errors: list[BaseException] = []
+    decode_s: list[float] = []
+
+    def work() -> None:
+        while True:
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                before_decode = time.perf_counter()
+                audio = decode_audio(str(item.path), sampling_rate=SAMPLE_RATE)
+                started = time.perf_counter()
+                common = dict(beam_size=plan.beam_size, language=plan.language,
+                              vad_filter=plan.vad_filter, word_timestamps=True)
+                if plan.batch_size > 1 and plan.vad_filter:
+                    segments, _ = BatchedInferencePipeline(model).transcribe(
+                        audio, batch_size=plan.batch_size, **common)
+                else:
+                    segments, _ = model.transcribe(audio, **common)
+                for segment in segments:  # the generator does the work
+                    _ = segment.words
+                intervals.append((started, time.perf_counter()))
+                decode_s.append(started - before_decode)
+            except BaseException as error:  # noqa: BLE001 - reported after the join
+                errors.append(error)
+
+    threads = [threading.Thread(target=work, name=f"raw-worker-{n}") for n in range(workers)]
+    cpu_before = _cpu_s(os.times())
+    first = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with_decoding_s = time.perf_counter() - first
+    cpu_s = _cpu_s(os.times()) - cpu_before
+    model = None  # freed before the pipeline side loads its own  # noqa: F841
+    if errors:
+        raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
+    span = max(end for _, end in intervals) - min(start for start, _ in intervals)
+    return Measurement(
+        configuration=RAW_ONE_CORE if one_core else RAW, workers=workers, files=len(corpus),
+        audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(span, 3),
+        includes="first transcription start to last end; model load and first decode outside",
+        details={
+            "model_load_s": round(load_s, 3),
+            "cpu_s": round(cpu_s, 2),
+            "cores_busy": round(cpu_s / with_decoding_s, 2),
+            "wall_with_all_decoding_s": round(with_decoding_s, 3),
+            "decode_s_total": round(sum(decode_s), 3),
+            "mean_file_transcription_s": round(sum(e - s for s, e in intervals) / len(intervals), 3),
+            "peak_concurrency": peak_overlap(intervals),
+            "cpu_threads_per_worker": device.cpu_threads,
+            "num_workers": workers,
+        },
+    )

@@ -1,0 +1,109 @@
+"""What both sides of the benchmark run (model, device, the pipeline's options), what one
+measurement holds, and the names of the rows."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+
+from opentr_pipeline.settings import DecodingSettings, DeviceSettings, Settings
+
+SPAN_TARGET = 0.9  # pipeline span x realtime / raw x realtime, same workers
+SCALING_TARGET = 1.6  # N workers x realtime / 1 worker x realtime
+RAW = "raw faster-whisper (transcription span)"
+PIPELINE_SPAN = "pipeline (transcription span)"
+PIPELINE_WHOLE = "pipeline (whole command)"
+RESIDENT_SPAN = "pipeline, resident worker (transcription span)"
+RESIDENT_WHOLE = "pipeline, resident worker (whole command)"
+RESIDENT_TARGET = 0.95  # resident pipeline span x realtime / raw x realtime, same workers
+# On a CPU, how far N workers are from N x one core says whether the workers or the cores are
+# the limit: one worker with all the cores cannot keep them all busy (the beam search barely
+# speeds up with more threads), so N-vs-1 understates how well the workers scale.
+RAW_ONE_CORE = "raw faster-whisper, 1 thread (one core)"
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not measure what it set out to measure."""
+
+
+@dataclass
+class Measurement:
+    configuration: str
+    workers: int
+    files: int
+    audio_s: float
+    wall_s: float
+    includes: str
+    details: dict = field(default_factory=dict)
+
+    @property
+    def x_realtime(self) -> float:
+        return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "x_realtime": round(self.x_realtime, 2)}
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What both sides run: model, device, compute type and the pipeline's own options."""
+
+    model: str
+    device: str  # "cpu" or "cuda"
+    device_index: int
+    compute_type: str
+    beam_size: int
+    batch_size: int
+    vad_filter: bool
+    language: str | None
+
+    def device_for(self, workers: int):
+        """The pipeline's device plan for N workers, so raw gets the same thread split."""
+        from opentr_pipeline.engine.devices import plan_devices
+
+        (device,) = plan_devices(self.devices(workers))
+        return device
+
+    def devices(self, workers: int) -> DeviceSettings:
+        return DeviceSettings(gpu_scale_enabled=True, gpu_scale_workers=workers,
+                              gpu_scale_device_id=self.device_index, gpu_device_id=self.device_index,
+                              whisper_device=self.device)
+
+    def pipeline_env(self, workers: int) -> dict[str, str]:
+        """The settings' own variables (settings.py), so the pipeline runs exactly this plan."""
+        decoding = DecodingSettings(whisper_model=self.model, whisper_compute_type=self.compute_type,
+                                    beam_size=self.beam_size, batch_size=self.batch_size,
+                                    vad_filter=self.vad_filter, language=self.language)
+        return {**self.devices(workers).to_env(), **decoding.to_env()}
+
+
+def make_plan(settings: Settings, device: str | None, model: str | None,
+              compute_type: str | None) -> BenchPlan:
+    from opentr_pipeline.engine.devices import cuda_device_count
+    from opentr_pipeline.engine.transcription import resolve_compute_type
+    from opentr_pipeline.settings import SettingsError, check_model
+
+    devices, decoding = settings.devices, settings.decoding
+    wanted = device or devices.whisper_device
+    cuda = cuda_device_count()
+    if wanted == "cuda" and cuda == 0:
+        raise SettingsError("--device cuda: no CUDA device is visible on this machine")
+    kind = "cuda" if wanted != "cpu" and cuda > 0 else "cpu"
+    index = devices.gpu_scale_device_id if devices.gpu_scale_enabled else devices.gpu_device_id
+    return BenchPlan(
+        model=check_model(model, "--model") if model else decoding.whisper_model,
+        device=kind,
+        device_index=index if kind == "cuda" else 0,
+        compute_type=resolve_compute_type(compute_type or decoding.whisper_compute_type, kind),
+        beam_size=decoding.beam_size,
+        batch_size=decoding.batch_size,
+        vad_filter=decoding.vad_filter,
+        language=decoding.language,
+    )
+
+
+def _cpu_s(times: os.times_result, children: bool = False) -> float:
+    """CPU seconds (user + system): a cost that other people's load on the machine cannot inflate."""
+    if children:
+        return times.children_user + times.children_system
+    return times.user + times.system

@@ -1,0 +1,5 @@
+import sys
+
+from opentr_pipeline.cli.main import main
+
+sys.exit(main())

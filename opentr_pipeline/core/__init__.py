@@ -1,1 +1,0 @@
-"""The plain-Python core: nothing here imports Dagster."""

@@ -1,0 +1,79 @@
+"""The resources: where files live (MediaStore), and the GPU executor that every transcription
+goes through (GpuExecutor), a thin adapter over the engine wing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, ContextManager
+
+import dagster as dg
+
+from opentr_pipeline.engine.client import ResidentEngine
+from opentr_pipeline.engine.devices import DevicePlan, plan_devices
+from opentr_pipeline.engine.in_process import FileToTranscribe, InProcessEngine, OnDone, OnStart, read_local
+from opentr_pipeline.engine.slots import device_slots, total_slots
+from opentr_pipeline.engine.transcription import Transcript
+from opentr_pipeline.settings import Settings
+from opentr_pipeline.storage import Storage
+
+
+class MediaStore(dg.ConfigurableResource):
+    upload_uri: str
+    storage_uri: str
+    max_duration_s: int = 4 * 3600
+    max_file_bytes: int = 20 * 2**30
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "MediaStore":
+        return cls(upload_uri=settings.upload_uri, storage_uri=settings.storage_uri,
+                   max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes)
+
+    def outputs(self) -> Storage:
+        return Storage(self.storage_uri)
+
+
+class GpuExecutor(dg.ConfigurableResource):
+    """Runs transcriptions on the planned devices, `workers` at a time per device.
+
+    With no broker (the embedded default) the model lives in the run process; with
+    OPENTR_BROKER_URL set, each file goes to the resident worker of a device.
+    """
+
+    # The flat variables of settings.Settings, so the UI's resource page shows what runs.
+    settings: dict[str, str] = {}
+    lock_dir: str = ""
+
+    @classmethod
+    def from_settings(cls, settings: Settings, lock_dir: str | None = None) -> "GpuExecutor":
+        return cls(settings=settings.to_env(),
+                   lock_dir=lock_dir or str(Path(settings.dagster_home) / "gpu-leases"))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str], lock_dir: str) -> "GpuExecutor":
+        """From variables alone (tests and benchmarks), the process environment aside."""
+        return cls.from_settings(Settings.from_env(environ), lock_dir)
+
+    @property
+    def config(self) -> Settings:
+        return Settings.from_env(self.settings)
+
+    def plan(self) -> list[DevicePlan]:
+        return plan_devices(self.config.devices)
+
+    def total_workers(self) -> int:
+        return total_slots(self.config)
+
+    def device_limits(self) -> dict[str, int]:
+        return device_slots(self.config)
+
+    def engine(self) -> InProcessEngine | ResidentEngine:
+        settings = self.config
+        if settings.engine.resident:
+            return ResidentEngine(settings)
+        return InProcessEngine(settings, self.lock_dir or ".gpu-leases")
+
+    def transcribe_files(self, files: list[FileToTranscribe],
+                         fetch: Callable[[str], ContextManager[Path]] = read_local,
+                         on_start: OnStart | None = None,
+                         on_done: OnDone | None = None) -> dict[str, Transcript | Exception]:
+        return self.engine().transcribe_files(files, fetch, on_start, on_done)

@@ -1,0 +1,48 @@
+"""The broker between runs and resident workers: the Celery app, and the Redis keys both sides read.
+
+Files travel as source URIs plus decoding options over Redis, acknowledged late, so a file whose
+worker dies is delivered again. Each worker announces itself under HEARTBEAT while it lives.
+"""
+
+from __future__ import annotations
+
+import json
+
+from celery import Celery
+from redis import Redis
+
+from opentr_pipeline.settings import EngineSettings
+
+TASK = "opentr.transcribe"
+HEARTBEAT = "opentr:engine:{}"
+SUPERSEDED = "opentr:superseded:{}"
+TAKEN = "opentr:taken:{}"  # task id -> the engine that received it (even before a thread runs it)
+
+
+def celery_app(engine: EngineSettings) -> Celery:
+    app = Celery("opentr", broker=engine.broker_url, backend=engine.broker_url, set_as_current=False)
+    app.conf.update(
+        task_acks_late=True,  # a message is acknowledged when its file is done, not when taken
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,  # a worker reserves only what its threads are working on
+        broker_transport_options={"visibility_timeout": engine.visibility_timeout_s},
+        result_backend_transport_options={"visibility_timeout": engine.visibility_timeout_s},
+        result_expires=24 * 3600,
+        task_default_queue=engine.queue,
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app
+
+
+def live_engines(engine: EngineSettings) -> list[dict]:
+    """The resident workers whose heartbeat is fresh: host, device, slots, queues, engine id."""
+    redis = Redis.from_url(engine.broker_url)
+    found = []
+    for name in redis.scan_iter(HEARTBEAT.format("*")):
+        raw = redis.get(name)
+        if raw:
+            found.append(json.loads(raw))
+    return found
