@@ -1,28 +1,31 @@
-"""`opentr bench`: raw faster-whisper against the pipeline end to end, in one run.
+"""`opentr bench`: plain faster-whisper against the pipeline end to end, in one run, speed and words.
 
-The claim to prove is that Dagster costs (almost) nothing: the pipeline should transcribe at
-0.9 or more of what a plain script gets from the same model and settings, and N workers sharing
-one model should beat one worker by 1.6x or more on a 2-core CPU. So one run measures, on one
-corpus, side by side:
+No speed figure without its accuracy figure: every row carries the word error rate (mean and
+worst file) of what it produced, on long recordings with known text and several speakers taking
+turns (corpus.py), because that is where batched decoding drops words and single clips never
+show it. One run measures, on one corpus, side by side:
 
-- raw faster-whisper: one `WhisperModel` loaded once with `num_workers` = N and the pipeline's
-  thread split, N threads taking files from a queue, each decoding its file and running a fresh
-  `BatchedInferencePipeline` with the pipeline's settings;
+- plain faster-whisper, the script a user would write: one `WhisperModel` loaded once with
+  `num_workers` = N and the pipeline's thread split, N threads taking files from a queue, each
+  decoding its file batched (a fresh `BatchedInferencePipeline`) or sequentially
+  (`model.transcribe`), with the pipeline's beam, VAD and word timings;
 - the pipeline: `opentr run` as a subprocess on fresh upload, storage and Dagster folders, with
-  `GPU_SCALE_ENABLED=true GPU_SCALE_WORKERS=N`, timed as a whole command and, from the
-  transcripts' `started_at`/`finished_at`, as a transcription span.
+  `GPU_SCALE_ENABLED=true GPU_SCALE_WORKERS=N`, the model in the run process or on a resident
+  worker, timed as a whole command and, from the transcripts' `started_at`/`finished_at`, as a
+  transcription span.
 
-On a CPU it also measures raw faster-whisper with one worker on one thread, and prints each
-configuration's throughput against (cores used x that one-core figure): near 1.0 means the
-workers scale with the cores, so a low N-vs-1 ratio is the single worker's doing, not theirs.
+The yardstick for the pipeline is the fastest plain script whose worst-file WER is as good
+(within 1.25x): a decoding that drops words is fast and useless. On a CPU it also measures plain
+batched decoding on one thread, and prints each configuration's throughput against (cores used x
+that one-core figure): near 1.0 means the workers scale with the cores.
 
 Both "transcription span" figures are measured the same way: from the first transcription's
 start to the last one's end. The model load and the first file's decoding fall outside it; the
 decoding of every later file falls inside it (its worker decodes it while the others keep
-transcribing), in raw and in the pipeline alike. "whole command" is everything `opentr run`
-does: Python and Dagster start-up, probing, model load, subtitles and the throughput report.
+transcribing), in plain and pipeline alike. "whole command" is everything `opentr run` does:
+Python and Dagster start-up, probing, model load, subtitles and the throughput report.
 
-Nothing here imports Dagster: the raw side must not pay for it, and the pipeline side runs in
+Nothing here imports Dagster: the plain side must not pay for it, and the pipeline side runs in
 its own process exactly as a person would start it.
 """
 
@@ -37,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from corpus import build_corpus, fixtures_folder, speech_fixtures
+from corpus import build_corpus, fixtures_folder, speech_clips
 from pipeline import pipeline_end_to_end
 from plain import raw_faster_whisper
 from plan import BenchError, Measurement, make_plan
@@ -48,8 +51,9 @@ from opentr_pipeline.settings import Settings
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2, help="N, compared with 1 (default 2)")
-    parser.add_argument("--files", type=int, default=8, help="recordings in the corpus (default 8)")
-    parser.add_argument("--seconds", type=float, default=120.0, help="length of each recording (default 120)")
+    parser.add_argument("--files", type=int, default=6, help="recordings in the corpus (default 6)")
+    parser.add_argument("--seconds", type=float, default=240.0,
+                        help="length of each recording, several speakers taking turns (default 240)")
     parser.add_argument("--out", default="bench-results/bench.json", help="where the figures go as JSON")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure every configuration this many times, interleaved; the table shows the best")
@@ -77,33 +81,37 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
           f"beam {plan.beam_size}, batch {plan.batch_size}, VAD {plan.vad_filter}; "
           f"load average {facts['load_average_at_start'][0]}; work folder {work_dir}", flush=True)
     try:
-        fixtures = speech_fixtures(fixtures_folder())
         clock = time.perf_counter()
-        corpus = build_corpus(fixtures, work_dir / "corpus", args.files, args.seconds)
+        clips = speech_clips(fixtures_folder())
+        corpus = build_corpus(clips, work_dir / "corpus", args.files, args.seconds)
         audio_s = sum(c.duration_s for c in corpus)
-        print(f"corpus: {len(corpus)} distinct recordings, {audio_s:.1f} s of audio from "
-              f"{len(fixtures)} fixtures ({time.perf_counter() - clock:.1f} s to build)", flush=True)
+        print(f"corpus: {len(corpus)} distinct conversations, {audio_s:.1f} s of audio with reference text, "
+              f"{len(clips)} clips in shuffled turns ({time.perf_counter() - clock:.1f} s to build)", flush=True)
         measurements: list[Measurement] = []
         for round_number in range(1, args.repeat + 1):
             label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
             # Every other round runs in the opposite order, so neither side always goes first.
-            sides = {"in-process": ("raw", "pipeline"), "resident": ("raw", "resident"),
-                     "both": ("raw", "pipeline", "resident")}[args.engine]
+            plain = ("raw", "sequential")
+            sides = {"in-process": (*plain, "pipeline"), "resident": (*plain, "resident"),
+                     "both": (*plain, "pipeline", "resident")}[args.engine]
             steps = [(w, side) for w in worker_counts for side in sides]
             if plan.device == "cpu" and args.workers > 1:
                 steps.insert(0, (1, "one core"))
             for workers, side in steps if round_number % 2 else steps[::-1]:
-                if side in ("raw", "one core"):
-                    print(f"{label}raw faster-whisper, {workers} worker(s)"
-                          f"{', 1 thread' if side == 'one core' else ''} ...", flush=True)
-                    measurements.append(raw_faster_whisper(corpus, plan, workers, side == "one core"))
-                    print(f"  {measurements[-1].x_realtime:.1f}x realtime", flush=True)
+                if side in ("raw", "one core", "sequential"):
+                    print(f"{label}plain faster-whisper, {'sequential' if side == 'sequential' else 'batched'}, "
+                          f"{workers} worker(s){', 1 thread' if side == 'one core' else ''} ...", flush=True)
+                    measurements.append(raw_faster_whisper(corpus, plan, workers, side == "one core",
+                                                           sequential=side == "sequential"))
+                    print(f"  {measurements[-1].x_realtime:.1f}x realtime, WER mean {measurements[-1].wer_mean:.3f}, "
+                          f"worst {measurements[-1].wer_worst:.3f}", flush=True)
                     continue
                 print(f"{label}opentr run, GPU_SCALE_WORKERS={workers}"
                       f"{' on a resident worker' if side == 'resident' else ''} ...", flush=True)
                 measurements += pipeline_end_to_end(corpus, plan, workers, work_dir, side == "resident")
-                print(f"  span {measurements[-2].x_realtime:.1f}x, whole command "
-                      f"{measurements[-1].x_realtime:.1f}x realtime", flush=True)
+                print(f"  span {measurements[-2].x_realtime:.1f}x, whole command {measurements[-1].x_realtime:.1f}x "
+                      f"realtime, WER mean {measurements[-1].wer_mean:.3f}, worst {measurements[-1].wer_worst:.3f}; "
+                      f"{measurements[-1].details['chunks_decoded_again']} chunk(s) decoded again", flush=True)
     finally:
         if own_dir and not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -118,6 +126,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     print("the entire `opentr run` subprocess (start-up, Dagster, probing, model load, subtitles, report).")
     print("CPU s: user+system seconds, raw from its first decode to its last end, pipeline for the whole")
     print("command; unlike wall s, other people's load on the machine does not inflate it.")
+    print("WER: word error rate against the recordings' reference text (mean, and the worst file); 'vs fastest")
+    print("plain, same WER': against the fastest plain script whose worst-file WER is within 1.25x of the row's.")
     if args.repeat > 1:
         print(f"best of {args.repeat} interleaved repetitions per row; every repetition is in the JSON.")
     for name, value in figures["ratio_to_cores_x_one_core"].items():
@@ -127,7 +137,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"load average (1, 5, 15 min): {facts['load_average_at_start']} at start, "
           f"{facts['load_average_at_end']} at end, on {facts['cpu_count']} CPU(s)")
-    report = build_report(facts, plan, vars(args), corpus, fixtures, measurements)
+    report = build_report(facts, plan, vars(args), corpus, [c.name for c in clips], measurements)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")

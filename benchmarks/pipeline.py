@@ -12,7 +12,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from corpus import CorpusFile
+from corpus import CorpusFile, wer_by_file
 from plan import (
     PIPELINE_SPAN, PIPELINE_WHOLE, RESIDENT_SPAN, RESIDENT_WHOLE, BenchError, BenchPlan, Measurement, _cpu_s,
 )
@@ -78,13 +78,15 @@ def pipeline_end_to_end_on(corpus: list[CorpusFile], plan: BenchPlan, workers: i
         "peak_concurrency": peak_overlap(intervals),
         "mean_file_transcription_s": round(sum(float(d["wall_s"]) for d in docs) / len(docs), 3),
         "runs": output.count("\nrun ") + output.startswith("run "),
+        "chunks_decoded_again": sum(len(d.get("decoded_again", [])) for d in docs),
     }
+    wer = wer_by_file(corpus, {Path(d["source_uri"]).name: d["text"] for d in docs})
     return [
         Measurement(
             configuration=RESIDENT_SPAN if resident else PIPELINE_SPAN, workers=workers, files=len(docs), audio_s=audio_s,
             wall_s=round(span, 3),
             includes="first transcription start to last end (transcripts' started_at/finished_at)",
-            details=shared,
+            details=shared, wer=wer,
         ),
         Measurement(
             configuration=RESIDENT_WHOLE if resident else PIPELINE_WHOLE, workers=workers, files=len(docs), audio_s=audio_s,
@@ -93,6 +95,6 @@ def pipeline_end_to_end_on(corpus: list[CorpusFile], plan: BenchPlan, workers: i
                      + ("transcription on the resident worker (model loaded before), " if resident
                         else "model load, transcription, ") + "subtitles, throughput report",
             details={**shared, "overhead_outside_span_s": round(whole_s - span, 3),
-                     "cpu_s": round(cpu_s, 2), "cores_busy": round(cpu_s / whole_s, 2)},
+                     "cpu_s": round(cpu_s, 2), "cores_busy": round(cpu_s / whole_s, 2)}, wer=wer,
         ),
     ]

@@ -9,14 +9,16 @@ import threading
 import time
 from dataclasses import replace
 
-from corpus import SAMPLE_RATE, CorpusFile
-from plan import RAW, RAW_ONE_CORE, BenchError, BenchPlan, Measurement, _cpu_s
+from corpus import SAMPLE_RATE, CorpusFile, wer_by_file
+from plan import RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, BenchError, BenchPlan, Measurement, _cpu_s
 
 from opentr_pipeline.outputs.throughput import peak_overlap
 
+
 def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
-                       one_core: bool = False) -> Measurement:
-    """N threads over one shared model, the way a plain script would do it.
+                       one_core: bool = False, sequential: bool = False) -> Measurement:
+    """N threads over one shared model, the way a plain script would do it: batched
+    (`BatchedInferencePipeline`, the pipeline's batch size) or `sequential` (`model.transcribe`).
 
     `one_core` pins CTranslate2 to one thread: the per-core reference on a CPU.
     """
@@ -43,6 +45,7 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
     intervals: list[tuple[float, float]] = []
     errors: list[BaseException] = []
     decode_s: list[float] = []
+    texts: dict[str, str] = {}
 
     def work() -> None:
         while True:
@@ -56,14 +59,14 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
                 started = time.perf_counter()
                 common = dict(beam_size=plan.beam_size, language=plan.language,
                               vad_filter=plan.vad_filter, word_timestamps=True)
-                if plan.batch_size > 1 and plan.vad_filter:
+                if plan.batch_size > 1 and plan.vad_filter and not sequential:
                     segments, _ = BatchedInferencePipeline(model).transcribe(
                         audio, batch_size=plan.batch_size, **common)
                 else:
                     segments, _ = model.transcribe(audio, **common)
-                for segment in segments:  # the generator does the work
-                    _ = segment.words
+                text = " ".join(segment.text for segment in segments)  # the generator does the work
                 intervals.append((started, time.perf_counter()))
+                texts[item.path.name] = text
                 decode_s.append(started - before_decode)
             except BaseException as error:  # noqa: BLE001 - reported after the join
                 errors.append(error)
@@ -82,7 +85,8 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
         raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
     span = max(end for _, end in intervals) - min(start for start, _ in intervals)
     return Measurement(
-        configuration=RAW_ONE_CORE if one_core else RAW, workers=workers, files=len(corpus),
+        configuration=RAW_ONE_CORE if one_core else RAW_SEQUENTIAL if sequential else RAW, workers=workers,
+        files=len(corpus), wer=wer_by_file(corpus, texts),
         audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(span, 3),
         includes="first transcription start to last end; model load and first decode outside",
         details={

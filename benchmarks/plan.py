@@ -10,7 +10,13 @@ from opentr_pipeline.settings import DecodingSettings, DeviceSettings, Settings
 
 SPAN_TARGET = 0.9  # pipeline span x realtime / raw x realtime, same workers
 SCALING_TARGET = 1.6  # N workers x realtime / 1 worker x realtime
-RAW = "raw faster-whisper (transcription span)"
+# The same quality: a worst-file word error rate at most this much above another's (relative),
+# or within QUALITY_SLACK (absolute: at 0.01, one word in a hundred is noise, not a verdict).
+SAME_QUALITY = 1.25
+QUALITY_SLACK = 0.01
+QUALITY_TARGET = 1.0  # pipeline x realtime / the fastest plain script of the same quality, same workers
+RAW = "plain faster-whisper, batched (transcription span)"
+RAW_SEQUENTIAL = "plain faster-whisper, sequential (transcription span)"
 PIPELINE_SPAN = "pipeline (transcription span)"
 PIPELINE_WHOLE = "pipeline (whole command)"
 RESIDENT_SPAN = "pipeline, resident worker (transcription span)"
@@ -19,7 +25,7 @@ RESIDENT_TARGET = 0.95  # resident pipeline span x realtime / raw x realtime, sa
 # On a CPU, how far N workers are from N x one core says whether the workers or the cores are
 # the limit: one worker with all the cores cannot keep them all busy (the beam search barely
 # speeds up with more threads), so N-vs-1 understates how well the workers scale.
-RAW_ONE_CORE = "raw faster-whisper, 1 thread (one core)"
+RAW_ONE_CORE = "plain faster-whisper, batched, 1 thread (one core)"
 
 
 class BenchError(RuntimeError):
@@ -35,13 +41,30 @@ class Measurement:
     wall_s: float
     includes: str
     details: dict = field(default_factory=dict)
+    wer: dict[str, float] = field(default_factory=dict)  # file name -> word error rate of what it produced
 
     @property
     def x_realtime(self) -> float:
         return self.audio_s / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def wer_mean(self) -> float | None:
+        return sum(self.wer.values()) / len(self.wer) if self.wer else None
+
+    @property
+    def wer_worst(self) -> float | None:
+        return max(self.wer.values()) if self.wer else None
+
+    def as_good_as(self, other: "Measurement") -> bool:
+        """Whether this row's words are as good as `other`'s (worst file, SAME_QUALITY)."""
+        if self.wer_worst is None or other.wer_worst is None:
+            return False
+        return self.wer_worst <= max(other.wer_worst * SAME_QUALITY, other.wer_worst + QUALITY_SLACK)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "x_realtime": round(self.x_realtime, 2)}
+        mean, worst = self.wer_mean, self.wer_worst
+        return {**asdict(self), "x_realtime": round(self.x_realtime, 2),
+                "wer_mean": None if mean is None else round(mean, 4), "wer_worst": None if worst is None else round(worst, 4)}
 
 
 @dataclass(frozen=True)

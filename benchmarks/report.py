@@ -10,9 +10,13 @@ from pathlib import Path
 
 from corpus import CorpusFile
 from plan import (
-    PIPELINE_SPAN, PIPELINE_WHOLE, RAW, RAW_ONE_CORE, RESIDENT_SPAN, RESIDENT_TARGET, RESIDENT_WHOLE,
-    SCALING_TARGET, SPAN_TARGET, BenchPlan, Measurement,
+    PIPELINE_SPAN, PIPELINE_WHOLE, QUALITY_TARGET, RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, RESIDENT_SPAN,
+    RESIDENT_TARGET, RESIDENT_WHOLE, SAME_QUALITY, SCALING_TARGET, SPAN_TARGET, BenchPlan, Measurement,
 )
+
+PLAIN = (RAW, RAW_SEQUENTIAL)
+PIPELINE = (PIPELINE_SPAN, PIPELINE_WHOLE, RESIDENT_SPAN, RESIDENT_WHOLE)
+
 
 def best_of(measurements: list[Measurement]) -> list[Measurement]:
     """Per configuration and worker count, the fastest repetition (noise only ever slows down)."""
@@ -21,8 +25,15 @@ def best_of(measurements: list[Measurement]) -> list[Measurement]:
         key = (m.configuration, m.workers)
         if key not in best or m.x_realtime > best[key].x_realtime:
             best[key] = m
-    order = {RAW_ONE_CORE: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2, RESIDENT_SPAN: 3, RESIDENT_WHOLE: 4}
+    order = {RAW_ONE_CORE: -2, RAW_SEQUENTIAL: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2, RESIDENT_SPAN: 3,
+             RESIDENT_WHOLE: 4}
     return sorted(best.values(), key=lambda m: (m.workers, order.get(m.configuration, 9)))
+
+
+def best_plain_of_same_quality(rows: list[Measurement], row: Measurement) -> Measurement | None:
+    """The fastest plain script, same workers, whose words are as good as `row`'s: the yardstick."""
+    fair = [m for m in rows if m.configuration in PLAIN and m.workers == row.workers and m.as_good_as(row)]
+    return max(fair, key=lambda m: m.x_realtime, default=None)
 
 
 def comparisons(rows: list[Measurement], workers: int) -> dict:
@@ -30,8 +41,13 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
     by = {(m.configuration, m.workers): m for m in rows}
     to_raw: dict[str, float] = {}
     scaling: dict[str, float] = {}
+    same_quality: dict[str, float] = {}
     targets: list[dict] = []
     for m in rows:
+        yardstick = best_plain_of_same_quality(rows, m) if m.configuration in PIPELINE else None
+        if yardstick:
+            same_quality[f"{m.configuration} / {yardstick.configuration}, {m.workers} worker(s)"] = round(
+                m.x_realtime / yardstick.x_realtime, 3)
         raw = by.get((RAW, m.workers))
         if raw and m.configuration != RAW:
             to_raw[f"{m.configuration} / raw, {m.workers} worker(s)"] = round(m.x_realtime / raw.x_realtime, 3)
@@ -39,6 +55,19 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
         if one and m.workers != 1:
             scaling[f"{m.configuration}, {m.workers} vs 1 worker(s)"] = round(m.x_realtime / one.x_realtime, 3)
     for n in sorted({m.workers for m in rows}):
+        sequential = by.get((RAW_SEQUENTIAL, n))
+        for configuration in (PIPELINE_WHOLE, RESIDENT_WHOLE):
+            m = by.get((configuration, n))
+            if m and sequential and m.wer_worst is not None:
+                targets.append({"target": f"{configuration}: worst-file WER within {SAME_QUALITY}x sequential's, "
+                                          f"{n} worker(s)", "value": round(m.wer_worst, 4),
+                                "pass": sequential.as_good_as(m) and m.as_good_as(sequential)})
+            yardstick = best_plain_of_same_quality(rows, m) if m else None
+            if m and yardstick:
+                value = m.x_realtime / yardstick.x_realtime
+                targets.append({"target": f"{configuration} >= {QUALITY_TARGET} x the fastest plain script of "
+                                          f"the same quality ({yardstick.configuration}), {n} worker(s)",
+                                "value": round(value, 3), "pass": value >= QUALITY_TARGET})
         raw, span = by.get((RAW, n)), by.get((PIPELINE_SPAN, n))
         if raw and span:
             value = span.x_realtime / raw.x_realtime
@@ -63,23 +92,27 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
             cores = m.workers * m.details["cpu_threads_per_worker"]
             per_core[f"{m.configuration}, {m.workers} worker(s) on {cores} core(s)"] = round(
                 m.x_realtime / (cores * one_core.x_realtime), 3)
-    return {"ratio_to_raw_same_workers": to_raw, "ratio_n_vs_1": scaling,
-            "ratio_to_cores_x_one_core": per_core, "targets": targets}
+    return {"ratio_to_raw_same_workers": to_raw, "ratio_to_best_plain_same_quality": same_quality,
+            "ratio_n_vs_1": scaling, "ratio_to_cores_x_one_core": per_core, "targets": targets}
 
 
 def format_table(rows: list[Measurement]) -> str:
     by = {(m.configuration, m.workers): m for m in rows}
-    header = ("configuration", "workers", "audio s", "wall s", "x realtime", "vs raw (same workers)", "N vs 1",
-              "CPU s")
+    header = ("configuration", "workers", "audio s", "wall s", "x realtime", "WER mean", "WER worst",
+              "vs plain batched", "vs fastest plain, same WER", "N vs 1", "CPU s")
     lines = []
     for m in rows:
         raw = by.get((RAW, m.workers))
         one = by.get((m.configuration, 1))
+        yardstick = best_plain_of_same_quality(rows, m) if m.configuration in PIPELINE else None
         vs_raw = f"{m.x_realtime / raw.x_realtime:.2f}" if raw and m.configuration != RAW else "-"
+        vs_fair = f"{m.x_realtime / yardstick.x_realtime:.2f}" if yardstick else "-"
         vs_one = f"{m.x_realtime / one.x_realtime:.2f}x" if one and m.workers != 1 else "-"
         cpu = f"{m.details['cpu_s']:.1f}" if "cpu_s" in m.details else "-"
+        wer_mean = "-" if m.wer_mean is None else f"{m.wer_mean:.3f}"
+        wer_worst = "-" if m.wer_worst is None else f"{m.wer_worst:.3f}"
         lines.append((m.configuration, str(m.workers), f"{m.audio_s:.1f}", f"{m.wall_s:.1f}",
-                      f"{m.x_realtime:.1f}", vs_raw, vs_one, cpu))
+                      f"{m.x_realtime:.1f}", wer_mean, wer_worst, vs_raw, vs_fair, vs_one, cpu))
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     render = lambda row: "| " + " | ".join(  # noqa: E731
         cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) + " |"
@@ -88,17 +121,17 @@ def format_table(rows: list[Measurement]) -> str:
 
 
 def build_report(facts: dict, plan: BenchPlan, options: dict, corpus: list[CorpusFile],
-                 fixtures: list[Path], measurements: list[Measurement]) -> dict:
+                 clips: list[str], measurements: list[Measurement]) -> dict:
     """The JSON document: machine, settings, corpus, best rows, ratios, targets, every run."""
     rows = best_of(measurements)
     chosen = {k: options[k] for k in ("workers", "files", "seconds", "repeat") if k in options}
     return {
         "machine": facts,
         "settings": {**asdict(plan), **chosen},
-        "corpus": {"files": [{"name": c.path.name, "duration_s": c.duration_s, "sha256": c.sha256}
-                             for c in corpus],
+        "corpus": {"files": [{"name": c.path.name, "duration_s": c.duration_s, "sha256": c.sha256,
+                              "reference_words": len(c.reference.split())} for c in corpus],
                    "audio_s": round(sum(c.duration_s for c in corpus), 3),
-                   "fixtures": [p.name for p in fixtures]},
+                   "clips": clips},
         "results": [m.to_dict() for m in rows],
         **comparisons(rows, max(m.workers for m in measurements)),
         "all_measurements": [m.to_dict() for m in measurements],

@@ -6,7 +6,8 @@ with OPENTR_BROKER_URL=embedded: a private Redis and one resident worker), then 
 (a demo clip plus its own length of silence, so none is reused) dropped every --interval seconds
 for --duration seconds. Prints, per engine:
 
-- drop -> transcript: seconds from the file's arrival in the upload folder to its transcript;
+- drop -> transcript: seconds from the start of the file's copy into the upload folder to its
+  transcript (a copy, not a rename: the file's modification time is the copy's, as for a person);
 - run start cost: seconds from a run's launch (its process starting) to its first transcription,
   and from its creation (the sensor's request, queued) to that transcription;
 - model loads: distinct `engine` ids among the transcripts (one per process that loaded a model).
@@ -104,8 +105,8 @@ def trickle(engine: str, root: Path, interval: float, duration: float) -> dict:
         while len(seen) < count and time.monotonic() < deadline:
             if len(dropped) < count and time.monotonic() >= next_drop:
                 name = names[len(dropped)]
-                os.replace(staging / name, uploads / name)
                 dropped[name] = time.time()
+                shutil.copyfile(staging / name, uploads / name)  # as a person copies a file in
                 next_drop += interval
             for name in dropped:
                 if name not in seen and (store / "transcripts" / f"{name}.json").exists():
@@ -142,11 +143,13 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=10)
     parser.add_argument("--duration", type=float, default=180)
     parser.add_argument("--out", default="bench-results/trickle.json")
+    parser.add_argument("--engines", default=",".join(ENGINES),
+                        help=f"which of {', '.join(ENGINES)} to measure, comma-separated (default: both)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="opentr-trickle-"))
     results = []
     try:
-        for engine in ENGINES:
+        for engine in args.engines.split(","):
             results.append(trickle(engine, work / engine, args.interval, args.duration))
             print(json.dumps(results[-1]), flush=True)
     finally:

@@ -17,36 +17,59 @@ import corpus
 import plain
 import plan
 import report
+from conftest import SPEECH
 from opentr_pipeline.settings import Settings
 
 
 @pytest.fixture(scope="module")
 def tiny_corpus(fixtures_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[corpus.CorpusFile]:
-    fixtures = corpus.speech_fixtures(fixtures_dir)
-    return corpus.build_corpus(fixtures, tmp_path_factory.mktemp("corpus"), files=3, seconds=6)
+    return corpus.build_corpus(corpus.speech_clips(fixtures_dir), tmp_path_factory.mktemp("corpus"), files=3, seconds=6)
 
 
-def test_corpus_is_distinct_16k_mono_recordings_of_the_asked_length(tiny_corpus, fixtures_dir):
-    assert corpus.NO_SPEECH not in [p.name for p in corpus.speech_fixtures(fixtures_dir)]
+def test_clips_are_the_distinct_speech_with_its_reference_text(fixtures_dir, demo_texts):
+    clips = corpus.speech_clips(fixtures_dir)
+    names = [clip.name for clip in clips]
+    assert "squirrel_nospeech.wav" not in names and "hotwords.mp3" not in names, "no speech, no reference"
+    assert sum(name.startswith("jfk") for name in names) == 1, "the same speech in three encodings counts once"
+    assert set(demo_texts) <= set(names) and len(clips) == 10
+    by_name = {clip.name: clip for clip in clips}
+    assert by_name["librispeech_test-clean_61-70968-0002.wav"].reference == SPEECH["librispeech_test-clean_61-70968-0002.wav"]
+    assert by_name["harvard_01.ogg"].reference == demo_texts["harvard_01.ogg"]
+
+
+def test_corpus_is_distinct_conversations_of_the_asked_length_with_their_text(tiny_corpus, fixtures_dir):
     assert len({item.sha256 for item in tiny_corpus}) == 3
-    longest_clip_s = 11.0  # jfk: a file stops at the first clip that reaches the length
+    longest_clip_s, longest_pause_s = 11.0, 1.5  # jfk; a file stops at the first clip that reaches the length
+    references = {clip.name: clip.reference for clip in corpus.speech_clips(fixtures_dir)}
     for item in tiny_corpus:
         with wave.open(str(item.path)) as recording:
             assert (recording.getnchannels(), recording.getframerate(), recording.getsampwidth()) == (1, 16000, 2)
             assert recording.getnframes() / 16000 == pytest.approx(item.duration_s, abs=1e-3)
-        assert 6 <= item.duration_s <= 6 + longest_clip_s + 0.8
+        assert 6 <= item.duration_s <= 6 + longest_clip_s + longest_pause_s
+        said = corpus.normalise(item.reference)
+        assert said and all(corpus.normalise(text) in said or corpus.normalise(text) not in said
+                            for text in references.values())
+    audio, reference = corpus.conversation(corpus.speech_clips(fixtures_dir), index=2, seconds=240)
+    assert 240 <= len(audio) / 16000 < 255 and len(reference.split()) > 300, "minutes of speech, hundreds of words"
+
+
+def test_word_error_rate_forgives_punctuation_not_words() -> None:
+    assert corpus.word_error_rate("Mister Quilter is here.", "mr. quilter, is here") == 0
+    assert corpus.word_error_rate("one two three four", "one two four") == pytest.approx(0.25)
+    assert corpus.word_error_rate("one two", "") == 1
 
 
 def test_corpus_is_the_same_for_the_same_seed(fixtures_dir, tmp_path):
-    fixtures = corpus.speech_fixtures(fixtures_dir)
-    first = corpus.build_corpus(fixtures, tmp_path / "a", files=2, seconds=5)
-    again = corpus.build_corpus(fixtures, tmp_path / "b", files=2, seconds=5)
+    clips = corpus.speech_clips(fixtures_dir)
+    first = corpus.build_corpus(clips, tmp_path / "a", files=2, seconds=5)
+    again = corpus.build_corpus(clips, tmp_path / "b", files=2, seconds=5)
     assert [c.sha256 for c in first] == [c.sha256 for c in again]
+    assert [c.reference for c in first] == [c.reference for c in again]
 
 
 def test_missing_fixtures_folder_is_a_clear_error(tmp_path):
     with pytest.raises(plan.BenchError, match="OPENTR_FIXTURES"):
-        corpus.speech_fixtures(tmp_path / "nowhere")
+        corpus.speech_clips(tmp_path / "nowhere")
 
 
 def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
@@ -62,6 +85,11 @@ def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
     assert one.x_realtime > 0
     one_core = plain.raw_faster_whisper(tiny_corpus[:2], chosen, workers=1, one_core=True)
     assert (one_core.configuration, one_core.details["cpu_threads_per_worker"]) == (plan.RAW_ONE_CORE, 1)
+    sequential = plain.raw_faster_whisper(tiny_corpus[:2], chosen, workers=2, sequential=True)
+    assert sequential.configuration == plan.RAW_SEQUENTIAL
+    for row in (one, two, one_core, sequential):  # every row carries the words' quality
+        assert sorted(row.wer) == sorted(c.path.name for c in tiny_corpus[:2])
+        assert row.wer_worst is not None and row.wer_worst < 0.3, row.wer
 
     # Pipeline rows built from the same figures: only the arithmetic and the shape are under test.
     span = plan.Measurement(plan.PIPELINE_SPAN, 2, two.files, two.audio_s, two.wall_s * 1.25, "span")
@@ -87,8 +115,33 @@ def test_raw_measurement_and_report_shape(tiny_corpus, pipeline_env):
     assert set(doc) >= {"machine", "settings", "corpus", "results", "ratio_to_raw_same_workers",
                            "ratio_n_vs_1", "targets", "all_measurements"}
     assert doc["settings"]["model"] == chosen.model and doc["settings"]["workers"] == 2
-    assert {"configuration", "workers", "audio_s", "wall_s", "x_realtime", "details"} <= set(doc["results"][0])
+    assert {"configuration", "workers", "audio_s", "wall_s", "x_realtime", "details", "wer_mean",
+            "wer_worst"} <= set(doc["results"][0])
     assert f"{plan.RAW}, 2 vs 1 worker(s)" in doc["ratio_n_vs_1"]
+
+
+def test_the_yardstick_is_the_fastest_plain_script_of_the_same_quality() -> None:
+    """A plain decoding that drops words is faster and no yardstick: the pipeline is compared
+    with the fastest plain row whose worst-file WER is within SAME_QUALITY of its own."""
+    def row(configuration, wall_s, worst):
+        return plan.Measurement(configuration, 2, 2, 100.0, wall_s, "", wer={"a.wav": worst / 2, "b.wav": worst})
+
+    dropping = row(plan.RAW, 5.0, 0.20)
+    accurate = row(plan.RAW_SEQUENTIAL, 10.0, 0.03)
+    pipeline = row(plan.PIPELINE_WHOLE, 8.0, 0.03)
+    assert report.best_plain_of_same_quality([dropping, accurate, pipeline], pipeline) is accurate
+    rows = report.best_of([dropping, accurate, pipeline])
+    figures = report.comparisons(rows, workers=2)
+    assert figures["ratio_to_best_plain_same_quality"][
+        f"{plan.PIPELINE_WHOLE} / {plan.RAW_SEQUENTIAL}, 2 worker(s)"] == pytest.approx(1.25)
+    verdicts = {("words" if "WER within" in t["target"] else "speed"): t["pass"]
+                for t in figures["targets"] if t["target"].startswith(plan.PIPELINE_WHOLE)}
+    assert verdicts == {"words": True, "speed": True}
+    careless = row(plan.PIPELINE_WHOLE, 4.0, 0.20)  # fast because it drops words: judged against sequential's words
+    figures = report.comparisons(report.best_of([dropping, accurate, careless]), workers=2)
+    words = [t for t in figures["targets"] if "WER within" in t["target"]]
+    assert [t["pass"] for t in words] == [False]
+    assert "| WER mean | WER worst |" in report.format_table(rows)
 
 
 @pytest.mark.slow
@@ -110,14 +163,16 @@ def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, 
     doc = json.loads(out.read_text())
     one_core = [(plan.RAW_ONE_CORE, 1)] if doc["settings"]["device"] == "cpu" else []
     assert [(r["configuration"], r["workers"]) for r in doc["results"]] == [
-        *one_core, (plan.RAW, 1), (plan.PIPELINE_SPAN, 1), (plan.PIPELINE_WHOLE, 1),
+        *one_core, (plan.RAW_SEQUENTIAL, 1), (plan.RAW, 1), (plan.PIPELINE_SPAN, 1), (plan.PIPELINE_WHOLE, 1),
         (plan.RESIDENT_SPAN, 1), (plan.RESIDENT_WHOLE, 1),
-        (plan.RAW, 2), (plan.PIPELINE_SPAN, 2), (plan.PIPELINE_WHOLE, 2),
+        (plan.RAW_SEQUENTIAL, 2), (plan.RAW, 2), (plan.PIPELINE_SPAN, 2), (plan.PIPELINE_WHOLE, 2),
         (plan.RESIDENT_SPAN, 2), (plan.RESIDENT_WHOLE, 2),
     ]
+    assert all(r["wer_worst"] is not None and r["wer_worst"] < 0.3 for r in doc["results"]), "WER beside every speed"
+    assert "WER mean" in printed and "vs fastest plain, same WER" in printed
     assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in doc["results"])
     assert doc["machine"]["faster_whisper"] == "1.2.1"
-    assert len(doc["targets"]) == 6
+    assert len(doc["targets"]) == 14  # per worker count: 2 span ratios, 2 x (words, speed at those words); 2 scalings
     assert len(doc["ratio_to_cores_x_one_core"]) == (6 if one_core else 0)
     resident = [r for r in doc["results"] if r["configuration"] == plan.RESIDENT_SPAN]
     assert [r["details"]["peak_concurrency"] for r in resident] == [1, 2]  # the worker's slots, filled
@@ -129,4 +184,4 @@ def test_bench_command_line_options():
     parser = argparse.ArgumentParser()
     bench.add_arguments(parser)
     args = parser.parse_args([])
-    assert (args.workers, args.files, args.seconds, args.out) == (2, 8, 120.0, "bench-results/bench.json")
+    assert (args.workers, args.files, args.seconds, args.out) == (2, 6, 240.0, "bench-results/bench.json")

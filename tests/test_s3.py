@@ -104,8 +104,7 @@ def test_sensor_on_s3_uploads(s3_pipeline_env):
     put(f"{root}/team/two.mp3")
     put(f"{root}/three.wav.part")
 
-    assert ticks().run_requests == []
-    second = ticks()
+    second = ticks()  # an object store lists only whole objects: taken at first sight
     keys = added_keys(second)
     assert keys[0] == "one.wav" and keys[1].startswith("team__two.mp3-")
     assert requested_keys(second) == [keys]
@@ -114,7 +113,6 @@ def test_sensor_on_s3_uploads(s3_pipeline_env):
     assert ticks().run_requests == []
 
     put(f"{root}/one.wav", b"a new version of the same name")  # a new size (S3 times are to the second)
-    ticks()
     again = ticks()
     assert added_keys(again) == [] and [r.partition_key for r in again.run_requests] == ["one.wav"]
 
@@ -123,7 +121,6 @@ def test_pipeline_run_with_uploads_and_storage_on_s3(s3_pipeline_env, fixtures_d
     root = s3_pipeline_env["UPLOAD_URI"]
     put(f"{root}/calls/golden.wav", (fixtures_dir / SHORT).read_bytes())
     ticks = UploadSensorTicks(Settings.from_env(), dg.DagsterInstance.get())
-    ticks()
     requested = ticks()
     key = added_keys(requested)[0]
     assert all(run.success for run in ticks.run_requested(requested))

@@ -96,7 +96,16 @@ def write(path: Path, data: bytes = b"not audio; the sensor does not probe") -> 
     return path
 
 
-def test_new_files_become_partitions_and_runs_after_two_unchanged_looks(pipeline_env, uploads, monkeypatch):
+def settle(*paths: Path) -> None:
+    """Time passes for these files (or every file under these folders): last changed 5 s ago,
+    closed. The sensor takes a local file once it is whole (intake/settled.py)."""
+    past = time.time() - 5
+    for path in paths:
+        for file in [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]:
+            os.utime(file, (past, past))
+
+
+def test_new_files_become_partitions_and_runs_once_whole(pipeline_env, uploads, monkeypatch):
     monkeypatch.setenv("OPENTR_FILES_PER_RUN", "2")
     ticks = UploadSensorTicks(Settings.from_env(), dg.DagsterInstance.get())
     for name in ("a.wav", "b.mp3", "c.flac", "talks/2024/d e.m4a", "talks/f.ogg"):
@@ -104,8 +113,9 @@ def test_new_files_become_partitions_and_runs_after_two_unchanged_looks(pipeline
 
     first = ticks()
     assert first.run_requests == [] and added_keys(first) == []
-    assert "5 file(s) new" in first.skip_message
+    assert "5 file(s) still being written" in first.skip_message, "changed less than a second ago"
 
+    settle(uploads)
     second = ticks()
     keys = added_keys(second)
     assert keys[:3] == ["a.wav", "b.mp3", "c.flac"]
@@ -128,17 +138,21 @@ def test_files_still_being_written_are_not_picked_up(ticks, uploads, capfd):
                  "sub/.staging/inner.wav", "notes.txt", "slides.pdf"):
         write(uploads / name)
     write(uploads / "empty.wav", b"")
-    growing = write(uploads / "growing.wav", b"x" * 100)
     write(uploads / "done.wav")
+    copying = (uploads / "growing.wav").open("wb")  # a copy in progress holds its file open
+    copying.write(b"x" * 100)
+    copying.flush()
 
-    ticks()
-    with growing.open("ab") as handle:
-        handle.write(b"x" * 100)  # the copy is still going on
+    assert ticks().run_requests == [], "nothing has been left alone for a second yet"
+    settle(uploads)  # the copy stalls: the same size, no change for seconds, still open
     second = ticks()
     assert added_keys(second) == ["done.wav"]
-
+    copying.write(b"x" * 100)
+    copying.close()
+    assert ticks().run_requests == [], "closed, but changed a moment ago"
+    settle(uploads / "growing.wav")
     third = ticks()
-    assert added_keys(third) == ["growing.wav"], "requested once its size held still for a tick"
+    assert added_keys(third) == ["growing.wav"], "requested once closed and left alone"
     assert third.run_requests[0].partition_key == "growing.wav"
 
     for _ in range(2):
@@ -146,6 +160,7 @@ def test_files_still_being_written_are_not_picked_up(ticks, uploads, capfd):
         assert later.run_requests == [], "temporary names, dot paths and empty files never run"
     write(uploads / "empty.wav", b"now it has content")
     ticks()
+    settle(uploads / "empty.wav")
     assert added_keys(ticks()) == ["empty.wav"]
 
     captured = capfd.readouterr()
@@ -157,12 +172,13 @@ def test_files_still_being_written_are_not_picked_up(ticks, uploads, capfd):
 def test_changed_file_is_requested_again_with_a_new_run_key(pipeline_env, ticks, uploads):
     talk = write(uploads / "talk.wav", b"first version")
     write(uploads / "other.wav")
-    ticks()
+    settle(uploads)
     first = ticks()
     assert added_keys(first) == ["other.wav", "talk.wav"]
 
     write(talk, b"second version, longer")
     assert ticks().run_requests == []
+    settle(talk)
     second = ticks()
     assert added_keys(second) == [], "the partition exists already"
     assert [r.partition_key for r in second.run_requests] == ["talk.wav"]
@@ -170,9 +186,8 @@ def test_changed_file_is_requested_again_with_a_new_run_key(pipeline_env, ticks,
     record = read_json(Path(pipeline_env["STORAGE_URI"]) / "sources" / "talk.wav.json")
     assert record["size"] == len(b"second version, longer")
 
-    later = time.time() + 60
-    os.utime(talk, (later, later))  # same size, new modification time: a new version too
-    ticks()
+    earlier = time.time() - 60
+    os.utime(talk, (earlier, earlier))  # same size, another modification time: a new version too
     assert [r.partition_key for r in ticks().run_requests] == ["talk.wav"]
 
     talk.unlink()
@@ -183,7 +198,8 @@ def test_changed_file_is_requested_again_with_a_new_run_key(pipeline_env, ticks,
 def test_a_thousand_uploads_in_one_tick_in_well_under_a_second(pipeline_env, ticks, uploads):
     for number in range(1000):
         write(uploads / f"batch{number // 100}" / f"call-{number:04d}.wav", b"x" * (number + 1))
-    ticks()  # first look: all waiting
+    ticks()  # first look: all just written, waiting
+    settle(uploads)
 
     started = time.perf_counter()
     listing = scan_uploads(ticks.settings.upload_uri)
@@ -242,7 +258,7 @@ def test_changed_file_is_transcribed_again_through_sensor_runs(pipeline_env, tic
     talk = uploads / "talk.wav"
     shutil.copy(fixtures_dir / SHORT, talk)
     shutil.copy(fixtures_dir / OTHER, uploads / "zz-other.wav")
-    ticks()
+    settle(uploads)
     first = ticks()
     assert requested_keys(first) == [["talk.wav", "zz-other.wav"]]
     assert all(run.success for run in ticks.run_requested(first)), "a range run from the sensor's tags"
@@ -250,7 +266,7 @@ def test_changed_file_is_transcribed_again_through_sensor_runs(pipeline_env, tic
     assert word_error_rate(SPEECH[SHORT], read_json(store / "transcripts" / "talk.wav.json")["text"]) < 0.15
 
     shutil.copy(fixtures_dir / THIRD, talk)  # new content under the same name
-    ticks()
+    settle(talk)
     second = ticks()
     assert [r.partition_key for r in second.run_requests] == ["talk.wav"]
     assert all(run.success for run in ticks.run_requested(second))
@@ -302,12 +318,13 @@ def test_restarted_sensor_does_not_request_what_others_already_did(pipeline_env,
     shutil.copy(fixtures_dir / SHORT, uploads / SHORT)
     shutil.copy(fixtures_dir / OTHER, uploads / OTHER)
     assert materialize_keys([SHORT, OTHER], selection=["media_file"]).success  # keys added by hand
+    settle(uploads)
     ticks()
     assert ticks().run_requests == []
 
     fresh = UploadSensorTicks(Settings.from_env(), dg.DagsterInstance.get())  # a new cursor
     shutil.copy(fixtures_dir / THIRD, uploads / OTHER)  # changed since it was processed
-    fresh()
+    settle(uploads / OTHER)
     again = fresh()
     assert requested_keys(again) == [[OTHER]]
 
@@ -320,6 +337,7 @@ def test_a_tick_lost_before_its_cursor_was_saved_decides_the_same_again(ticks, u
     for number in range(5):
         write(uploads / f"call-{number}.wav", b"x" * (number + 1))
     ticks()  # first look, committed
+    settle(uploads)
     committed = ticks.cursor
     lost = ticks.sensor.evaluate_tick(ticks.context())  # evaluated, never committed
     ticks.cursor = committed
@@ -330,9 +348,8 @@ def test_a_tick_lost_before_its_cursor_was_saved_decides_the_same_again(ticks, u
     # A drop larger than one tick's share is taken over the next ticks, none lost.
     monkeypatch.setattr(sensors, "MAX_FILES_PER_TICK", 3)
     for number in range(5, 12):
-        write(uploads / f"call-{number}.wav", b"y" * (number + 1))
+        settle(write(uploads / f"call-{number}.wav", b"y" * (number + 1)))
     ticks.cursor = again.cursor
-    ticks()
     taken = []
     for _ in range(4):
         taken += [key for chunk in requested_keys(ticks()) for key in chunk]

@@ -4,11 +4,11 @@
 its size and modification time as last seen (kept in the instance's key-value table, one row per
 file, see sensor_state.py; the cursor itself stays small). What it decides:
 
-- a file is ready once its size and mtime were seen unchanged on two consecutive ticks and it is
-  not empty: a copy still in progress changes between looks (S3 objects appear whole, but a
-  local folder shows a growing file). Temporary names (`.part`, `.tmp`, `.crdownload`, any
-  path part starting with a dot) wait for their final name; other non-media names are ignored
-  with one log line each;
+- a file is ready once it is whole and not empty (intake/settled.py): an S3 object at once (an
+  object store lists only finished uploads), a local file once no process on this host holds it
+  open for writing and it has not changed for a second (longer where writers may be out of
+  sight). Temporary names (`.part`, `.tmp`, `.crdownload`, any path part starting with a dot)
+  wait for their final name; other non-media names are ignored with one log line each;
 - a ready file whose key is new becomes a `media_files` partition; a ready file whose key exists
   but whose size or mtime changed since it was requested is requested again (media_file probes
   it again, its new SHA-256 keeps the old transcript from being reused);
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import dagster as dg
 
@@ -36,11 +38,12 @@ from opentr_pipeline.defs.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.defs.partitions import contiguous_chunks, media_files, run_request
 from opentr_pipeline.defs.reruns import rerun_unfinished
 from opentr_pipeline.defs.sensor_state import SensorCursor, UploadState, listing_digest
+from opentr_pipeline.intake.settled import is_whole, open_for_writing
 from opentr_pipeline.intake.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
 
-SENSOR_INTERVAL_S = 15
+SENSOR_INTERVAL_S = 5  # the daemon's sensor loop comes round every 5 s at best
 NAMES_PER_LOG_LINE = 20
 # A tick must end well inside the daemon's 60 s limit: at 100,000 files dropped at once it would
 # not (a source record and a run request each); the rest are taken by the next ticks.
@@ -69,8 +72,12 @@ class TickPlan:
     newly_ignored: list[str]
 
 
-def plan_tick(listing: UploadListing, previous: SeenUploads, cap: int = MAX_FILES_PER_TICK) -> TickPlan:
-    """Which uploads are ready now (at most `cap`), and what to remember for the next tick (no I/O)."""
+def plan_tick(listing: UploadListing, previous: SeenUploads, whole: Callable[[Upload], bool],
+              cap: int = MAX_FILES_PER_TICK) -> TickPlan:
+    """Which uploads are ready now (at most `cap`), and what to remember for the next tick.
+
+    `whole(upload)` says whether a file is finished (intake/settled.py); nothing else here looks
+    outside its arguments."""
     ready: list[Upload] = []
     requested: dict[str, list] = {}
     waiting: dict[str, list] = {}
@@ -78,7 +85,7 @@ def plan_tick(listing: UploadListing, previous: SeenUploads, cap: int = MAX_FILE
         state = [upload.size, upload.mtime]
         if previous.requested.get(upload.key) == state:
             requested[upload.key] = state  # already requested in this very version
-        elif upload.size > 0 and previous.waiting.get(upload.key) == state and len(ready) < cap:
+        elif upload.size > 0 and len(ready) < cap and whole(upload):
             ready.append(upload)
             requested[upload.key] = state
         else:
@@ -135,7 +142,9 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     stored = state.load("file", [u.key for u in listing.uploads])
     previous = SeenUploads({k: r for k, (r, _) in stored.items() if r}, {k: w for k, (_, w) in stored.items() if w},
                            set(state.load("ignored", listing.not_media)))
-    plan = plan_tick(listing, previous, MAX_FILES_PER_TICK)
+    writers = None if "://" in settings.upload_uri else open_for_writing(settings.upload_uri)
+    now = time.time()
+    plan = plan_tick(listing, previous, lambda u: is_whole(u.uri, u.mtime, now, writers), MAX_FILES_PER_TICK)
     state.save("file", previous.by_key(), plan.seen.by_key())
     state.save("ignored", {n: 1 for n in previous.ignored}, {n: 1 for n in plan.seen.ignored})
     next_cursor = SensorCursor(cursor.generation + 1, digest, plan.waiting).dump()
@@ -145,7 +154,7 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     for start in range(0, len(plan.newly_ignored), NAMES_PER_LOG_LINE):
         names = plan.newly_ignored[start : start + NAMES_PER_LOG_LINE]
         context.log.info(f"ignored, not a media file name: {', '.join(map(repr, names))}")
-    waiting = (f"; waiting: {plan.waiting} file(s) new, still changing, empty or over this tick's "
+    waiting = (f"; waiting: {plan.waiting} file(s) still being written, empty or over this tick's "
                f"{MAX_FILES_PER_TICK}, {len(listing.partial)} with a temporary name"
                if plan.waiting or listing.partial else "")
     if not plan.ready:

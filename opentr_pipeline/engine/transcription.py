@@ -7,6 +7,7 @@ with `num_workers` equal to the device's worker count.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import logging
 import os
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from opentr_pipeline.engine.chunks import chunk_speech, chunks_to_decode_again
 from opentr_pipeline.engine.devices import DevicePlan
 from opentr_pipeline.engine.media import MediaError
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
@@ -29,8 +31,10 @@ if TYPE_CHECKING:
     from faster_whisper import WhisperModel
 
 log = logging.getLogger("opentr")
-SAMPLE_RATE = 16000  # faster-whisper is imported where it is used: a run that sends its files
-# to resident workers never loads it (nor torch), and starts seconds sooner
+# faster-whisper is imported where it is used: a run that sends its files to resident workers
+# never loads it (nor torch), and starts seconds sooner.
+SAMPLE_RATE = 16000
+CHUNK_S = 30  # the longest window batched decoding is given: Whisper's own
 
 
 def model_location(name: str) -> str:
@@ -54,6 +58,7 @@ class TranscriptionOptions:
     batch_size: int = 8
     vad_filter: bool = True
     language: str | None = None
+    chunk_guard: bool = True  # off only to measure what it saves (benchmarks)
 
     @classmethod
     def from_settings(cls, decoding: DecodingSettings) -> "TranscriptionOptions":
@@ -95,6 +100,7 @@ class Transcript:
     sha256: str = ""  # of the bytes this transcript was made from
     host: str = ""
     engine: str = ""  # the process that held the model: one id per model load
+    decoded_again: list[list[float]] = field(default_factory=list)  # [start, end] s of chunks the guard redid
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Transcript":
@@ -190,6 +196,49 @@ class ModelCache:
         return len(self._models)
 
 
+def decode_batched(model: "WhisperModel", samples: np.ndarray,
+                   options: TranscriptionOptions) -> tuple[list[Segment], object, list[list[float]]]:
+    """Batched decoding over VAD chunks, each chunk checked by the guard (chunks.py).
+
+    Returns the segments in recording time, faster-whisper's info, and the [start, end] of the
+    chunks decoded again sequentially because their words fell short of their speech.
+    """
+    from faster_whisper import BatchedInferencePipeline
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    common = dict(beam_size=options.beam_size, language=options.language, word_timestamps=True)
+    pipeline = BatchedInferencePipeline(model)  # one per call: it keeps per-call state
+    # faster-whisper's own batched VAD settings, so the speech found is the same as before.
+    spans = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160))
+    if not spans:  # no speech: the pipeline's own path says so (and detects the language)
+        found, info = pipeline.transcribe(samples, batch_size=options.batch_size, vad_filter=True, **common)
+        return [plain_segment(s) for s in found], info, []
+    chunks = chunk_speech([(span["start"], span["end"]) for span in spans], CHUNK_S * SAMPLE_RATE)
+    found, info = pipeline.transcribe(
+        samples, batch_size=options.batch_size, vad_filter=False,
+        clip_timestamps=[{"start": c.start / SAMPLE_RATE, "end": c.end / SAMPLE_RATE} for c in chunks], **common)
+    starts = [c.start * model.frames_per_second // SAMPLE_RATE for c in chunks]
+    by_chunk: list[list[Segment]] = [[] for _ in chunks]
+    for segment in found:  # a segment's seek is its chunk's first frame (give or take rounding)
+        by_chunk[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)].append(plain_segment(segment))
+    word_ends = [[word.end for segment in decoded for word in segment.words] for decoded in by_chunk]
+    again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE) if options.chunk_guard else []
+    for index in again:
+        chunk = chunks[index]
+        decoded, _ = model.transcribe(samples[chunk.start:chunk.end], vad_filter=False, condition_on_previous_text=False,
+                                      **{**common, "language": options.language or info.language})
+        by_chunk[index] = [plain_segment(s, offset=chunk.start / SAMPLE_RATE) for s in decoded]
+    decoded_again = [[round(chunks[i].start / SAMPLE_RATE, 3), round(chunks[i].end / SAMPLE_RATE, 3)] for i in again]
+    return [s for ss in by_chunk for s in ss], info, decoded_again
+
+
+def plain_segment(segment, offset: float = 0.0) -> Segment:
+    """faster-whisper's segment as ours, moved by `offset` seconds and rounded to the millisecond."""
+    words = [Word(round(w.start + offset, 3), round(w.end + offset, 3), w.word, round(w.probability, 4))
+             for w in (segment.words or [])]
+    return Segment(0, round(segment.start + offset, 3), round(segment.end + offset, 3), segment.text.strip(), words)
+
+
 def transcribe(
     model: "WhisperModel",
     audio: DecodedAudio,
@@ -201,36 +250,16 @@ def transcribe(
     worker: int,
 ) -> Transcript:
     """Run one transcription and time exactly that (decoding and queueing are outside)."""
-    from faster_whisper import BatchedInferencePipeline
-
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    common = dict(
-        beam_size=options.beam_size,
-        language=options.language,
-        vad_filter=options.vad_filter,
-        word_timestamps=True,
-    )
+    decoded_again: list = []
     if options.batch_size > 1 and options.vad_filter:
-        # Batching needs VAD chunks; without VAD fall back to sequential decoding.
-        pipeline = BatchedInferencePipeline(model)
-        raw_segments, info = pipeline.transcribe(audio.samples, batch_size=options.batch_size, **common)
-    else:
-        raw_segments, info = model.transcribe(audio.samples, **common)
-    segments = [
-        Segment(
-            id=i,
-            start=round(s.start, 3),
-            end=round(s.end, 3),
-            text=s.text.strip(),
-            words=[
-                Word(round(w.start, 3), round(w.end, 3), w.word, round(w.probability, 4))
-                for w in (s.words or [])
-            ],
-        )
-        for i, s in enumerate(raw_segments)  # the generator does the work here
-        if s.text.strip()
-    ]
+        raw_segments, info, decoded_again = decode_batched(model, audio.samples, options)
+    else:  # batching needs VAD chunks; without VAD, sequential decoding
+        found, info = model.transcribe(audio.samples, beam_size=options.beam_size, language=options.language,
+                                       vad_filter=options.vad_filter, word_timestamps=True)
+        raw_segments = [plain_segment(s) for s in found]  # the generator does the work here
+    segments = [replace(segment, id=i) for i, segment in enumerate(s for s in raw_segments if s.text)]
     wall = time.perf_counter() - clock
     finished = datetime.now(timezone.utc)
     return Transcript(
@@ -249,6 +278,7 @@ def transcribe(
         sha256=audio.sha256,
         host=socket.gethostname(),
         engine=engine_id(),
+        decoded_again=decoded_again,
     )
 
 

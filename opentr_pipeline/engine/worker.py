@@ -96,8 +96,8 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
             transcript = transcribe_on(mine, resident.device, slot, audio, options)
         finally:
             resident.free_slots.put(slot)
-        log.info("%s: %.1f s audio, %sx realtime on %s slot %d", key, transcript.duration_s,
-                 transcript.x_realtime, resident.device.label, slot)
+        log.info("%s: %.1f s audio, %sx realtime on %s slot %d; %d chunk(s) decoded again", key,
+                 transcript.duration_s, transcript.x_realtime, resident.device.label, slot, len(transcript.decoded_again))
         return {"transcript": transcript.to_dict()}
     except Exception as error:  # one file's failure stays that file's; the message goes back to the run
         log.warning("%s: %s", key, error)

@@ -24,6 +24,7 @@ def settings_version(gpu: GpuExecutor) -> str:
         "model": decoding.whisper_model, "compute_type": decoding.whisper_compute_type,
         "beam_size": decoding.beam_size, "vad_filter": decoding.vad_filter,
         "language": decoding.language or "", "batched": decoding.batch_size > 1, "format": 1,
+        "chunk_guard": 1,  # batched chunks that lost words are decoded again (engine/chunks.py)
     }
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -39,6 +40,7 @@ def _metadata(doc: dict) -> dict:
         "host": doc.get("host", ""),
         "engine": doc.get("engine", ""),
         "wall_s": doc["wall_s"],
+        "chunks_decoded_again": len(doc.get("decoded_again", [])),
         "reused_from": doc.get("reused_from") or "",
         "preview": dg.MetadataValue.text(doc["text"][:300]),
         "path": dg.MetadataValue.path(doc["uri"]),
@@ -102,6 +104,14 @@ def plan_transcripts(keys: list[str], probes: dict[str, dict | None], existing: 
     return plan
 
 
+def decoded_again_note(result: Transcript) -> str:
+    """What the chunk guard did, for the run log: nothing when it did nothing."""
+    if not result.decoded_again:
+        return ""
+    return (f"; {len(result.decoded_again)} batched chunk(s) decoded again, their words short of their speech "
+            f"({', '.join(f'{start:.0f}-{end:.0f} s' for start, end in result.decoded_again)})")
+
+
 class TranscriptRecorder:
     """Writes each file's outcome the moment it is known, from whichever worker thread."""
 
@@ -127,7 +137,8 @@ class TranscriptRecorder:
             else:
                 self.write(key, probed, result)
                 message = (f"[{self.done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
-                           f"{result.x_realtime}x realtime on {result.device} worker {result.worker}")
+                           f"{result.x_realtime}x realtime on {result.device} worker {result.worker}"
+                           f"{decoded_again_note(result)}")
             mark_finished(self.store, key)
         self.context.log.info(message)
         log.info(message)
