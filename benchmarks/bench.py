@@ -91,18 +91,19 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         for round_number in range(1, args.repeat + 1):
             label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
             # Every other round runs in the opposite order, so neither side always goes first.
-            plain = ("raw", "sequential")
+            plain = ("raw", "sequential", "sequential, no VAD")
             sides = {"in-process": (*plain, "pipeline"), "resident": (*plain, "resident"),
                      "both": (*plain, "pipeline", "resident")}[args.engine]
             steps = [(w, side) for w in worker_counts for side in sides]
             if plan.device == "cpu" and args.workers > 1:
                 steps.insert(0, (1, "one core"))
             for workers, side in steps if round_number % 2 else steps[::-1]:
-                if side in ("raw", "one core", "sequential"):
-                    print(f"{label}plain faster-whisper, {'sequential' if side == 'sequential' else 'batched'}, "
+                if side in ("raw", "one core") or side.startswith("sequential"):
+                    print(f"{label}plain faster-whisper, {side if side.startswith('sequential') else 'batched'}, "
                           f"{workers} worker(s){', 1 thread' if side == 'one core' else ''} ...", flush=True)
                     measurements.append(raw_faster_whisper(corpus, plan, workers, side == "one core",
-                                                           sequential=side == "sequential"))
+                                                           sequential=side.startswith("sequential"),
+                                                           vad=side != "sequential, no VAD"))
                     print(f"  {measurements[-1].x_realtime:.1f}x realtime, WER mean {measurements[-1].wer_mean:.3f}, "
                           f"worst {measurements[-1].wer_worst:.3f}", flush=True)
                     continue

@@ -10,15 +10,16 @@ import time
 from dataclasses import replace
 
 from corpus import SAMPLE_RATE, CorpusFile, wer_by_file
-from plan import RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, BenchError, BenchPlan, Measurement, _cpu_s
+from plan import RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, RAW_SEQUENTIAL_NO_VAD, BenchError, BenchPlan, Measurement, _cpu_s
 
 from opentr_pipeline.outputs.throughput import peak_overlap
 
 
 def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
-                       one_core: bool = False, sequential: bool = False) -> Measurement:
+                       one_core: bool = False, sequential: bool = False, vad: bool = True) -> Measurement:
     """N threads over one shared model, the way a plain script would do it: batched
-    (`BatchedInferencePipeline`, the pipeline's batch size) or `sequential` (`model.transcribe`).
+    (`BatchedInferencePipeline`, the pipeline's batch size) or `sequential` (`model.transcribe`,
+    with the pipeline's VAD setting, or with none when `vad` is false).
 
     `one_core` pins CTranslate2 to one thread: the per-core reference on a CPU.
     """
@@ -58,7 +59,7 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
                 audio = decode_audio(str(item.path), sampling_rate=SAMPLE_RATE)
                 started = time.perf_counter()
                 common = dict(beam_size=plan.beam_size, language=plan.language,
-                              vad_filter=plan.vad_filter, word_timestamps=True)
+                              vad_filter=plan.vad_filter and vad, word_timestamps=True)
                 if plan.batch_size > 1 and plan.vad_filter and not sequential:
                     segments, _ = BatchedInferencePipeline(model).transcribe(
                         audio, batch_size=plan.batch_size, **common)
@@ -85,7 +86,8 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
         raise BenchError(f"raw faster-whisper failed: {errors[0]!r}")
     span = max(end for _, end in intervals) - min(start for start, _ in intervals)
     return Measurement(
-        configuration=RAW_ONE_CORE if one_core else RAW_SEQUENTIAL if sequential else RAW, workers=workers,
+        configuration=(RAW_ONE_CORE if one_core else RAW if not sequential
+                       else RAW_SEQUENTIAL if vad else RAW_SEQUENTIAL_NO_VAD), workers=workers,
         files=len(corpus), wer=wer_by_file(corpus, texts),
         audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(span, 3),
         includes="first transcription start to last end; model load and first decode outside",

@@ -17,6 +17,7 @@ QUALITY_SLACK = 0.01
 QUALITY_TARGET = 1.0  # pipeline x realtime / the fastest plain script of the same quality, same workers
 RAW = "plain faster-whisper, batched (transcription span)"
 RAW_SEQUENTIAL = "plain faster-whisper, sequential (transcription span)"
+RAW_SEQUENTIAL_NO_VAD = "plain faster-whisper, sequential, no VAD (transcription span)"
 PIPELINE_SPAN = "pipeline (transcription span)"
 PIPELINE_WHOLE = "pipeline (whole command)"
 RESIDENT_SPAN = "pipeline, resident worker (transcription span)"

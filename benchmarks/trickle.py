@@ -53,15 +53,17 @@ def seconds(stamp: str) -> float:
     return datetime.fromisoformat(stamp).timestamp()
 
 
-def run_start_costs(home: Path, docs: dict[str, dict]) -> tuple[list[float], list[float]]:
-    """Per transcribe run: its process start -> first transcription, and its creation -> that."""
+def run_start_costs(home: Path, docs: dict[str, dict], dropped: dict[str, float]) -> tuple[list[float], ...]:
+    """Per transcribe run: its process start -> first transcription, its creation -> that, the
+    drop of its first file -> its creation (the sensor's share), and its creation -> its start
+    (the queue's)."""
     import dagster as dg
 
     from opentr_pipeline.defs.names import RANGE_START, TRANSCRIBE_JOB
 
     os.environ["DAGSTER_HOME"] = str(home)
     instance = dg.DagsterInstance.get()
-    from_launch, from_request = [], []
+    from_launch, from_request, to_request, queued = [], [], [], []
     for record in instance.get_run_records(dg.RunsFilter(job_name=TRANSCRIBE_JOB)):
         tags = record.dagster_run.tags
         key = tags.get("dagster/partition") or tags.get(RANGE_START)
@@ -73,8 +75,11 @@ def run_start_costs(home: Path, docs: dict[str, dict]) -> tuple[list[float], lis
             continue  # transcribed by an earlier run
         from_launch.append(first - record.start_time)
         from_request.append(first - record.create_timestamp.timestamp())
+        queued.append(record.start_time - record.create_timestamp.timestamp())
+        if key in dropped:
+            to_request.append(record.create_timestamp.timestamp() - dropped[key])
     instance.dispose()
-    return from_launch, from_request
+    return from_launch, from_request, to_request, queued
 
 
 def trickle(engine: str, root: Path, interval: float, duration: float) -> dict:
@@ -116,13 +121,15 @@ def trickle(engine: str, root: Path, interval: float, duration: float) -> dict:
     for path in (store / "transcripts").glob("*.json"):
         doc = json.loads(path.read_text())
         docs[doc["partition_key"]] = doc
-    from_launch, from_request = run_start_costs(home, docs)
+    from_launch, from_request, to_request, queued = run_start_costs(home, docs, dropped)
     latency = [seen[n] - dropped[n] for n in seen]
     return {
         "engine": engine, "files": count, "transcribed": len(seen), "dev_start_s": round(started_s, 1),
         "drop_to_transcript_s": summary(latency),
         "run_launch_to_first_transcription_s": summary(from_launch),
         "run_request_to_first_transcription_s": summary(from_request),
+        "drop_to_run_request_s": summary(to_request),
+        "run_request_to_run_start_s": summary(queued),
         "runs": len(from_launch),
         "model_loads": len({doc.get("engine") for doc in docs.values()}),
         "audio_s": round(sum(d["duration_s"] for d in docs.values()), 1),
@@ -160,6 +167,8 @@ def main() -> int:
                        ("drop -> transcript, p90 s", ("drop_to_transcript_s", "p90")),
                        ("run launch -> first transcription, median s", ("run_launch_to_first_transcription_s", "median")),
                        ("run request -> first transcription, median s", ("run_request_to_first_transcription_s", "median")),
+                       ("drop -> run request (sensor), median s", ("drop_to_run_request_s", "median")),
+                       ("run request -> run start (queue), median s", ("run_request_to_run_start_s", "median")),
                        ("model loads", ("model_loads",)), ("runs", ("runs",)),
                        ("files transcribed", ("transcribed",)), ("opentr dev start s", ("dev_start_s",))):
         values = []

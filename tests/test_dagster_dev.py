@@ -445,3 +445,51 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
     print(f"report current {time.monotonic() - started:.1f} s after the drop")
     reported = set(pd.read_parquet(store / "reports" / "throughput.parquet")["partition_key"])
     assert every_key <= reported
+
+
+def test_dev_never_takes_a_file_still_being_written(server: DevServer, uploads: Path, store: Path, fixtures_dir: Path):
+    """A slow writer appends a recording over about 30 s, stalling 6 s mid-way with its size
+    unchanged; the sensor must not take it until it is closed, then take it at once: the
+    transcript is of the whole recording, its final bytes."""
+    import hashlib
+    import threading
+    import wave
+
+    import numpy as np
+
+    import corpus
+
+    start_sensor(server, UPLOAD_SENSOR)
+    audio, reference = corpus.conversation(corpus.speech_clips(fixtures_dir), index=0, seconds=25)
+    frames = (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+    target = uploads / "slow-writer.wav"
+    key = key_for_path("slow-writer.wav")
+    closed_at: list[float] = []
+
+    def write_slowly() -> None:
+        with open(target, "wb") as handle:
+            with wave.open(handle, "wb") as out:  # the header says the final length from the start
+                out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+                out.setnframes(len(audio))
+                piece = len(frames) // 24
+                for index in range(24):
+                    out.writeframesraw(frames[index * piece:(index + 1) * piece])
+                    handle.flush()
+                    time.sleep(6 if index == 12 else 1)  # a stall: the same size for 6 s, still open
+                out.writeframesraw(frames[24 * piece:])
+        closed_at.append(time.monotonic())
+
+    writer = threading.Thread(target=write_slowly)
+    writer.start()
+    while writer.is_alive():
+        assert key not in partition_keys(server), "taken while it was still being written"
+        assert read_transcript(store, key) is None
+        time.sleep(2)
+    writer.join()
+    doc = wait_or_fail(server, lambda: read_transcript(store, key), timeout=120, what="the slow writer's transcript")
+    latency = time.monotonic() - closed_at[0]
+    print(f"slow writer: transcript {latency:.1f} s after the file was closed")
+    assert doc["sha256"] == hashlib.sha256(target.read_bytes()).hexdigest(), "made from the final bytes"
+    assert doc["duration_s"] == pytest.approx(len(audio) / 16000, abs=0.05)
+    assert word_error_rate(reference, doc["text"]) < 0.15, doc["text"]
+    assert latency < 45, "taken at once when whole (12 s is the aim on an idle machine)"

@@ -23,7 +23,7 @@ RATE_SPEECH_S = 5.0
 # Below this share of the file's rate, words are missing (speakers differ by less than 2x).
 MIN_RATE_SHARE = 0.5
 # The last word ending this long before the chunk's speech ends: the decode stopped early.
-EARLY_END_S = 2.5
+EARLY_END_S = 1.5
 
 
 @dataclass

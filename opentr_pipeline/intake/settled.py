@@ -79,11 +79,25 @@ def open_for_writing(folder: str, proc: Path = Path("/proc")) -> Writers:
     return Writers(frozenset(found), complete)
 
 
-def is_whole(path: str, mtime: float, now: float, writers: Writers | None) -> bool:
-    """Whether the file at `path` (seen with `mtime`) is whole; `writers` None: an object store."""
+def is_whole(path: str, size: int, mtime: float, now: float, writers: Writers | None) -> bool:
+    """Whether the file at `path`, listed with `size` and `mtime`, is whole; `writers` None: an
+    object store. A file that moved since it was listed is not: the listing is not its last state."""
     if writers is None:
         return True
-    if os.path.realpath(path) in writers.paths:
+    if os.path.realpath(path) in writers.paths or now - mtime < writers.settle_s():
         return False
-    return now - mtime >= writers.settle_s()
+    try:
+        now_stat = os.stat(path)
+    except OSError:
+        return False
+    return now_stat.st_size == size and abs(now_stat.st_mtime - mtime) < 1e-6
+
+
+def time_to_settle(listed: list[tuple[int, float]], now: float, writers: Writers | None) -> float:
+    """How long until the youngest of these (size, mtime) files is old enough, at most SETTLE_S:
+    a tick may wait that long rather than leave a just-finished copy to the next tick."""
+    if writers is None or not writers.complete:
+        return 0.0
+    waits = [SETTLE_S - (now - mtime) for _, mtime in listed if 0 <= now - mtime < SETTLE_S]
+    return max(waits, default=0.0)
 

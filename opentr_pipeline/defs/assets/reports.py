@@ -4,14 +4,9 @@ import dagster as dg
 
 from opentr_pipeline.defs.assets.transcripts import transcript
 from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
-from opentr_pipeline.outputs.throughput import (
-    aggregate_x_realtime,
-    markdown_summary,
-    png_markdown,
-    summarize_devices,
-    timeline_png,
-    transcripts_frame,
-)
+
+# outputs.throughput (pandas) is imported in the bodies below: every run process loads this
+# module, and a transcription run would pay 0.7 s of its launch for pandas it never uses.
 
 # Fires after transcripts change, and keeps firing when some partition is missing or failed
 # (plain eager() waits forever for a missing upstream partition).
@@ -27,6 +22,10 @@ REPORT_AUTOMATION = dg.AutomationCondition.eager().without(~dg.AutomationConditi
 )
 def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu: GpuExecutor) -> dg.MaterializeResult:
     """Every transcript as a row; how many times realtime each device and worker delivered."""
+    from opentr_pipeline.outputs.throughput import (
+        aggregate_x_realtime, markdown_summary, png_markdown, summarize_devices, timeline_png, transcripts_frame,
+    )
+
     store = media.outputs()
     frame = transcripts_frame(store.list_json("transcripts"))
     buffer = io.BytesIO()
@@ -52,6 +51,8 @@ def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu:
 @dg.asset_check(asset=throughput_report, blocking=True)
 def peak_within_worker_limit(context: dg.AssetCheckExecutionContext, media: MediaStore, gpu: GpuExecutor) -> dg.AssetCheckResult:
     """No device ever ran more transcriptions at once than its worker limit."""
+    from opentr_pipeline.outputs.throughput import summarize_devices, transcripts_frame
+
     frame = transcripts_frame(media.outputs().list_json("transcripts"))
     limits = gpu.device_limits()
     over = {s.device: s.peak_concurrency for s in summarize_devices(frame)
