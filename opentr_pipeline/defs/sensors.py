@@ -55,20 +55,19 @@ class SeenUploads:
     """What the sensor knew of the listed files before this tick (kept in sensor_state)."""
 
     requested: dict[str, list] = field(default_factory=dict)  # key -> [size, mtime] last requested
-    waiting: dict[str, list] = field(default_factory=dict)  # key -> [size, mtime] seen, not yet ready
     ignored: set[str] = field(default_factory=set)  # non-media names already logged
 
     def by_key(self) -> dict[str, list]:
-        """key -> [requested version or None, waiting version or None], as stored."""
-        return {key: [self.requested.get(key), self.waiting.get(key)]
-                for key in self.requested.keys() | self.waiting.keys()}
+        """key -> [requested version, None] as stored (the second place once held a version seen
+        but not yet ready, for a rule of two looks that whether a file is whole replaced)."""
+        return {key: [version, None] for key, version in self.requested.items()}
 
 
 @dataclass
 class TickPlan:
     ready: list[Upload]
     seen: SeenUploads
-    waiting: int  # media files seen for the first time, still changing, empty, or over the tick's cap
+    waiting: int  # media files not whole yet, empty, or over the tick's cap
     newly_ignored: list[str]
 
 
@@ -80,7 +79,7 @@ def plan_tick(listing: UploadListing, previous: SeenUploads, whole: Callable[[Up
     outside its arguments."""
     ready: list[Upload] = []
     requested: dict[str, list] = {}
-    waiting: dict[str, list] = {}
+    waiting = 0
     for upload in listing.uploads:
         state = [upload.size, upload.mtime]
         if previous.requested.get(upload.key) == state:
@@ -89,12 +88,12 @@ def plan_tick(listing: UploadListing, previous: SeenUploads, whole: Callable[[Up
             ready.append(upload)
             requested[upload.key] = state
         else:
-            waiting[upload.key] = state  # over the cap it stays ready for the next tick
+            waiting += 1  # over the cap it stays ready for the next tick
             if upload.key in previous.requested:
                 requested[upload.key] = previous.requested[upload.key]
     newly_ignored = [name for name in listing.not_media if name not in previous.ignored]
-    seen = SeenUploads(requested, waiting, set(listing.not_media))
-    return TickPlan(ready, seen, len(waiting), newly_ignored)
+    seen = SeenUploads(requested, set(listing.not_media))
+    return TickPlan(ready, seen, waiting, newly_ignored)
 
 
 def run_key_for(chunk: list[Upload]) -> str:
@@ -140,12 +139,12 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
 
     state = UploadState(context.instance, cursor)
     stored = state.load("file", [u.key for u in listing.uploads])
-    previous = SeenUploads({k: r for k, (r, _) in stored.items() if r}, {k: w for k, (_, w) in stored.items() if w},
-                           set(state.load("ignored", listing.not_media)))
-    writers = None if "://" in settings.upload_uri else open_for_writing(settings.upload_uri)
+    previous = SeenUploads({k: r for k, (r, _) in stored.items() if r}, set(state.load("ignored", listing.not_media)))
+    unseen = [u.mtime for u in listing.uploads if previous.requested.get(u.key) != [u.size, u.mtime]]
+    # Only files not yet requested in this version need the look at this host's writers.
+    writers = None if "://" in settings.upload_uri or not unseen else open_for_writing(settings.upload_uri)
     now = time.time()
-    young = [(u.size, u.mtime) for u in listing.uploads if previous.requested.get(u.key) != [u.size, u.mtime]]
-    if wait := time_to_settle(young, now, writers):  # a copy that just ended: within this tick, not 5 s on
+    if wait := time_to_settle(unseen, now, writers):  # a copy that just ended: within this tick, not 5 s on
         time.sleep(wait)
         writers, now = open_for_writing(settings.upload_uri), time.time()
     plan = plan_tick(listing, previous, lambda u: is_whole(u.uri, u.size, u.mtime, now, writers), MAX_FILES_PER_TICK)

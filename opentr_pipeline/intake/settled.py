@@ -74,7 +74,7 @@ def open_for_writing(folder: str, proc: Path = Path("/proc")) -> Writers:
                              if line.startswith("flags:"))
             except (OSError, StopIteration, ValueError):
                 continue
-            if flags & os.O_ACCMODE in _WRITE_MODES:
+            if (flags & os.O_ACCMODE) in _WRITE_MODES:
                 found.add(target)
     return Writers(frozenset(found), complete)
 
@@ -93,11 +93,11 @@ def is_whole(path: str, size: int, mtime: float, now: float, writers: Writers | 
     return now_stat.st_size == size and abs(now_stat.st_mtime - mtime) < 1e-6
 
 
-def time_to_settle(listed: list[tuple[int, float]], now: float, writers: Writers | None) -> float:
-    """How long until the youngest of these (size, mtime) files is old enough, at most SETTLE_S:
+def time_to_settle(mtimes: list[float], now: float, writers: Writers | None) -> float:
+    """How long until the youngest of the files with these mtimes is old enough, at most SETTLE_S:
     a tick may wait that long rather than leave a just-finished copy to the next tick."""
     if writers is None or not writers.complete:
         return 0.0
-    waits = [SETTLE_S - (now - mtime) for _, mtime in listed if 0 <= now - mtime < SETTLE_S]
+    waits = [SETTLE_S - (now - mtime) for mtime in mtimes if 0 <= now - mtime < SETTLE_S]
     return max(waits, default=0.0)
 
