@@ -1,4 +1,4 @@
-"""The code location: assets, checks, jobs, automation and resources, built from the settings."""
+"""The code location: assets, checks, jobs, sensors and resources, built from the settings."""
 
 from __future__ import annotations
 
@@ -13,13 +13,6 @@ from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
 from opentr_pipeline.defs.sensors import build_rerun_sensor, build_upload_sensor, report_freshness_sensor
 from opentr_pipeline.engine.devices import describe_plan
 from opentr_pipeline.settings import Settings
-
-automation_sensor = dg.AutomationConditionSensorDefinition(
-    "report_automation",
-    target=dg.AssetSelection.assets(throughput_report),
-    default_status=dg.DefaultSensorStatus.RUNNING,  # the built-in one starts stopped
-)
-
 
 def build_defs(settings: Settings) -> dg.Definitions:
     gpu = GpuExecutor.from_settings(settings)
@@ -38,7 +31,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         assets=[media_file, versioned_transcript, subtitles, throughput_report],
         asset_checks=[peak_within_worker_limit],
         jobs=[transcribe_job, report_job],
-        sensors=[automation_sensor, build_upload_sensor(settings), build_rerun_sensor(settings),
+        sensors=[build_upload_sensor(settings), build_rerun_sensor(settings),
                  report_freshness_sensor],
         resources={
             "gpu": gpu,

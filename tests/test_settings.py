@@ -239,3 +239,47 @@ def test_the_visibility_timeout_must_outlast_the_longest_file() -> None:
         Settings.from_env({**broker, "OPENTR_VISIBILITY_TIMEOUT_S": "3600"})
     assert Settings.from_env({**broker, "OPENTR_VISIBILITY_TIMEOUT_S": "3600", "OPENTR_MAX_DURATION_S": "3000"})
     assert Settings.from_env({"OPENTR_VISIBILITY_TIMEOUT_S": "3600"})  # no broker: nothing is redelivered
+
+
+def _run_with(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path, **variables: str):
+    """`opentr run` (its main(), in this process) on fresh folders with these variables."""
+    from opentr_pipeline.cli.main import main
+
+    (tmp_path / "uploads").mkdir(exist_ok=True)
+    base = {"UPLOAD_URI": str(tmp_path / "uploads"), "STORAGE_URI": str(tmp_path / "store"),
+            "DAGSTER_HOME": str(tmp_path / "home")}
+    for name in [n for n in __import__("os").environ if n.startswith(("GPU_", "WHISPER_", "OPENTR_"))]:
+        monkeypatch.delenv(name)
+    for name, value in {**base, **variables}.items():
+        monkeypatch.setenv(name, value)
+    code = main(["run"])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("variables, message", [
+    ({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "1001"}, "GPU_SCALE_WORKERS='1001': must be 64 or less"),
+    ({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "64"}, "GPU_SCALE_WORKERS=64: 64 workers on the CPU, which has"),
+    ({"WHISPER_COMPUTE_TYPE": "float16"}, "WHISPER_COMPUTE_TYPE='float16': float16 is not supported on cpu"),
+    ({"WHISPER_LANGUAGE": "xx"}, "WHISPER_LANGUAGE='xx': not a language Whisper knows"),
+    ({"UPLOAD_URI": "{tmp}/missing"}, "/missing': no such folder"),
+    ({"UPLOAD_URI": "{tmp}/a-file"}, "/a-file': a file, not a folder"),
+    ({"DAGSTER_HOME": "{tmp}/a-file"}, "DAGSTER_HOME='{tmp}/a-file': a file, not a folder"),
+    ({"STORAGE_URI": "{tmp}/uploads/out"}, "STORAGE_URI='{tmp}/uploads/out': inside UPLOAD_URI"),
+    ({"OPENTR_BROKER_URL": "redis://:hunter2@127.0.0.1:{port}/0"}, "OPENTR_BROKER_URL='redis://:***@127.0.0.1:{port}/0': the broker does not answer"),
+    ({"WHISPER_MODEL": "large-v3", "HF_HUB_OFFLINE": "1"}, "WHISPER_MODEL='large-v3' cannot be loaded"),
+], ids=["workers-over-limit", "workers-over-cores", "float16-on-cpu", "language", "uploads-missing",
+        "uploads-a-file", "home-a-file", "storage-in-uploads", "broker-unreachable", "model-not-here"])
+def test_bad_settings_stop_the_command_at_start_naming_the_variable(monkeypatch, capsys, tmp_path, variables, message):
+    """Issue 16, item 10: each of these slipped through (a raw traceback, exit 0 with nothing
+    done, or every file failed and retried); now: exit 2, the variable and what would work, no
+    file touched, no password shown."""
+    from dev_server import free_port
+
+    port = str(free_port())
+    (tmp_path / "a-file").write_text("not a folder")
+    fill = lambda text: text.replace("{tmp}", str(tmp_path)).replace("{port}", port)  # noqa: E731
+    code, printed = _run_with(monkeypatch, capsys, tmp_path, **{k: fill(v) for k, v in variables.items()})
+    assert code == 2, printed
+    assert fill(message) in printed.err, printed.err
+    assert "Traceback" not in printed.err and "hunter2" not in printed.err + printed.out
+    assert not (tmp_path / "store" / "failures").exists()  # the files were never charged

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,21 @@ from pathlib import Path
 from opentr_pipeline.cli.instance import monitoring_advice, prepare_instance, run_queue_advice, set_gpu_pool_limit
 from opentr_pipeline.cli.runner import run_pipeline, show_progress
 from opentr_pipeline.engine.devices import DeviceMemoryError
+from opentr_pipeline.engine.transcription import ModelUnavailable
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
 
 log = logging.getLogger("opentr")
+TERMINATED: list[int] = []  # set by SIGTERM; read by the loop that waits for dagster dev
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (how process managers and containers stop a service) takes the Ctrl-C path: every
+    process this command started is stopped, and `opentr run` ends its runs."""
+    def interrupt(signum, _frame):
+        TERMINATED.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def print_report(settings: Settings) -> int:
@@ -42,10 +55,10 @@ def start_dev(settings: Settings, extra_args: list[str]) -> int:
     print("starting a private Redis and a resident worker per device (OPENTR_BROKER_URL=embedded) ...", flush=True)
     with local_engine(settings, Path(settings.dagster_home) / "engine") as broker:
         os.environ["OPENTR_BROKER_URL"] = broker  # what the daemon, code server and runs inherit
-        return serve_ui(Settings.from_env(), extra_args, replace_process=False)
+        return serve_ui(Settings.from_env(), extra_args)
 
 
-def serve_ui(settings: Settings, extra_args: list[str], replace_process: bool = True) -> int:
+def serve_ui(settings: Settings, extra_args: list[str]) -> int:
     from opentr_pipeline.engine.devices import describe_plan, plan_devices
     from opentr_pipeline.engine.slots import total_slots
 
@@ -53,12 +66,16 @@ def serve_ui(settings: Settings, extra_args: list[str], replace_process: bool = 
     slots = total_slots(settings)
     set_gpu_pool_limit(instance, slots)
     if settings.engine.resident:
-        from opentr_pipeline.engine.broker import live_engines
+        from opentr_pipeline.engine.broker import check_broker, live_engines
 
+        check_broker(settings.engine)
         engines = live_engines(settings.engine)
         where = "; ".join(f"{e['device']} x{e['slots']} on {e['host']}" for e in engines) or "none live yet"
         print(f"resident workers: {where} (pool 'gpu' limit {slots})")
     else:
+        from opentr_pipeline.engine.transcription import check_model_loads
+
+        check_model_loads(settings.decoding, {device.kind for device in plan_devices(settings.devices)})
         print(f"device plan: {describe_plan(plan_devices(settings.devices))} (pool 'gpu' limit {slots})")
     for advice in (run_queue_advice(instance, slots), monitoring_advice(instance)):
         if advice:
@@ -66,13 +83,15 @@ def serve_ui(settings: Settings, extra_args: list[str], replace_process: bool = 
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *extra_args]
     print(f"DAGSTER_HOME={settings.dagster_home}\n$ {' '.join(command)}", flush=True)
-    if replace_process:
-        os.execv(command[0], command)
+    # A child, not exec: dagster dev on SIGTERM leaves its webserver, daemon and code server running.
     process = subprocess.Popen(command)
     while True:  # Ctrl-C reaches dagster dev too (same process group): wait for it to stop
         try:
             return process.wait()
         except KeyboardInterrupt:
+            if TERMINATED:  # SIGTERM came to this process alone: stop dagster dev as Ctrl-C does
+                TERMINATED.clear()
+                process.send_signal(signal.SIGINT)
             continue
 
 
@@ -111,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     from dotenv import load_dotenv  # dagster dev reads .env too; the process environment wins
 
     load_dotenv(Path.cwd() / ".env", override=False)
+    stop_on_sigterm()
     try:
         settings = Settings.from_env()
         if args.command == "run":
@@ -129,6 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     except DeviceMemoryError as error:
         print(f"opentr: {error}", file=sys.stderr)
         return 3
+    except ModelUnavailable as error:
+        print(f"opentr: configuration error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"opentr {args.command}: stopped; files not finished are taken again by the next run",
+              file=sys.stderr, flush=True)
+        return 143 if TERMINATED else 130
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from opentr_pipeline.cli.instance import prepare_instance, set_gpu_pool_limit
-from opentr_pipeline.settings import Settings
+from opentr_pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger("opentr")
 # Dagster's console logger repeats every failure with a stack trace; the run records them all
@@ -99,13 +99,35 @@ def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None
     print(f"{len(specs)} runs, {at_once} at a time", flush=True)
     # Spawned, not forked: this process has already asked CUDA for its devices, and CUDA does
     # not work in a child forked after that. Each child pays its imports once (seconds).
-    with ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
+    try:
         for (_, number, total, spec), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
             try:
                 done.result()
             except BrokenProcessPool:  # killed (out of memory, say): its runs are rerun below
                 print(f"run {number}/{total}: {len(spec.keys)} file(s) not finished: "
                       f"a process running the runs died", flush=True)
+    except BaseException:  # Ctrl-C or SIGTERM: the children stop now, not after their runs
+        for child in list(pool._processes.values()):
+            child.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def die_with_parent(parent: int) -> None:
+    """In each child: the kernel kills it when `opentr run` dies, however it dies (kill -9 too),
+    so no child lives on holding a model and taking queued runs. Linux; elsewhere a no-op."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def failure_reasons(store, keys: list[str]) -> dict[str, str]:
@@ -156,6 +178,26 @@ def fail_dead_runs(instance) -> None:
             fail_dead_run(instance, run, reason)
 
 
+def changed_since_probed(store, uploads: list) -> list:
+    """Known uploads whose file is not the version last probed: a replaced file is a new version.
+
+    The probe record names the version it read; one from before it did is compared through the
+    source record (size and mtime)."""
+    from opentr_pipeline.intake.keys import key_path
+    from opentr_pipeline.intake.uploads import same_version, source_path
+
+    def changed(upload) -> bool:
+        probed = store.read_json_or_none(key_path("media", upload.key))
+        if probed is None:
+            return False  # never probed: pending anyway
+        if probed.get("source_version"):
+            return not same_version(probed["source_version"], upload)
+        return not same_version(store.read_json_or_none(source_path(upload.key)), upload)
+
+    with ThreadPoolExecutor(16) as pool:  # small reads: on S3 each is a round trip
+        return [upload for upload, moved in zip(uploads, pool.map(changed, uploads)) if moved]
+
+
 def run_pipeline(settings: Settings) -> int:
     import uuid
 
@@ -164,11 +206,21 @@ def run_pipeline(settings: Settings) -> int:
     from opentr_pipeline.defs.names import INVOCATION, PARTITIONS, REPORT_JOB
     from opentr_pipeline.defs.partitions import contiguous_chunks
     from opentr_pipeline.engine.devices import describe_plan
+    from opentr_pipeline.engine.transcription import check_model_loads
     from opentr_pipeline.intake.uploads import register_sources, scan_uploads
     from opentr_pipeline.storage import Storage
 
     defs, instance = pipeline_for(settings)
     gpu = defs.resources["gpu"]
+    if settings.engine.resident:
+        from opentr_pipeline.engine.broker import check_broker
+
+        check_broker(settings.engine)
+    else:  # a model that cannot load fails the command, not the files
+        check_model_loads(settings.decoding, {device.kind for device in gpu.plan()})
+    if "://" not in settings.upload_uri and not os.path.isdir(settings.upload_uri):
+        raise SettingsError(f"UPLOAD_URI={settings.upload_uri!r}: no such folder; create it (mkdir -p) "
+                            "or point UPLOAD_URI at the folder your recordings are in")
     set_gpu_pool_limit(instance, gpu.total_workers())
     print(f"device plan: {describe_plan(gpu.plan())}")
     print(f"model: {settings.decoding.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
@@ -183,13 +235,15 @@ def run_pipeline(settings: Settings) -> int:
         print(f"skipped {name!r}: {reason}")
     known = set(instance.get_dynamic_partitions(PARTITIONS))
     new = [u for u in uploads if u.key not in known]
-    register_sources(store, new)
+    changed = changed_since_probed(store, [u for u in uploads if u.key in known])
+    register_sources(store, new + changed)
     if new:
         instance.add_dynamic_partitions(PARTITIONS, [u.key for u in new])
     all_keys = list(instance.get_dynamic_partitions(PARTITIONS))
-    done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
+    done = instance.get_materialized_partitions(dg.AssetKey("subtitles")) - {u.key for u in changed}
     pending = [k for k in all_keys if k not in done]
-    print(f"{len(uploads)} media file(s) in uploads, {len(new)} new; {len(pending)} to process")
+    print(f"{len(uploads)} media file(s) in uploads, {len(new)} new, {len(changed)} changed since they were "
+          f"done; {len(pending)} to process")
 
     started = time.perf_counter()
     invocation = uuid.uuid4().hex[:12]

@@ -3,6 +3,7 @@ goes through (GpuExecutor), a thin adapter over the engine wing."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -13,7 +14,7 @@ from opentr_pipeline.engine.devices import DevicePlan, plan_devices
 from opentr_pipeline.engine.in_process import FileToTranscribe, InProcessEngine, OnDone, OnStart, read_local
 from opentr_pipeline.engine.slots import device_slots, total_slots
 from opentr_pipeline.engine.transcription import Transcript
-from opentr_pipeline.settings import Settings
+from opentr_pipeline.settings import MASK, Settings, mask_url
 from opentr_pipeline.storage import Storage
 
 
@@ -22,11 +23,13 @@ class MediaStore(dg.ConfigurableResource):
     storage_uri: str
     max_duration_s: int = 4 * 3600
     max_file_bytes: int = 20 * 2**30
+    settle_wait_s: int = 600
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MediaStore":
         return cls(upload_uri=settings.upload_uri, storage_uri=settings.storage_uri,
-                   max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes)
+                   max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes,
+                   settle_wait_s=settings.settle_wait_s)
 
     def outputs(self) -> Storage:
         return Storage(self.storage_uri)
@@ -45,8 +48,11 @@ class GpuExecutor(dg.ConfigurableResource):
 
     @classmethod
     def from_settings(cls, settings: Settings, lock_dir: str | None = None) -> "GpuExecutor":
-        return cls(settings=settings.to_env(),
-                   lock_dir=lock_dir or str(Path(settings.dagster_home) / "gpu-leases"))
+        shown = settings.to_env()
+        # The UI shows this config: a broker password stays out of it; runs read the real URL
+        # from their environment, which they inherit from the daemon or `opentr run`.
+        shown["OPENTR_BROKER_URL"] = mask_url(shown.get("OPENTR_BROKER_URL", ""))
+        return cls(settings=shown, lock_dir=lock_dir or str(Path(settings.dagster_home) / "gpu-leases"))
 
     @classmethod
     def from_env(cls, environ: dict[str, str], lock_dir: str) -> "GpuExecutor":
@@ -55,7 +61,10 @@ class GpuExecutor(dg.ConfigurableResource):
 
     @property
     def config(self) -> Settings:
-        return Settings.from_env(self.settings)
+        values = dict(self.settings)
+        if MASK in values.get("OPENTR_BROKER_URL", ""):
+            values["OPENTR_BROKER_URL"] = os.environ.get("OPENTR_BROKER_URL", "")
+        return Settings.from_env(values)
 
     def plan(self) -> list[DevicePlan]:
         return plan_devices(self.config.devices)

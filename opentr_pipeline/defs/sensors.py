@@ -1,4 +1,4 @@
-"""Uploads become partitions and runs by themselves; a second sensor keeps the report from lagging.
+"""Uploads become partitions and runs by themselves; a second sensor keeps the report current.
 
 `upload_sensor` lists UPLOAD_URI every tick and compares it with what it remembers of each file,
 its size and modification time as last seen (kept in the instance's key-value table, one row per
@@ -10,11 +10,12 @@ file, see sensor_state.py; the cursor itself stays small). What it decides:
   sight). Temporary names (`.part`, `.tmp`, `.crdownload`, any path part starting with a dot)
   wait for their final name; other non-media names are ignored with one log line each;
 - a ready file whose key is new becomes a `media_files` partition; a ready file whose key exists
-  but whose size or mtime changed since it was requested is requested again (media_file probes
+  but whose version changed since it was requested (size, mtime, or the change token that a
+  rewrite moves even when size and mtime are put back: intake/uploads.py) is requested again (media_file probes
   it again, its new SHA-256 keeps the old transcript from being reused);
 - runs take up to OPENTR_FILES_PER_RUN files each, as a partition range: keys added in one tick
   are appended to the dynamic partition in order, so they form one unbroken stretch;
-- each run's `run_key` is a hash of its keys, sizes and mtimes, so no file version is requested
+- each run's `run_key` is a hash of its keys and versions, so no file version is requested
   twice even if a tick is evaluated again.
 
 A tick whose listing is the one it saw last time, with nothing waiting, ends after the listing.
@@ -33,16 +34,21 @@ from typing import Callable
 
 import dagster as dg
 
+from opentr_pipeline.defs.assets.reports import TRANSCRIPTS_SEEN, latest_materialization_id
 from opentr_pipeline.defs.jobs import transcribe_job
 from opentr_pipeline.defs.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.defs.partitions import contiguous_chunks, media_files, run_request
 from opentr_pipeline.defs.reruns import rerun_unfinished
 from opentr_pipeline.defs.sensor_state import SensorCursor, UploadState, listing_digest
 from opentr_pipeline.intake.settled import is_whole, open_for_writing, time_to_settle
-from opentr_pipeline.intake.uploads import Upload, UploadListing, register_sources, scan_uploads, source_path
+from opentr_pipeline.intake.uploads import (
+    Upload, UploadListing, register_sources, same_version, scan_uploads, source_path,
+)
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.storage import Storage
 
+REPORT_INTERVAL_S = 10
+REPORT_LAG_WHILE_BUSY_S = 300
 SENSOR_INTERVAL_S = 1  # the daemon comes round every 5 s at best; a minimum of 5 too would skip every other round
 NAMES_PER_LOG_LINE = 20
 # A tick must end well inside the daemon's 60 s limit: at 100,000 files dropped at once it would
@@ -54,7 +60,7 @@ MAX_FILES_PER_TICK = 2000
 class SeenUploads:
     """What the sensor knew of the listed files before this tick (kept in sensor_state)."""
 
-    requested: dict[str, list] = field(default_factory=dict)  # key -> [size, mtime] last requested
+    requested: dict[str, list] = field(default_factory=dict)  # key -> [size, mtime, change] last requested
     ignored: set[str] = field(default_factory=set)  # non-media names already logged
 
     def by_key(self) -> dict[str, list]:
@@ -81,8 +87,8 @@ def plan_tick(listing: UploadListing, previous: SeenUploads, whole: Callable[[Up
     requested: dict[str, list] = {}
     waiting = 0
     for upload in listing.uploads:
-        state = [upload.size, upload.mtime]
-        if previous.requested.get(upload.key) == state:
+        state = upload.version
+        if same_version(previous.requested.get(upload.key), upload):
             requested[upload.key] = state  # already requested in this very version
         elif upload.size > 0 and len(ready) < cap and whole(upload):
             ready.append(upload)
@@ -91,13 +97,14 @@ def plan_tick(listing: UploadListing, previous: SeenUploads, whole: Callable[[Up
             waiting += 1  # over the cap it stays ready for the next tick
             if upload.key in previous.requested:
                 requested[upload.key] = previous.requested[upload.key]
-    newly_ignored = [name for name in listing.not_media if name not in previous.ignored]
-    seen = SeenUploads(requested, set(listing.not_media))
+    named = listing.not_media + sorted(listing.skipped)  # each named once, not every tick
+    newly_ignored = [name for name in named if name not in previous.ignored]
+    seen = SeenUploads(requested, set(named))
     return TickPlan(ready, seen, waiting, newly_ignored)
 
 
 def run_key_for(chunk: list[Upload]) -> str:
-    identity = json.dumps([[u.key, u.size, u.mtime] for u in chunk])
+    identity = json.dumps([[u.key, *u.version] for u in chunk])
     return "uploads-" + hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
@@ -123,7 +130,7 @@ def done_elsewhere(instance: dg.DagsterInstance, store: Storage, uploads: list[U
         record = store.read_json_or_none(source_path(upload.key))
         if record is None:
             unrecorded.append(upload)
-        if record is None or [record.get("size"), record.get("mtime")] == [upload.size, upload.mtime]:
+        if record is None or same_version(record, upload):
             done.add(upload.key)
     register_sources(store, unrecorded)
     return done
@@ -133,14 +140,16 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
                        settings: Settings) -> dg.SensorResult:
     """Everything the sensor does after listing: plan, register sources, request runs."""
     cursor = SensorCursor.parse(context.cursor)
-    digest = listing_digest([[u.key, u.size, u.mtime] for u in listing.uploads] + [[n] for n in listing.not_media])
+    digest = listing_digest([[u.key, *u.version] for u in listing.uploads] +
+                            [[n] for n in listing.not_media + sorted(listing.skipped)])
     if digest == cursor.digest and not cursor.waiting:
         return dg.SensorResult(skip_reason="no new or changed media", cursor=context.cursor)
 
     state = UploadState(context.instance, cursor)
     stored = state.load("file", [u.key for u in listing.uploads])
-    previous = SeenUploads({k: r for k, (r, _) in stored.items() if r}, set(state.load("ignored", listing.not_media)))
-    unseen = [u.mtime for u in listing.uploads if previous.requested.get(u.key) != [u.size, u.mtime]]
+    previous = SeenUploads({k: r for k, (r, _) in stored.items() if r},
+                           set(state.load("ignored", listing.not_media + sorted(listing.skipped))))
+    unseen = [u.mtime for u in listing.uploads if not same_version(previous.requested.get(u.key), u)]
     # Only files not yet requested in this version need the look at this host's writers.
     writers = None if "://" in settings.upload_uri or not unseen else open_for_writing(settings.upload_uri)
     now = time.time()
@@ -151,11 +160,12 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     state.save("file", previous.by_key(), plan.seen.by_key())
     state.save("ignored", {n: 1 for n in previous.ignored}, {n: 1 for n in plan.seen.ignored})
     next_cursor = SensorCursor(cursor.generation + 1, digest, plan.waiting).dump()
-    for name, reason in listing.skipped.items():
-        context.log.warning(f"skipped {name!r}: {reason}")
-
-    for start in range(0, len(plan.newly_ignored), NAMES_PER_LOG_LINE):
-        names = plan.newly_ignored[start : start + NAMES_PER_LOG_LINE]
+    for name in plan.newly_ignored:
+        if name in listing.skipped:
+            context.log.warning(f"skipped {name!r}: {listing.skipped[name]}")
+    not_media = [name for name in plan.newly_ignored if name not in listing.skipped]
+    for start in range(0, len(not_media), NAMES_PER_LOG_LINE):
+        names = not_media[start : start + NAMES_PER_LOG_LINE]
         context.log.info(f"ignored, not a media file name: {', '.join(map(repr, names))}")
     waiting = (f"; waiting: {plan.waiting} file(s) still being written, empty or over this tick's "
                f"{MAX_FILES_PER_TICK}, {len(listing.partial)} with a temporary name"
@@ -205,38 +215,48 @@ def build_upload_sensor(settings: Settings) -> dg.SensorDefinition:
     return upload_sensor
 
 
-def latest_materialization_id(instance: dg.DagsterInstance, asset: str) -> int | None:
-    records = instance.fetch_materializations(dg.AssetKey(asset), limit=1).records
-    return records[0].storage_id if records else None
+def transcripts_seen_by_report(instance: dg.DagsterInstance) -> tuple[int | None, float | None]:
+    """The newest transcript event the latest report was built over, and when that report was made."""
+    records = instance.fetch_materializations(dg.AssetKey("throughput_report"), limit=1).records
+    if not records:
+        return None, None
+    entry = records[0].asset_materialization.metadata.get(TRANSCRIPTS_SEEN)
+    # A report from before the entry existed: its own event is the best bound there is.
+    return (entry.value if entry is not None else records[0].storage_id), records[0].timestamp
+
+
+ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+          dg.DagsterRunStatus.STARTED]
 
 
 @dg.sensor(
     name="report_freshness_sensor",
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=REPORT_INTERVAL_S,
     job_name=REPORT_JOB,
     default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Refreshes throughput_report when transcripts are newer than it: once transcription "
+                f"goes quiet, and at least every {REPORT_LAG_WHILE_BUSY_S // 60} min while it goes on.",
 )
 def report_freshness_sensor(context: dg.SensorEvaluationContext):
-    """Refresh the report when a transcript is newer than it; two indexed queries otherwise.
+    """The one thing that keeps the report current (a report run is a process start, pandas and a
+    plot: asked for after every transcript of a bulk drop it would take the CPU from transcription).
 
-    `report_automation` (eager) waits while any transcript run is in progress, so under a steady
-    stream of uploads the report could lag for hours; and on Dagster 1.13.27 it was seen not to
-    fire again for transcripts of partitions added by a sensor after its first materialization.
-    This bounds the lag to one interval; `run_key` keeps one report per transcript state, and
-    while a report run is waiting or going no other is asked for: under a bulk drop every new
-    transcript would otherwise queue a report run, each a process start taken from transcription.
+    Under a steady stream of uploads the lag is bounded by REPORT_LAG_WHILE_BUSY_S; `run_key`
+    keeps one report per transcript state, and while a report run waits or goes no other is asked.
     """
     transcripts = latest_materialization_id(context.instance, "transcript")
     if transcripts is None:
         return dg.SkipReason("no transcripts yet")
-    report = latest_materialization_id(context.instance, "throughput_report")
-    if report is not None and report > transcripts:
-        return dg.SkipReason("the report is newer than every transcript")
-    pending = context.instance.get_runs(dg.RunsFilter(job_name=REPORT_JOB, statuses=[
-        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED]), limit=1)
+    seen, made_at = transcripts_seen_by_report(context.instance)
+    if seen is not None and seen >= transcripts:
+        return dg.SkipReason("the report covers every transcript")
+    pending = context.instance.get_runs(dg.RunsFilter(job_name=REPORT_JOB, statuses=ACTIVE), limit=1)
     if pending:
         return dg.SkipReason(f"a report run is already on its way ({pending[0].run_id[:8]})")
+    busy = context.instance.get_runs(dg.RunsFilter(job_name=TRANSCRIBE_JOB, statuses=ACTIVE), limit=1)
+    if busy and made_at is not None and time.time() - made_at < REPORT_LAG_WHILE_BUSY_S:
+        return dg.SkipReason(f"transcription under way (run {busy[0].run_id[:8]}); the report follows "
+                             f"when it ends, or {REPORT_LAG_WHILE_BUSY_S // 60} min after the last one")
     return dg.RunRequest(run_key=f"report-after-{transcripts}")
 
 

@@ -11,7 +11,7 @@ import json
 from celery import Celery
 from redis import Redis
 
-from opentr_pipeline.settings import EngineSettings
+from opentr_pipeline.settings import EngineSettings, SettingsError, mask_url
 
 TASK = "opentr.transcribe"
 HEARTBEAT = "opentr:engine:{}"
@@ -35,6 +35,16 @@ def celery_app(engine: EngineSettings) -> Celery:
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )
     return app
+
+
+def check_broker(engine: EngineSettings, timeout_s: float = 3.0) -> None:
+    """At start-up: the broker answers, or the command stops here saying which and why."""
+    try:
+        Redis.from_url(engine.broker_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s).ping()
+    except Exception as error:
+        raise SettingsError(f"OPENTR_BROKER_URL={mask_url(engine.broker_url)!r}: the broker does not answer "
+                            f"({type(error).__name__}: {mask_url(str(error))}); start it (make cluster-up), "
+                            "or leave OPENTR_BROKER_URL empty to transcribe in the run processes") from None
 
 
 def live_engines(engine: EngineSettings) -> list[dict]:

@@ -42,6 +42,9 @@ def cuda_device_count() -> int:
         return 0
 
 
+CPU_WORKERS_PER_CORE = 4  # past this, CPU "workers" are a typo (1000 on 2 cores), not a plan
+
+
 def plan_devices(
     settings: DeviceSettings, cuda_count: int | None = None, cpu_count: int | None = None
 ) -> list[DevicePlan]:
@@ -72,6 +75,10 @@ def plan_devices(
                     f"{cuda_count} CUDA device(s), numbered 0 to {cuda_count - 1}"
                 )
     total = sum(workers_by_index.values())
+    if kind == "cpu" and total > CPU_WORKERS_PER_CORE * cpu_count:
+        raise SettingsError(f"GPU_SCALE_WORKERS={settings.gpu_scale_workers}: {total} workers on the CPU, "
+                            f"which has {cpu_count} core(s); use at most {CPU_WORKERS_PER_CORE * cpu_count} "
+                            f"(about {cpu_count} is fastest: more only queue behind each other)")
     threads = max(1, cpu_count // total) if kind == "cpu" else max(1, min(4, cpu_count // total))
     return [DevicePlan(kind, index, n, threads) for index, n in sorted(workers_by_index.items())]
 

@@ -46,6 +46,35 @@ def model_location(name: str) -> str:
     return name
 
 
+class ModelUnavailable(RuntimeError):
+    """The model cannot be loaded: a fault of this engine (no network, no such model, a compute
+    type the device lacks), never of the file being transcribed, so no file is failed for good."""
+
+
+def check_model_loads(decoding: DecodingSettings, device_kinds: set[str]) -> str:
+    """At start-up, before any file is taken: the compute type fits each device kind, and the
+    model's files are here (a hub model is fetched now, once). Returns the model's folder."""
+    import ctranslate2
+
+    for kind in sorted(device_kinds):
+        compute = resolve_compute_type(decoding.whisper_compute_type, kind)
+        supported = ctranslate2.get_supported_compute_types(kind)
+        if compute not in supported:
+            raise ModelUnavailable(f"WHISPER_COMPUTE_TYPE={decoding.whisper_compute_type!r}: {compute} is not "
+                                   f"supported on {kind} here; use auto, or one of {', '.join(sorted(supported))}")
+    location = model_location(decoding.whisper_model)
+    if os.path.isdir(location):
+        return location
+    from faster_whisper.utils import download_model
+
+    try:
+        return download_model(location)  # from the local cache when it is there: no network
+    except Exception as error:
+        raise ModelUnavailable(f"WHISPER_MODEL={decoding.whisper_model!r} cannot be loaded: {error or type(error).__name__} "
+                               "(no network to fetch it from, or no such model); give a model folder, or the "
+                               "bundled tiny.en (leave WHISPER_MODEL unset)") from None
+
+
 def resolve_compute_type(requested: str, device_kind: str) -> str:
     if requested != "auto":
         return requested
@@ -182,14 +211,18 @@ class ModelCache:
             if key not in self._models:
                 from faster_whisper import WhisperModel
 
-                self._models[key] = WhisperModel(
-                    model_location(model_name),
-                    device=device.kind,
-                    device_index=device.index if device.kind == "cuda" else 0,
-                    compute_type=compute_type,
-                    cpu_threads=device.cpu_threads,
-                    num_workers=device.workers,
-                )
+                try:
+                    self._models[key] = WhisperModel(
+                        model_location(model_name),
+                        device=device.kind,
+                        device_index=device.index if device.kind == "cuda" else 0,
+                        compute_type=compute_type,
+                        cpu_threads=device.cpu_threads,
+                        num_workers=device.workers,
+                    )
+                except Exception as error:  # a hub error is a FileNotFoundError: not the file's fault
+                    raise ModelUnavailable(f"model {model_name!r} could not be loaded on {device.label} "
+                                           f"({compute_type}): {error or type(error).__name__}") from error
             return self._models[key]
 
     def loaded(self) -> int:

@@ -24,7 +24,7 @@ from celery import Celery
 from celery.signals import task_received
 from redis import Redis
 
-from opentr_pipeline.engine.broker import HEARTBEAT, SUPERSEDED, TAKEN, TASK, celery_app
+from opentr_pipeline.engine.broker import HEARTBEAT, SUPERSEDED, TAKEN, TASK, celery_app, check_broker
 from opentr_pipeline.engine.devices import WORKER_NOTE, DevicePlan, check_vram, cuda_free_bytes, plan_devices
 from opentr_pipeline.engine.failures import failure_of
 from opentr_pipeline.engine.transcription import (
@@ -146,6 +146,7 @@ def start_worker(settings: Settings, device: str | None = None, queues: list[str
     if plan.kind == "cuda":
         check_vram(plan, model_location(settings.decoding.whisper_model), settings.decoding.batch_size,
                    free_bytes(plan.index), note=WORKER_NOTE)
+    check_broker(settings.engine)  # before a model is loaded for nothing
     clock = time.perf_counter()
     MODELS.get(settings.decoding.whisper_model, plan,
                resolve_compute_type(settings.decoding.whisper_compute_type, plan.kind))

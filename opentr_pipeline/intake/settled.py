@@ -11,8 +11,10 @@ open, so it is not taken however long its size keeps still.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 SETTLE_S = 1.0
 UNSEEN_WRITER_SETTLE_S = 15.0
@@ -101,3 +103,26 @@ def time_to_settle(mtimes: list[float], now: float, writers: Writers | None) -> 
     waits = [SETTLE_S - (now - mtime) for mtime in mtimes if 0 <= now - mtime < SETTLE_S]
     return max(waits, default=0.0)
 
+
+
+class StillBeingWritten(RuntimeError):
+    """A file that did not become whole in the time allowed: taken again on a later attempt."""
+
+
+def wait_until_whole(path: str, limit_s: float, on_wait: Callable[[str], None] = lambda _: None,
+                     poll_s: float = 0.25) -> None:
+    """Return once the local file at `path` is whole; every path into the pipeline (the sensor's
+    runs, reruns, backfills, `opentr run`) passes here before a file is probed, so no partial
+    copy is ever probed or transcribed. Names the file through `on_wait` once if it must wait."""
+    deadline, told = time.monotonic() + limit_s, False
+    while True:
+        stat = os.stat(path)  # a file gone meanwhile: FileNotFoundError, named by the caller
+        if is_whole(path, stat.st_size, stat.st_mtime, time.time(), open_for_writing(os.path.dirname(path))):
+            return
+        if time.monotonic() > deadline:
+            raise StillBeingWritten(f"{path}: still being written after {limit_s:.0f} s "
+                                    "(a process holds it open, or it keeps changing); taken again later")
+        if not told:
+            on_wait(f"{path}: still being written; waiting until it is whole")
+            told = True
+        time.sleep(poll_s)

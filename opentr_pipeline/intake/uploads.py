@@ -11,6 +11,7 @@ so a key always maps back to its object even when the key had to be shortened.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable
@@ -18,7 +19,7 @@ from typing import Iterable
 import fsspec
 
 from opentr_pipeline.intake.keys import key_for_path, key_path
-from opentr_pipeline.storage import SourceError, Storage, is_under, with_retries
+from opentr_pipeline.storage import SourceError, Storage, info_version, is_under, with_retries
 
 MEDIA_SUFFIXES = {
     ".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg", ".oga", ".opus", ".wma", ".aiff", ".aif",
@@ -34,10 +35,27 @@ class Upload:
     uri: str
     size: int
     mtime: float
+    change: str = ""  # storage.info_change: moves on a rewrite that puts size and mtime back
+
+    @property
+    def version(self) -> list:
+        return [self.size, self.mtime, self.change]
 
     def record(self) -> dict:
         return {"partition_key": self.key, "relative_path": self.relative_path,
-                "source_uri": self.uri, "size": self.size, "mtime": self.mtime}
+                "source_uri": self.uri, "size": self.size, "mtime": self.mtime, "change": self.change}
+
+
+def same_version(stored: list | dict | None, upload: Upload) -> bool:
+    """Whether a stored version ([size, mtime, change] or a source record) is this upload's.
+    One stored before the change token existed compares on size and mtime alone."""
+    if isinstance(stored, dict):
+        stored = [stored.get("size"), stored.get("mtime"), stored.get("change")]
+    if not stored:
+        return False
+    if len(stored) < 3 or stored[2] is None:
+        return list(stored[:2]) == upload.version[:2]
+    return list(stored) == upload.version
 
 
 @dataclass
@@ -50,9 +68,11 @@ class UploadListing:
     skipped: dict[str, str] = field(default_factory=dict)  # name -> why it cannot be taken
 
 
-def _mtime(info: dict) -> float:
-    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or 0
-    return value.timestamp() if hasattr(value, "timestamp") else float(value)
+def _link_target(path: str) -> str:
+    try:
+        return repr(os.readlink(path))
+    except OSError:
+        return "somewhere unreadable"
 
 
 def is_partial(relative_path: str) -> bool:
@@ -85,17 +105,20 @@ def scan_uploads(upload_uri: str) -> UploadListing:
     listing = UploadListing()
     taken: dict[str, str] = {}  # key -> the path that has it: two objects never share a key
     for path, info in sorted(found.items()):
+        relative = path[len(root) + 1 :] if path.startswith(root + "/") else path
+        if info.get("islink"):  # fsspec lists a local link as "other" and does not follow it
+            listing.skipped[relative] = (f"a symbolic link (to {_link_target(path)}), not followed: a link can "
+                                         "lead out of the upload area; move or copy the file itself in")
+            continue
         if info.get("type") != "file" or path.endswith("/"):
             continue  # S3 "folder" marker objects
-        relative = path[len(root) + 1 :] if path.startswith(root + "/") else path
         if is_partial(relative):
             listing.partial.append(relative)
         elif not is_media_name(relative):
             listing.not_media.append(relative)
         else:
             try:  # one odd name is reported, never allowed to stop the listing
-                upload = Upload(key_for_path(relative), relative, f"{protocol}{path}",
-                                int(info.get("size") or 0), _mtime(info))
+                upload = Upload(key_for_path(relative), relative, f"{protocol}{path}", *info_version(info))
             except Exception as error:
                 listing.skipped[relative] = f"cannot be read as an upload ({error})"
                 continue

@@ -1,3 +1,5 @@
+import logging
+
 import dagster as dg
 
 from opentr_pipeline.defs.outcomes import finish_batch, mark_finished, mark_started, record_success
@@ -6,7 +8,10 @@ from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
 from opentr_pipeline.engine.media import check_size, probe
 from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.intake.settled import wait_until_whole
 from opentr_pipeline.intake.uploads import source_uri
+
+log = logging.getLogger("opentr")
 
 
 @dg.asset(
@@ -25,7 +30,10 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
         uri = key
         try:
             uri = source_uri(store, media.upload_uri, key)
-            check_size(uri, store.size_of(uri), media.max_file_bytes)  # before any download
+            if "://" not in uri:  # an object store lists only whole objects
+                wait_until_whole(uri, media.settle_wait_s, lambda note: (context.log.info(note), log.info(note)))
+            version = store.version_of(uri)  # the transcript is recorded only if this still holds then
+            check_size(uri, version[0], media.max_file_bytes)  # before any download
             with store.local_copy(uri) as path:
                 info = probe(path, name=uri, max_bytes=media.max_file_bytes,
                              max_duration_s=media.max_duration_s)
@@ -34,7 +42,7 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             mark_finished(store, key)
             continue
         store.write_json(key_path("media", key),
-                         {"partition_key": key, "source_uri": uri, **info.to_dict()})
+                         {"partition_key": key, "source_uri": uri, "source_version": version, **info.to_dict()})
         record_success(store, "media_file", key)
         mark_finished(store, key)
         context.add_asset_metadata({

@@ -12,7 +12,7 @@ from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor, MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
 from opentr_pipeline.engine.transcription import SourceChanged, Transcript
-from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.intake.keys import key_path, storage_name
 
 log = logging.getLogger("opentr")
 
@@ -45,6 +45,11 @@ def _metadata(doc: dict) -> dict:
         "preview": dg.MetadataValue.text(doc["text"][:300]),
         "path": dg.MetadataValue.path(doc["uri"]),
     }
+
+
+def previous_path(key: str, sha256: str) -> str:
+    """Where a transcript of an earlier version of a file is kept once a new version is done."""
+    return f"previous/transcripts/{storage_name(key)}/{sha256[:16]}.json"
 
 
 def sha256_index_path(sha256: str) -> str:
@@ -125,10 +130,8 @@ class TranscriptRecorder:
         mark_started(self.store, "transcript", key, self.context.run_id)
 
     def finished(self, key: str, probed: dict, result: Transcript | Exception) -> None:
-        if not isinstance(result, Exception) and result.sha256 != probed["sha256"]:
-            result = SourceChanged(f"{probed['source_uri']}: changed since it was probed "
-                                   f"(sha256 {probed['sha256'][:12]} -> {result.sha256[:12]}); "
-                                   "it is probed and transcribed again on the next attempt")
+        if not isinstance(result, Exception):
+            result = self.still_the_probed_file(probed, result)
         with self.lock:
             self.done += 1
             if isinstance(result, Exception):
@@ -143,10 +146,29 @@ class TranscriptRecorder:
         self.context.log.info(message)
         log.info(message)
 
+    def still_the_probed_file(self, probed: dict, result: Transcript) -> Transcript | Exception:
+        """A transcript is recorded only for the file's final bytes: those probed, and the file
+        still as the probe found it now that the transcription is done (else it is redone)."""
+        uri = probed["source_uri"]
+        if result.sha256 != probed["sha256"]:
+            return SourceChanged(f"{uri}: changed since it was probed (sha256 {probed['sha256'][:12]} -> "
+                                 f"{result.sha256[:12]}); it is probed and transcribed again on the next attempt")
+        try:
+            now = self.store.version_of(uri)
+        except Exception as error:
+            return error
+        if probed.get("source_version") not in (None, now):
+            return SourceChanged(f"{uri}: changed while it was transcribed (size, mtime or inode moved); "
+                                 "it is probed and transcribed again on the next attempt")
+        return result
+
     def write(self, key: str, probed: dict, result: Transcript) -> None:
         relative = key_path("transcripts", key)
         doc = {"partition_key": key, "source_uri": probed["source_uri"], "settings_version": self.version,
-               "uri": self.store.uri(relative), **result.to_dict()}
+               "source_version": probed.get("source_version"), "uri": self.store.uri(relative), **result.to_dict()}
+        earlier = self.store.read_json_or_none(relative)
+        if earlier and earlier.get("sha256") != result.sha256:  # a new version of the file: keep the old text
+            doc["replaces"] = self.store.write_json(previous_path(key, earlier["sha256"]), earlier)
         self.store.write_json(relative, doc)
         self.store.write_json(sha256_index_path(result.sha256), {"partition_key": key, "settings_version": self.version})
         self.succeeded(key, doc)
