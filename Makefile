@@ -29,8 +29,9 @@ test: install
 
 # A private Redis and one resident worker per device beside the UI, so every run shares one
 # loaded model (OPENTR_BROKER_URL= with nothing after it keeps the model in each run process).
+# make dev PORT=3001, or ARGS='-h 0.0.0.0 -p 3001' (any dagster dev option)
 dev: install
-	OPENTR_BROKER_URL=$${OPENTR_BROKER_URL-embedded} $(BIN)/opentr dev
+	OPENTR_BROKER_URL=$${OPENTR_BROKER_URL-embedded} $(BIN)/opentr dev $(if $(PORT),-p $(PORT)) $(ARGS)
 
 # The production shape on one machine, loopback only: Redis, PostgreSQL, two resident workers
 # (cpu:0 and cpu:1 standing for two GPUs), the Dagster daemon and UI. `cluster-down` stops it all.

@@ -217,3 +217,21 @@ def test_children_of_a_killed_run_die_with_it(pipeline_env, demo_texts, monkeypa
     again = opentr("run")
     assert again.returncode == 0, again.stdout + again.stderr
     assert len(list((Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json"))) == 2 * len(demo_texts)
+
+
+def test_two_commands_on_one_fresh_home_both_work(pipeline_env, demo_texts):
+    """Issue 16, item 8: two `opentr run` started together on a fresh DAGSTER_HOME used to crash
+    one (`table alembic_version already exists`, or an IntegrityError on the pool's rows)."""
+    home = Path(pipeline_env["DAGSTER_HOME"])
+    shutil.rmtree(home)  # fresh: not even dagster.yaml yet
+    uploads = Path(pipeline_env["UPLOAD_URI"])
+    for name in demo_texts:
+        shutil.copy(DEMO_MEDIA / name, uploads / name)
+    both = [subprocess.Popen([str(OPENTR), "run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=os.environ.copy()) for _ in range(2)]
+    outputs = [command.communicate(timeout=600)[0] for command in both]
+    for command, output in zip(both, outputs):
+        assert "alembic_version" not in output and "IntegrityError" not in output, output
+        assert command.returncode == 0, output
+    assert (home / "dagster.yaml").read_text() == (Path(__file__).parent.parent / "dagster.yaml").read_text()
+    assert len(list((Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json"))) == len(demo_texts)

@@ -283,3 +283,18 @@ def test_bad_settings_stop_the_command_at_start_naming_the_variable(monkeypatch,
     assert fill(message) in printed.err, printed.err
     assert "Traceback" not in printed.err and "hunter2" not in printed.err + printed.out
     assert not (tmp_path / "store" / "failures").exists()  # the files were never charged
+
+
+@pytest.mark.parametrize("command, needed", [
+    ("run", ["UPLOAD_URI", "GPU_SCALE_WORKERS", "exit codes", "143", "example:"]),
+    ("report", ["STORAGE_URI", "exit codes", "example:", "while busy"]),
+])
+def test_help_gives_the_settings_exit_codes_and_an_example(capsys, command, needed):
+    from opentr_pipeline.cli.main import main
+
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    printed = capsys.readouterr().out
+    for text in needed:
+        assert text in printed, printed

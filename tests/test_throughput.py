@@ -18,9 +18,11 @@ from opentr_pipeline.outputs.throughput import (
     markdown_summary,
     peak_concurrency,
     png_markdown,
+    span_x_realtime,
     summarize_devices,
     timeline_png,
     transcripts_frame,
+    work_periods,
 )
 
 ORIGIN = datetime(2025, 3, 1, 9, 0, 0, tzinfo=timezone.utc)
@@ -102,10 +104,12 @@ def test_frame_has_the_report_columns(two_devices: pd.DataFrame) -> None:
     assert two_devices["audio_s"].sum() == 620
 
 
-def test_aggregate_is_audio_over_wall_clock_span(two_devices: pd.DataFrame) -> None:
-    """620 s of audio between the first start (0 s) and the last end (40 s): 15.5x, not the sum of speeds."""
-    assert aggregate_x_realtime(two_devices) == 15.5
-    assert two_devices["x_realtime"].sum() != pytest.approx(15.5)
+def test_aggregate_is_audio_over_the_time_any_worker_was_busy(two_devices: pd.DataFrame) -> None:
+    """620 s of audio; some worker was busy 0-20 s and 30-40 s (30 s), idle 20-30 s: 20.67x while
+    busy, not the sum of speeds, and not 15.5x over the 40 s span (kept, labelled as such)."""
+    assert aggregate_x_realtime(two_devices) == 20.67
+    assert span_x_realtime(two_devices) == 15.5
+    assert two_devices["x_realtime"].sum() != pytest.approx(20.67)
 
 
 def test_aggregate_of_nothing_is_zero() -> None:
@@ -114,31 +118,50 @@ def test_aggregate_of_nothing_is_zero() -> None:
 
 def test_summarize_devices_per_device(two_devices: pd.DataFrame) -> None:
     summaries = {s.device: s for s in summarize_devices(two_devices)}
+    # One work period, 0-40 s (the 10 s pause is shorter than IDLE_GAP_S).
     assert summaries["cuda:0"] == DeviceSummary(
-        device="cuda:0", files=3, audio_s=600.0, span_s=20.0, x_realtime=30.0,
+        device="cuda:0", files=3, audio_s=600.0, busy_s=20.0, x_realtime=30.0, utilisation=0.5,
         workers_used=2, peak_concurrency=2,
     )
     assert summaries["cpu:0"] == DeviceSummary(
-        device="cpu:0", files=1, audio_s=20.0, span_s=10.0, x_realtime=2.0,
+        device="cpu:0", files=1, audio_s=20.0, busy_s=10.0, x_realtime=2.0, utilisation=0.25,
         workers_used=1, peak_concurrency=1,
     )
     assert [s.device for s in summarize_devices(two_devices)] == ["cpu:0", "cuda:0"]  # sorted, stable
+
+
+def test_idle_hours_do_not_drag_the_headline_down() -> None:
+    """Issue 17: a burst, an hour idle, another burst. The old headline (audio over the whole span)
+    read 0.2x; the devices delivered 10x whenever they worked, and the report says so."""
+    docs = [record(f"a{i}.wav", i * 10, i * 10 + 10, 100) for i in range(3)]  # 0-30 s, 10x
+    docs += [record(f"b{i}.wav", 3600 + i * 10, 3610 + i * 10, 100) for i in range(3)]  # an hour later
+    frame = transcripts_frame(docs)
+    assert aggregate_x_realtime(frame) == 10.0
+    assert span_x_realtime(frame) == round(600 / 3630, 2)
+    periods = work_periods(frame)
+    assert [(p.files, p.busy_s, p.x_realtime) for p in periods] == [(3, 30.0, 10.0), (3, 30.0, 10.0)]
+    [device] = summarize_devices(frame)
+    assert device.x_realtime == 10.0 and device.utilisation == 1.0  # busy all through both periods
+    text = markdown_summary(frame)
+    assert "**10.0x realtime while busy**" in text and "2 work period(s)" in text
+    assert "| 2025-03-01 10:00:00 | 30.0 | 3 | 300.0 | 30.0 | 10.0 |" in text
 
 
 def test_markdown_summary_contains_the_figures(two_devices: pd.DataFrame) -> None:
     text = markdown_summary(two_devices, {"cuda:0": 2, "cpu:0": 1})
     assert "**4 files**" in text
     assert f"{620 / 3600:.3f} audio hours" in text
-    assert "**15.5x realtime**" in text and "40.0 s wall-clock span" in text
-    assert "| cuda:0 | 3 | 600.0 | 20.0 | 30.0 | 2 | 2 | 2 |" in text
-    assert "| cpu:0 | 1 | 20.0 | 10.0 | 2.0 | 1 | 1 | 1 |" in text
+    assert "**20.67x realtime while busy**" in text and "the 30.0 s in which" in text
+    assert "Whole span, idle time included: 15.5x over 40.0 s" in text
+    assert "| cuda:0 | 3 | 600.0 | 20.0 | 30.0 | 50% | 2 | 2 | 2 |" in text
+    assert "| cpu:0 | 1 | 20.0 | 10.0 | 2.0 | 25% | 1 | 1 | 1 |" in text
     # Per worker: cuda:0 worker 0 did 400 s of audio in 20 s busy = 20x while busy.
     assert "| cuda:0 | 0 | 2 | 400.0 | 20.0 | 20.0 |" in text
     assert "| cuda:0 | 1 | 1 | 200.0 | 8.0 | 25.0 |" in text
 
 
 def test_markdown_summary_without_limits_and_without_rows(two_devices: pd.DataFrame) -> None:
-    assert "| cuda:0 | 3 | 600.0 | 20.0 | 30.0 | 2 | 2 |  |" in markdown_summary(two_devices)
+    assert "| cuda:0 | 3 | 600.0 | 20.0 | 30.0 | 50% | 2 | 2 |  |" in markdown_summary(two_devices)
     assert markdown_summary(transcripts_frame([])) == "No transcripts yet."
 
 

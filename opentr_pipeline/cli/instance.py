@@ -2,32 +2,52 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from opentr_pipeline.settings import PROJECT_ROOT, Settings
+
+
+@contextmanager
+def setting_up(home: Path) -> Iterator[None]:
+    """One command at a time sets an instance up: two on a fresh DAGSTER_HOME used to race in
+    Dagster's schema creation (`table alembic_version already exists`) and the pool's rows."""
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / ".opentr-setup.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def prepare_instance(settings: Settings):
     """The instance at DAGSTER_HOME, created with the project's dagster.yaml on first use."""
     home = Path(settings.dagster_home)
-    home.mkdir(parents=True, exist_ok=True)
-    config = home / "dagster.yaml"
-    if not config.exists():
-        shutil.copy(PROJECT_ROOT / "dagster.yaml", config)
-    elif "module: opentr_pipeline.launcher" in (text := config.read_text()):
-        # An instance made before the launcher moved into defs/ would fail to load it.
-        config.write_text(text.replace("module: opentr_pipeline.launcher", "module: opentr_pipeline.defs.launcher"))
-    os.environ["DAGSTER_HOME"] = str(home)
-    import dagster as dg
+    with setting_up(home):
+        config = home / "dagster.yaml"
+        if not config.exists():
+            shutil.copy(PROJECT_ROOT / "dagster.yaml", config)
+        elif "module: opentr_pipeline.launcher" in (text := config.read_text()):
+            # An instance made before the launcher moved into defs/ would fail to load it.
+            config.write_text(text.replace("module: opentr_pipeline.launcher", "module: opentr_pipeline.defs.launcher"))
+        os.environ["DAGSTER_HOME"] = str(home)
+        import dagster as dg
 
-    return dg.DagsterInstance.get()
+        instance = dg.DagsterInstance.get()
+        instance.get_runs(limit=1)  # the storages' schemas are made here, under the lock
+        instance.event_log_storage.get_concurrency_keys()
+    return instance
 
 
 def set_gpu_pool_limit(instance, workers: int) -> None:
     """The `gpu` pool's limit is the plan's total workers; the UI's concurrency page shows it."""
-    instance.event_log_storage.set_concurrency_slots("gpu", workers)
+    with setting_up(Path(instance.root_directory)):
+        instance.event_log_storage.set_concurrency_slots("gpu", workers)
 
 
 def run_queue_advice(instance, workers: int) -> str | None:

@@ -104,11 +104,41 @@ def run_benchmark(args: list[str]) -> int:
     return subprocess.call([sys.executable, str(script), *args])
 
 
+RUN_EPILOG = """settings that matter (environment or .env; README "Settings" lists all):
+  UPLOAD_URI            folder or s3://bucket/prefix with the recordings (default data/uploads)
+  STORAGE_URI           where transcripts, subtitles and the report go (default data/store)
+  DAGSTER_HOME          the Dagster instance the UI reads (default .dagster_home)
+  WHISPER_MODEL         bundled tiny.en by default; a size (large-v3), a Hugging Face id or a folder
+  GPU_SCALE_ENABLED, GPU_SCALE_DEVICE_ID, GPU_SCALE_WORKERS   workers per device
+  OPENTR_FILES_PER_RUN  files per run (16)         OPENTR_MAX_ATTEMPTS  runs per file (3)
+
+exit codes:
+  0    every file done          1    some files failed (one line each, with the reason)
+  2    bad settings (the variable and what would work)
+  130  Ctrl-C   143  SIGTERM (files not finished are taken by the next run)
+
+example:
+  UPLOAD_URI=~/recordings GPU_SCALE_ENABLED=true GPU_SCALE_WORKERS=4 opentr run
+"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opentr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="transcribe every new file under UPLOAD_URI, then the report")
-    commands.add_parser("report", help="print the throughput summary")
+    commands.add_parser(
+        "run", help="transcribe every new file under UPLOAD_URI, then the report",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Scan UPLOAD_URI once; transcribe every file that is new or changed since it was done (waiting "
+                    "for files still being written), then update the throughput report. Runs are recorded in the "
+                    "Dagster instance at DAGSTER_HOME and show in the UI.",
+        epilog=RUN_EPILOG)
+    commands.add_parser(
+        "report", help="print the throughput summary",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print the throughput report over every transcript under STORAGE_URI: x realtime while busy "
+                    "per device and worker, utilisation, peak concurrency against the limit, and work periods.",
+        epilog="settings: STORAGE_URI (default data/store), GPU_SCALE_* (for the limits shown)\n"
+               "exit codes: 0 printed, 2 bad settings\nexample: STORAGE_URI=s3://bucket/out opentr report")
     # No -h of its own: `opentr dev -h 0.0.0.0` is dagster dev's --host (and --help its help).
     commands.add_parser("dev", add_help=False,
                         help="the Dagster UI and daemon on this project's instance; "

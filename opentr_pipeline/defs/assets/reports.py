@@ -26,9 +26,10 @@ def latest_materialization_id(instance: dg.DagsterInstance, asset: str) -> int |
     kinds={"pandas", "parquet"},
 )
 def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu: GpuExecutor) -> dg.MaterializeResult:
-    """Every transcript as a row; how many times realtime each device and worker delivered."""
+    """Every transcript as a row; how many times realtime each device and worker delivered while busy."""
     from opentr_pipeline.outputs.throughput import (
-        aggregate_x_realtime, markdown_summary, png_markdown, summarize_devices, timeline_png, transcripts_frame,
+        aggregate_x_realtime, busy_s, markdown_summary, png_markdown, span_x_realtime, summarize_devices,
+        timeline_png, transcripts_frame,
     )
 
     seen = latest_materialization_id(context.instance, "transcript")
@@ -45,7 +46,10 @@ def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu:
     return dg.MaterializeResult(metadata={
         "files": len(frame),
         "audio_hours": round(float(frame["audio_s"].sum()) / 3600, 4),
-        "aggregate_x_realtime": aggregate_x_realtime(frame),
+        "x_realtime_while_busy": aggregate_x_realtime(frame),
+        "busy_s": round(busy_s(frame), 1),
+        "x_realtime_whole_span": span_x_realtime(frame),
+        "utilisation": dg.MetadataValue.json({s.device: s.utilisation for s in summarize_devices(frame)}),
         "summary": dg.MetadataValue.md(summary),
         "timeline": dg.MetadataValue.md(png_markdown(png)),
         "peak_concurrency": dg.MetadataValue.json(peaks),
