@@ -115,7 +115,9 @@ def test_throughput_report_table_and_check(pipeline_env, uploads):
     metadata = dg.DagsterInstance.get().get_latest_materialization_event(
         dg.AssetKey("throughput_report")).asset_materialization.metadata
     assert metadata["files"].value == len(SHORT)
-    assert "aggregate" in metadata["summary"].value and "peak concurrent" in metadata["summary"].value
+    assert "x realtime while busy" in metadata["summary"].value and "peak concurrent" in metadata["summary"].value
+    assert metadata["x_realtime_while_busy"].value >= metadata["x_realtime_whole_span"].value > 0
+    assert metadata["transcript_event_seen"].value > 0  # the freshness sensor compares with this
     assert metadata["timeline"].value.startswith("![timeline](data:image/png;base64,")
     assert (store / "reports" / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     checks = [e for e in run.get_asset_check_evaluations()]

@@ -298,3 +298,19 @@ def test_help_gives_the_settings_exit_codes_and_an_example(capsys, command, need
     printed = capsys.readouterr().out
     for text in needed:
         assert text in printed, printed
+
+
+def test_a_broker_password_never_reaches_the_ui_config(monkeypatch):
+    """Issue 16, item 11: the `gpu` resource's config is what the UI's resource page shows; the
+    broker URL there is masked, and a run (which inherits OPENTR_BROKER_URL) still reaches it."""
+    from opentr_pipeline.defs.resources import GpuExecutor
+    from opentr_pipeline.settings import mask_url
+
+    secret = "redis://:hunter2@10.0.0.5:6379/0"
+    gpu = GpuExecutor.from_settings(Settings.from_env({"OPENTR_BROKER_URL": secret}), lock_dir="/tmp/leases")
+    assert "hunter2" not in repr(gpu.settings) and gpu.settings["OPENTR_BROKER_URL"] == "redis://:***@10.0.0.5:6379/0"
+    monkeypatch.setenv("OPENTR_BROKER_URL", secret)
+    assert gpu.config.engine.broker_url == secret
+    assert mask_url(f"Error connecting to {secret}.") == "Error connecting to redis://:***@10.0.0.5:6379/0."
+    plain = GpuExecutor.from_settings(Settings.from_env({"OPENTR_BROKER_URL": "redis://10.0.0.5:6379/0"}), "/tmp/l")
+    assert plain.config.engine.broker_url == "redis://10.0.0.5:6379/0"  # nothing to hide: no environment needed
