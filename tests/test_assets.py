@@ -62,6 +62,10 @@ def test_materialization_metadata_shows_what_people_look_for(pipeline_env, uploa
         assert name in metadata
     assert metadata["language"].value == "en"
     assert event.asset_materialization.partition in SHORT[:2]
+    shown = instance.get_latest_materialization_event(dg.AssetKey("subtitles")).asset_materialization.metadata
+    for name in ("srt", "vtt", "txt", "json"):  # every output's path (issue 17), not the SRT alone
+        assert Path(shown[name].value).is_file(), name
+    assert shown["preview"].value.startswith(f"{shown['cues'].value} cues, ")
     probe = instance.get_latest_materialization_event(dg.AssetKey("media_file")).asset_materialization
     assert probe.metadata["sha256"].value and probe.metadata["duration_s"].value > 1
 
@@ -83,6 +87,16 @@ def test_bad_files_fail_alone_and_good_ones_are_kept(pipeline_env, fixtures_dir)
     assert "empty" in reasons["empty.mp3"] and "empty.mp3" in reasons["empty.mp3"]
     assert "not a readable media file" in reasons["notes.mp3"]
     assert (store / "media" / "good.wav.json").exists(), "the good file's probe must be written"
+    # Issue 17: the reason is on the failed partition's own page (an observation), not only in the log.
+    instance = dg.DagsterInstance.get()
+    for key, reason in reasons.items():
+        [seen] = instance.fetch_observations(dg.AssetRecordsFilter(dg.AssetKey("media_file"), asset_partitions=[key]),
+                                             limit=1).records
+        observed = seen.event_log_entry.asset_observation
+        assert observed.metadata["failed"].value == reason and observed.metadata["permanent"].value is True
+    [step_failure] = [e for e in result.get_step_failure_events() if "media_file" in e.step_key]
+    message = step_failure.step_failure_data.user_failure_data.description  # what the UI shows first
+    assert all(f"- {key}: {reason}" in message for key, reason in reasons.items()), message
 
     # As `opentr run` does: the good file again without the bad ones; it goes through.
     assert materialize_keys(["good.wav"]).success

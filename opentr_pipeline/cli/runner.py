@@ -198,12 +198,27 @@ def changed_since_probed(store, uploads: list) -> list:
         return [upload for upload, moved in zip(uploads, pool.map(changed, uploads)) if moved]
 
 
-def run_pipeline(settings: Settings) -> int:
+def failed_for_good(store, uploads: list) -> list:
+    """Uploads whose last probe failed for good (bad media) and that have not changed since: a
+    run would fail them again, so `opentr run` leaves them (and can exit 0 with them there)."""
+    from opentr_pipeline.defs.outcomes import failure_path
+    from opentr_pipeline.intake.uploads import same_version
+
+    def unchanged_bad(upload) -> bool:
+        record = store.read_json_or_none(failure_path("media_file", upload.key))
+        return bool(record and record.get("permanent") and record.get("source_version")
+                    and same_version(record["source_version"], upload))
+
+    with ThreadPoolExecutor(16) as pool:
+        return [upload for upload, bad in zip(uploads, pool.map(unchanged_bad, uploads)) if bad]
+
+
+def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: bool = False) -> int:
     import uuid
 
     import dagster as dg
 
-    from opentr_pipeline.defs.names import INVOCATION, PARTITIONS, REPORT_JOB
+    from opentr_pipeline.defs.names import INVOCATION, PARTITIONS, REPORT_JOB, RETRANSCRIBE
     from opentr_pipeline.defs.partitions import contiguous_chunks
     from opentr_pipeline.engine.devices import describe_plan
     from opentr_pipeline.engine.transcription import check_model_loads
@@ -241,13 +256,21 @@ def run_pipeline(settings: Settings) -> int:
         instance.add_dynamic_partitions(PARTITIONS, [u.key for u in new])
     all_keys = list(instance.get_dynamic_partitions(PARTITIONS))
     done = instance.get_materialized_partitions(dg.AssetKey("subtitles")) - {u.key for u in changed}
+    if retranscribe:  # every file in the upload area, afresh
+        done -= {u.key for u in uploads}
     pending = [k for k in all_keys if k not in done]
+    bad = [] if retry_failed else failed_for_good(store, [u for u in uploads if u.key in set(pending)])
+    pending = [k for k in pending if k not in {u.key for u in bad}]
     print(f"{len(uploads)} media file(s) in uploads, {len(new)} new, {len(changed)} changed since they were "
           f"done; {len(pending)} to process")
+    if bad:
+        print(f"{len(bad)} file(s) failed for good before and have not changed, so not tried again "
+              f"(opentr run --retry-failed tries them): {', '.join(u.relative_path for u in bad)}")
 
     started = time.perf_counter()
     invocation = uuid.uuid4().hex[:12]
-    specs = [RunSpec(chunk, {INVOCATION: invocation})
+    tags = {INVOCATION: invocation, **({RETRANSCRIBE: "true"} if retranscribe else {})}
+    specs = [RunSpec(chunk, tags)
              for chunk in contiguous_chunks(all_keys, set(pending), settings.files_per_run)]
     at_once = settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run)
     handled: set[str] = set()

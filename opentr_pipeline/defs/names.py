@@ -13,3 +13,6 @@ ATTEMPT = "opentr/attempt"  # 1 for a first run; a rerun of its unfinished files
 RERUN_OF = "opentr/rerun_of"  # the run whose unfinished files this run takes again
 RUN_PID = "opentr/run_pid"  # set by `opentr run` on its in-process runs, so a dead one is seen
 INVOCATION = "opentr/invocation"  # the `opentr run` command a run belongs to
+# "true": transcribe again though a current transcript (or one of the same bytes) exists. Add it
+# as a tag when materializing in the UI (Launchpad, "Add tag"), or `opentr run --retranscribe`.
+RETRANSCRIBE = "opentr/retranscribe"

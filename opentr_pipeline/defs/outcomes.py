@@ -50,18 +50,26 @@ def record_success(store: Storage, asset: str, key: str) -> None:
     store.delete(failure_path(asset, key))
 
 
-def record_failure(store: Storage, asset: str, key: str, failure: FileFailure, run_id: str) -> None:
+def record_failure(store: Storage, asset: str, key: str, failure: FileFailure, run_id: str,
+                   version: list | None = None) -> None:
     store.write_json(failure_path(asset, key), {
         "partition_key": key, "asset": asset, "reason": failure.reason,
         "permanent": failure.permanent, "run_id": run_id, "at": now(),
+        "source_version": version,  # a permanent failure holds for this version of the file only
     })
 
 
 def finish_batch(context: dg.AssetExecutionContext, store: Storage, asset: str,
-                 failures: dict[str, FileFailure], total: int) -> None:
+                 failures: dict[str, FileFailure], total: int, versions: dict[str, list] | None = None) -> None:
     for key, failure in failures.items():
-        record_failure(store, asset, key, failure, context.run_id)
+        record_failure(store, asset, key, failure, context.run_id, (versions or {}).get(key))
         context.log.error(f"{key}: {failure.reason}")
+        # The partition's own page in the UI shows this: the reason where a person looks first.
+        context.log_event(dg.AssetObservation(
+            asset_key=context.asset_key, partition=key, description=failure.reason,
+            metadata={"failed": failure.reason, "permanent": failure.permanent,
+                      "what_next": "fixed only by a new version of the file" if failure.permanent
+                      else "run again automatically (rerun sensor, or the next opentr run)"}))
     if failures:
         listing = "\n".join(f"- {key}: {failure.reason}" for key, failure in failures.items())
         raise dg.Failure(

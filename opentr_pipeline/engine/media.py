@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import av
+import numpy as np
 
 
 class MediaError(ValueError):
@@ -161,3 +162,66 @@ def probe(path: str | Path, name: str | None = None, max_bytes: int | None = Non
             size_bytes=size,
             sha256=sha256_of(path),
         )
+
+
+@dataclass
+class Decoded:
+    samples: np.ndarray  # mono float32 at the rate asked for
+    notes: list[str] = field(default_factory=list)  # what was chosen, when there was a choice
+
+
+def mix_down(planar: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Channels (channels x samples) to one, polarity aligned first: a channel that runs against
+    the loudest one (a phase-inverted pair, a miswired microphone) is flipped before the mean,
+    where a plain mean would cancel the speech. Channels that differ (two speakers, hard left and
+    right) are kept, each at half strength. Returns the mix and whether a channel was flipped."""
+    if planar.shape[0] == 1:
+        return planar[0], False
+    reference = planar[int(np.argmax(np.einsum("ij,ij->i", planar, planar, dtype=np.float64)))]
+    signs = np.where(planar.astype(np.float64) @ reference.astype(np.float64) < 0, -1.0, 1.0).astype(np.float32)
+    return (planar * signs[:, None]).mean(axis=0), bool((signs < 0).any())
+
+
+def _rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+
+
+def decode_for_speech(source, name: str, rate: int = 16000) -> Decoded:
+    """Every audio stream decoded to `rate` with its channels, each mixed down (mix_down); the
+    stream that carries the most sound is kept (a video whose first audio track is silent and
+    second holds the talk). Damaged packets are skipped, as faster-whisper's decoder does."""
+    try:
+        container = av.open(source, metadata_errors="ignore")
+    except av.error.FFmpegError as error:
+        raise MediaError(f"{name}: could not decode audio ({error.strerror or error})") from None
+    with container:
+        streams = list(container.streams.audio)
+        if not streams:
+            raise MediaError(f"{name}: no audio stream in {container.format.name} container")
+        indexes = [s.index for s in streams]  # read now: a stream is not to be touched once closed
+        chunks: dict[int, list[np.ndarray]] = {index: [] for index in indexes}
+        resamplers = {index: av.AudioResampler(format="fltp", rate=rate) for index in indexes}
+        try:
+            for packet in container.demux(*streams):
+                try:
+                    frames = packet.decode()
+                except av.error.InvalidDataError:
+                    continue
+                for frame in frames:
+                    chunks[packet.stream.index] += [out.to_ndarray() for out in resamplers[packet.stream.index].resample(frame)]
+            for index, resampler in resamplers.items():
+                chunks[index] += [out.to_ndarray() for out in resampler.resample(None)]
+        except av.error.FFmpegError as error:
+            raise MediaError(f"{name}: could not decode audio ({error.strerror or error})") from None
+    mixes = {index: mix_down(np.concatenate(chunks[index], axis=1).astype(np.float32, copy=False))
+             for index in indexes if chunks[index]}
+    if not mixes:
+        return Decoded(np.zeros(0, np.float32))
+    chosen = max(mixes, key=lambda index: _rms(mixes[index][0]))
+    samples, flipped = mixes[chosen]
+    notes = []
+    if len(indexes) > 1:
+        notes.append(f"audio stream {indexes.index(chosen) + 1} of {len(indexes)} transcribed: it carries the most sound")
+    if flipped:
+        notes.append("channels in opposite phase: aligned before the mix, which would have cancelled them")
+    return Decoded(np.ascontiguousarray(samples, dtype=np.float32), notes)

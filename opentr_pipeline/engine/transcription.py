@@ -24,7 +24,7 @@ import numpy as np
 
 from opentr_pipeline.engine.chunks import chunk_speech, chunks_to_decode_again
 from opentr_pipeline.engine.devices import DevicePlan
-from opentr_pipeline.engine.media import MediaError
+from opentr_pipeline.engine.media import MediaError, decode_for_speech
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ log = logging.getLogger("opentr")
 # never loads it (nor torch), and starts seconds sooner.
 SAMPLE_RATE = 16000
 CHUNK_S = 30  # the longest window batched decoding is given: Whisper's own
+EMPTY_WITH_SPEECH_S = 1.0  # an empty transcript of a file with this much detected speech is flagged
 
 
 def model_location(name: str) -> str:
@@ -130,6 +131,8 @@ class Transcript:
     host: str = ""
     engine: str = ""  # the process that held the model: one id per model load
     decoded_again: list[list[float]] = field(default_factory=list)  # [start, end] s of chunks the guard redid
+    audio_notes: list[str] = field(default_factory=list)  # which stream, how channels were mixed
+    warnings: list[str] = field(default_factory=list)  # what a person should look at (an empty text with speech)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Transcript":
@@ -168,6 +171,7 @@ class SourceChanged(RuntimeError):
 class DecodedAudio:
     samples: np.ndarray  # 16 kHz mono float32
     sha256: str  # of exactly the bytes decoded
+    notes: tuple[str, ...] = ()  # which stream, how the channels were mixed, where there was a choice
 
 
 def load_audio(path: str | Path, name: str | None = None) -> DecodedAudio:
@@ -177,8 +181,6 @@ def load_audio(path: str | Path, name: str | None = None) -> DecodedAudio:
     so the hash a transcript records is the hash of the bytes it was made from: a file replaced
     by a rename is still the old inode here, and one rewritten in place is refused.
     """
-    from faster_whisper import decode_audio
-
     name = name or str(path)
     with open(path, "rb") as handle:
         before = os.fstat(handle.fileno())
@@ -187,15 +189,18 @@ def load_audio(path: str | Path, name: str | None = None) -> DecodedAudio:
             digest.update(block)
         handle.seek(0)
         try:
-            samples = decode_audio(handle, sampling_rate=SAMPLE_RATE)
+            decoded = decode_for_speech(handle, name, SAMPLE_RATE)
+        except MediaError:
+            raise
         except Exception as error:  # PyAV raises many types; the file is the story
             raise MediaError(f"{name}: could not decode audio ({error})") from None
+        samples = decoded.samples
         after = os.fstat(handle.fileno())
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise SourceChanged(f"{name}: changed while it was being read; it is read again on the next attempt")
     if samples.size == 0:
         raise MediaError(f"{name}: decoded audio is empty")
-    return DecodedAudio(samples, digest.hexdigest())
+    return DecodedAudio(samples, digest.hexdigest(), tuple(decoded.notes))
 
 
 class ModelCache:
@@ -230,11 +235,12 @@ class ModelCache:
 
 
 def decode_batched(model: "WhisperModel", samples: np.ndarray,
-                   options: TranscriptionOptions) -> tuple[list[Segment], object, list[list[float]]]:
+                   options: TranscriptionOptions) -> tuple[list[Segment], object, list[list[float]], float]:
     """Batched decoding over VAD chunks, each chunk checked by the guard (chunks.py).
 
-    Returns the segments in recording time, faster-whisper's info, and the [start, end] of the
-    chunks decoded again sequentially because their words fell short of their speech.
+    Returns the segments in recording time, faster-whisper's info, the [start, end] of the
+    chunks decoded again sequentially because their words fell short of their speech, and the
+    seconds of speech the detector found.
     """
     from faster_whisper import BatchedInferencePipeline
     from faster_whisper.vad import VadOptions, get_speech_timestamps
@@ -245,7 +251,7 @@ def decode_batched(model: "WhisperModel", samples: np.ndarray,
     spans = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160))
     if not spans:  # no speech: the pipeline's own path says so (and detects the language)
         found, info = pipeline.transcribe(samples, batch_size=options.batch_size, vad_filter=True, **common)
-        return [plain_segment(s) for s in found], info, []
+        return [plain_segment(s) for s in found], info, [], 0.0
     chunks = chunk_speech([(span["start"], span["end"]) for span in spans], CHUNK_S * SAMPLE_RATE)
     found, info = pipeline.transcribe(
         samples, batch_size=options.batch_size, vad_filter=False,
@@ -262,7 +268,8 @@ def decode_batched(model: "WhisperModel", samples: np.ndarray,
                                       **{**common, "language": options.language or info.language})
         by_chunk[index] = [plain_segment(s, offset=chunk.start / SAMPLE_RATE) for s in decoded]
     decoded_again = [[round(chunks[i].start / SAMPLE_RATE, 3), round(chunks[i].end / SAMPLE_RATE, 3)] for i in again]
-    return [s for ss in by_chunk for s in ss], info, decoded_again
+    speech_s = sum(chunk.speech_s(SAMPLE_RATE) for chunk in chunks)
+    return [s for ss in by_chunk for s in ss], info, decoded_again, speech_s
 
 
 def plain_segment(segment, offset: float = 0.0) -> Segment:
@@ -270,6 +277,13 @@ def plain_segment(segment, offset: float = 0.0) -> Segment:
     words = [Word(round(w.start + offset, 3), round(w.end + offset, 3), w.word, round(w.probability, 4))
              for w in (segment.words or [])]
     return Segment(0, round(segment.start + offset, 3), round(segment.end + offset, 3), segment.text.strip(), words)
+
+
+def transcript_warnings(segments: list[Segment], speech_s: float) -> list[str]:
+    """What a person should look at, said beside the success rather than hidden by it."""
+    if not segments and speech_s >= EMPTY_WITH_SPEECH_S:
+        return [f"no words came out, though the voice detector heard {speech_s:.1f} s of speech"]
+    return []
 
 
 def transcribe(
@@ -287,12 +301,14 @@ def transcribe(
     clock = time.perf_counter()
     decoded_again: list = []
     if options.batch_size > 1 and options.vad_filter:
-        raw_segments, info, decoded_again = decode_batched(model, audio.samples, options)
+        raw_segments, info, decoded_again, speech_s = decode_batched(model, audio.samples, options)
     else:  # batching needs VAD chunks; without VAD, sequential decoding
         found, info = model.transcribe(audio.samples, beam_size=options.beam_size, language=options.language,
                                        vad_filter=options.vad_filter, word_timestamps=True)
         raw_segments = [plain_segment(s) for s in found]  # the generator does the work here
+        speech_s = float(info.duration_after_vad or 0.0) if options.vad_filter else 0.0
     segments = [replace(segment, id=i) for i, segment in enumerate(s for s in raw_segments if s.text)]
+    warnings = transcript_warnings(segments, speech_s)
     wall = time.perf_counter() - clock
     finished = datetime.now(timezone.utc)
     return Transcript(
@@ -312,6 +328,8 @@ def transcribe(
         host=socket.gethostname(),
         engine=engine_id(),
         decoded_again=decoded_again,
+        audio_notes=list(audio.notes),
+        warnings=warnings,
     )
 
 

@@ -114,3 +114,18 @@ def to_vtt(cues: list[Cue]) -> str:
 def to_txt(segments: list[dict]) -> str:
     lines = [s["text"].strip() for s in segments if s["text"].strip()]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def preview(cues: list[Cue], words: int, ends: int = 3) -> str:
+    """What the UI shows of a file's subtitles: the first and last cues with their times and the
+    word count, so an hour-long recording reads as a glance, not as a wall of text."""
+    if not cues:
+        return "(no speech: no cues)"
+    def line(cue: Cue) -> str:
+        return f"{_timestamp(cue.start, '.')[:-4]} {cue.text.replace(chr(10), ' ')}"
+    shown = [line(c) for c in cues[:ends]]
+    if len(cues) > 2 * ends:
+        shown += [f"... {len(cues) - 2 * ends} more cue(s) ..."] + [line(c) for c in cues[-ends:]]
+    else:
+        shown += [line(c) for c in cues[ends:]]
+    return f"{len(cues)} cues, {words} words, {_timestamp(cues[-1].end, '.')[:-4]} long\n" + "\n".join(shown)

@@ -25,6 +25,7 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     """The uploaded file, probed: container, codecs, duration, channels, size, SHA-256."""
     store = media.outputs()
     failures: dict[str, FileFailure] = {}
+    versions: dict[str, list] = {}
     for key in context.partition_keys:
         mark_started(store, "media_file", key, context.run_id)
         uri = key
@@ -32,7 +33,7 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             uri = source_uri(store, media.upload_uri, key)
             if "://" not in uri:  # an object store lists only whole objects
                 wait_until_whole(uri, media.settle_wait_s, lambda note: (context.log.info(note), log.info(note)))
-            version = store.version_of(uri)  # the transcript is recorded only if this still holds then
+            version = versions[key] = store.version_of(uri)  # the transcript is recorded only if this still holds
             check_size(uri, version[0], media.max_file_bytes)  # before any download
             with store.local_copy(uri) as path:
                 info = probe(path, name=uri, max_bytes=media.max_file_bytes,
@@ -56,4 +57,4 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             "size_bytes": info.size_bytes,
             "sha256": info.sha256,
         }, partition_key=key)
-    finish_batch(context, store, "media_file", failures, len(context.partition_keys))
+    finish_batch(context, store, "media_file", failures, len(context.partition_keys), versions)

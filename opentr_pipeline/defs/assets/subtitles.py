@@ -6,7 +6,7 @@ from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.intake.keys import key_path
-from opentr_pipeline.outputs.subtitles import build_cues, to_srt, to_txt, to_vtt
+from opentr_pipeline.outputs.subtitles import build_cues, preview, to_srt, to_txt, to_vtt
 
 
 @dg.asset(
@@ -28,8 +28,13 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             continue
         cues = build_cues(doc["segments"])
         srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues))
-        store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues))
-        store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"]))
+        vtt = store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues))
+        txt = store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"]))
         record_success(store, "subtitles", key)
-        context.add_asset_metadata({"cues": len(cues), "srt": dg.MetadataValue.path(srt)}, partition_key=key)
+        context.add_asset_metadata({
+            "cues": len(cues),
+            "preview": dg.MetadataValue.text(preview(cues, int(doc.get("words") or len(doc["text"].split())))),
+            "srt": dg.MetadataValue.path(srt), "vtt": dg.MetadataValue.path(vtt), "txt": dg.MetadataValue.path(txt),
+            "json": dg.MetadataValue.path(doc.get("uri") or store.uri(key_path("transcripts", key))),
+        }, partition_key=key)
     finish_batch(context, store, "subtitles", failures, len(context.partition_keys))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
+from opentr_pipeline.defs.names import RETRANSCRIBE
 from opentr_pipeline.defs.outcomes import finish_batch, mark_finished, mark_started, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor, MediaStore
@@ -42,6 +43,8 @@ def _metadata(doc: dict) -> dict:
         "wall_s": doc["wall_s"],
         "chunks_decoded_again": len(doc.get("decoded_again", [])),
         "reused_from": doc.get("reused_from") or "",
+        "warnings": "; ".join(doc.get("warnings", [])) or "none",
+        "audio_notes": "; ".join(doc.get("audio_notes", [])) or "",
         "preview": dg.MetadataValue.text(doc["text"][:300]),
         "path": dg.MetadataValue.path(doc["uri"]),
     }
@@ -141,7 +144,10 @@ class TranscriptRecorder:
                 self.write(key, probed, result)
                 message = (f"[{self.done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
                            f"{result.x_realtime}x realtime on {result.device} worker {result.worker}"
-                           f"{decoded_again_note(result)}")
+                           f"{decoded_again_note(result)}"
+                           + "".join(f"; {note}" for note in result.audio_notes + result.warnings))
+                if result.warnings:
+                    self.context.log.warning(f"{key}: {'; '.join(result.warnings)}")
             mark_finished(self.store, key)
         self.context.log.info(message)
         log.info(message)
@@ -202,9 +208,13 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
     version = settings_version(gpu)
     keys = context.partition_keys
     probes = {key: store.read_json_or_none(key_path("media", key)) for key in keys}
-    existing = {key: store.read_json_or_none(key_path("transcripts", key)) for key in keys}
-    elsewhere = {key: transcript_of_same_content(store, probed["sha256"], version, key)
-                 for key, probed in probes.items() if probed and not is_current(existing[key], probed, version)}
+    fresh = context.run.tags.get(RETRANSCRIBE, "").lower() == "true"
+    if fresh:
+        context.log.info(f"{RETRANSCRIBE}=true: every file transcribed afresh, nothing reused")
+    existing = {} if fresh else {key: store.read_json_or_none(key_path("transcripts", key)) for key in keys}
+    elsewhere = {} if fresh else {key: transcript_of_same_content(store, probed["sha256"], version, key)
+                                  for key, probed in probes.items()
+                                  if probed and not is_current(existing[key], probed, version)}
     plan = plan_transcripts(keys, probes, existing, elsewhere, version)
 
     recorder = TranscriptRecorder(context, store, version, total=len(plan.transcribe))
