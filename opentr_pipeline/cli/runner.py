@@ -18,6 +18,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 from opentr_pipeline.cli.instance import prepare_instance, set_gpu_pool_limit
+from opentr_pipeline.engine.local import die_with_parent
 from opentr_pipeline.settings import Settings, SettingsError
 
 log = logging.getLogger("opentr")
@@ -100,7 +101,7 @@ def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None
     # Spawned, not forked: this process has already asked CUDA for its devices, and CUDA does
     # not work in a child forked after that. Each child pays its imports once (seconds).
     pool = ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent, initargs=(os.getpid(),))
+                               initializer=die_with_parent, initargs=(os.getpid(),))  # SIGTERM: the default kills
     try:
         for (_, number, total, spec), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
             try:
@@ -114,20 +115,6 @@ def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def die_with_parent(parent: int) -> None:
-    """In each child: the kernel kills it when `opentr run` dies, however it dies (kill -9 too),
-    so no child lives on holding a model and taking queued runs. Linux; elsewhere a no-op."""
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the line above
-        os._exit(1)
 
 
 def failure_reasons(store, keys: list[str]) -> dict[str, str]:

@@ -12,7 +12,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, ContextManager
+from typing import Callable, ContextManager, TypeVar
 
 from kombu.exceptions import OperationalError
 from redis import Redis
@@ -22,7 +22,9 @@ from opentr_pipeline.engine.broker import HEARTBEAT, SUPERSEDED, TAKEN, TASK, ce
 from opentr_pipeline.engine.in_process import FileToTranscribe, OnDone, OnStart
 from opentr_pipeline.engine.media import MediaError
 from opentr_pipeline.engine.transcription import SourceChanged, Transcript
-from opentr_pipeline.settings import EngineSettings, Settings
+from opentr_pipeline.settings import EngineSettings, Settings, mask_url
+
+T = TypeVar("T")
 
 log = logging.getLogger("opentr")
 LOST_WORKERS_BEFORE_POISON = 2
@@ -70,6 +72,25 @@ class ResidentEngine:
         return submit_files(self.settings, files, on_start, on_done)
 
 
+def patiently(action: Callable[[], T], engine: EngineSettings, what: str) -> T:
+    """`action` against the broker, waiting out an outage (a Redis restarting) of up to
+    BROKER_PATIENCE_S: a run that cannot reach the broker waits, it does not spend an attempt."""
+    outage_since = None
+    while True:
+        try:
+            return action()
+        except (RedisError, OperationalError, OSError) as error:
+            now = time.monotonic()
+            if outage_since is None:
+                outage_since = now
+                log.warning("broker unreachable while %s (%s); waiting up to %d s", what,
+                            mask_url(str(error)), BROKER_PATIENCE_S)
+            if now - outage_since > BROKER_PATIENCE_S:
+                raise RuntimeError(f"the broker {mask_url(engine.broker_url)} was unreachable for "
+                                   f"{BROKER_PATIENCE_S} s while {what}") from None
+            time.sleep(1)
+
+
 def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: OnStart | None,
                  on_done: OnDone | None, poll_s: float = 0.25) -> dict[str, Transcript | Exception]:
     """Send every file to the resident workers; hand each result to `on_done` as it arrives."""
@@ -81,7 +102,8 @@ def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: On
     results: dict[str, Transcript | Exception] = {}
 
     def submit(item: Submitted) -> None:
-        sent = app.send_task(TASK, args=[item.key, item.uri, variables], queue=engine.queue)
+        sent = patiently(lambda: app.send_task(TASK, args=[item.key, item.uri, variables], queue=engine.queue),
+                         engine, f"sending {item.uri}")
         pending[sent.id] = item
 
     def finish(task_id: str, result: Transcript | Exception) -> None:
@@ -92,7 +114,7 @@ def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: On
 
     for file in files:
         submit(Submitted(file.key, file.uri))
-    live = live_engines(engine)
+    live = patiently(lambda: live_engines(engine), engine, "looking for live workers")
     log.info("%d file(s) sent to queue %r; %d resident worker(s) live, %d slot(s)", len(files), engine.queue,
              len(live), sum(e["slots"] for e in live))
     last_news = time.monotonic()
@@ -142,16 +164,17 @@ def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: On
             now = time.monotonic()
             if outage_since is None:
                 outage_since = now
-                log.warning("broker unreachable (%s); waiting up to %d s", error, BROKER_PATIENCE_S)
+                log.warning("broker unreachable (%s); waiting up to %d s", mask_url(str(error)), BROKER_PATIENCE_S)
             if now - outage_since > BROKER_PATIENCE_S:
-                raise RuntimeError(f"the broker {engine.broker_url} was unreachable for {BROKER_PATIENCE_S} s") from None
+                raise RuntimeError(f"the broker {mask_url(engine.broker_url)} was unreachable for "
+                                   f"{BROKER_PATIENCE_S} s") from None
             judge_after = now + engine.worker_lost_after_s
             time.sleep(1)
             continue
         if pending and time.monotonic() - last_news > 30:
             last_news = time.monotonic()
             waiting = sum(1 for item in pending.values() if not item.taken_by)
-            live = live_engines(engine)
+            live = patiently(lambda: live_engines(engine), engine, "looking for live workers")
             advice = "" if live else "; no resident worker is live: start one with `opentr worker`"
             log.info("%d file(s) in hand, %d waiting for a slot on queue %r%s", len(pending) - waiting,
                      waiting, engine.queue, advice)

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,19 @@ from redis import Redis
 from opentr_pipeline.engine.broker import HEARTBEAT
 from opentr_pipeline.engine.devices import plan_devices
 from opentr_pipeline.settings import Settings
+
+
+def die_with_parent(parent: int) -> None:
+    """In a child: the kernel ends it when its parent dies, however the parent dies (kill -9
+    too), so no worker or Redis lives on holding a model or a port. Linux; elsewhere a no-op."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
 
 
 def redis_server_command(port: int, folder: Path) -> list[str]:
@@ -57,13 +71,33 @@ def local_engine(settings: Settings, log_dir: Path, devices: list[str] | None = 
     broker = f"redis://127.0.0.1:{port}/0"
     env = {**os.environ, **settings.to_env(), "OPENTR_BROKER_URL": broker}
     processes: list[subprocess.Popen] = []
+    commands: dict[int, tuple[str, list[str]]] = {}  # index in processes -> what it runs
+    stopping = threading.Event()
 
-    def spawn(name: str, command: list[str]) -> subprocess.Popen:
+    def spawn(name: str, command: list[str], index: int | None = None) -> subprocess.Popen:
         with open(log_dir / f"{name}.log", "ab") as log:
             process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
-        processes.append(process)
+                                       stdin=subprocess.DEVNULL, preexec_fn=lambda: die_with_parent(parent))
+        if index is None:
+            index = len(processes)
+            processes.append(process)
+        else:
+            processes[index] = process
+        commands[index] = (name, command)
         return process
+
+    def supervise() -> None:
+        """What died is started again (Redis killed, a worker out of memory): runs wait for the
+        broker meanwhile, and a worker's unfinished file goes to the next worker."""
+        while not stopping.wait(0.5):
+            for index, process in enumerate(list(processes)):
+                if process.poll() is not None and not stopping.is_set():
+                    name, command = commands[index]
+                    print(f"opentr: {name} exited with {process.returncode}; starting it again "
+                          f"(log: {log_dir / (name + '.log')})", file=sys.stderr, flush=True)
+                    spawn(name, command, index)
+
+    parent = os.getpid()
 
     try:
         spawn("redis", redis_server_command(port, log_dir))
@@ -77,8 +111,10 @@ def local_engine(settings: Settings, log_dir: Path, devices: list[str] | None = 
             extra = ["--cpu-threads", str(cpu_threads)] if cpu_threads else []
             spawn(f"worker-{device.replace(':', '')}", [str(opentr), "worker", "--device", device, *extra])
         wait_for_engines(broker, len(devices), processes)
+        threading.Thread(target=supervise, name="opentr-supervisor", daemon=True).start()
         yield broker
     finally:
+        stopping.set()
         for process in reversed(processes):  # workers first (they finish their files), Redis last
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
