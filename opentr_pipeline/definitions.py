@@ -12,6 +12,7 @@ from opentr_pipeline.defs.jobs import report_job, transcribe_job
 from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
 from opentr_pipeline.defs.sensors import build_rerun_sensor, build_upload_sensor, report_freshness_sensor
 from opentr_pipeline.engine.devices import describe_plan
+from opentr_pipeline.engine.transcription import model_location
 from opentr_pipeline.settings import Settings
 
 def build_defs(settings: Settings) -> dg.Definitions:
@@ -20,6 +21,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
         plan = f"resident workers on queue '{settings.engine.queue}' (OPENTR_BROKER_URL)"
     else:
         plan = describe_plan(gpu.plan())  # validates the device variables at start-up
+    decoding = settings.decoding
+    plan += (f"; model {decoding.whisper_model} ({model_location(decoding.whisper_model)}), compute type "
+             f"{decoding.whisper_compute_type}, batch {decoding.batch_size}, beam {decoding.beam_size}")
     # Dagster takes a resource's description from its __doc__: the UI's resource page shows the plan.
     object.__setattr__(gpu, "__doc__", f"{GpuExecutor.__doc__} Device plan: {plan}.")
     version = settings_version(gpu)

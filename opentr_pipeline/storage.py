@@ -57,6 +57,13 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+class StorageFull(OSError):
+    """No space left where outputs go: named, transient (space can be freed), never a file's fault."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 @functools.cache
 def current_umask() -> int:
     """The process umask, read once: reading means setting it, which threads must not race."""
@@ -160,6 +167,13 @@ class Storage:
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(temporary, path)
+            except OSError as error:
+                Path(temporary).unlink(missing_ok=True)
+                if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StorageFull(error.errno, f"{self.uri(relative)}: no space left where outputs go "
+                                      f"(STORAGE_URI {self.root_uri}); free some and run again: what "
+                                      "finished stays finished") from None
+                raise
             except BaseException:
                 Path(temporary).unlink(missing_ok=True)
                 raise

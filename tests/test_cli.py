@@ -247,3 +247,60 @@ def test_two_commands_on_one_fresh_home_both_work(pipeline_env, demo_texts):
         assert command.returncode == 0, output
     assert (home / "dagster.yaml").read_text() == (Path(__file__).parent.parent / "dagster.yaml").read_text()
     assert len(list((Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json"))) == len(demo_texts)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 32 MiB tmpfs: a real full disk, not a mocked error. Needs root (CI and this machine)."""
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_named_transient_error_and_nothing_finished_is_lost(pipeline_env, fixtures_dir, small_disk,
+                                                                            monkeypatch):
+    """Issue 16, item 7: storage filling up mid-run crashed `opentr run` with an uncaught
+    `OSError: [Errno 28]` and no summary. Now each file that could not be written fails as
+    transient, named; what finished stays whole; after space is freed the next run finishes."""
+    import json
+    import threading
+
+    from conftest import SPEECH
+
+    store = small_disk / "store"
+    monkeypatch.setenv("STORAGE_URI", str(store))
+    monkeypatch.setenv("OPENTR_FILES_PER_RUN", "2")
+    names = [name for name in SPEECH if name.startswith("librispeech")] + ["jfk.flac"]
+    for name in names:
+        shutil.copy(fixtures_dir / name, Path(pipeline_env["UPLOAD_URI"]) / name)
+    filler = small_disk / "filler"
+
+    def fill_once_a_transcript_exists() -> None:
+        deadline = time.monotonic() + 300
+        while not list((store / "transcripts").glob("*.json")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        try:
+            with open(filler, "wb") as out:
+                while True:
+                    out.write(b"\0" * (1 << 20))
+                    out.flush()
+        except OSError:
+            pass  # full
+
+    threading.Thread(target=fill_once_a_transcript_exists, daemon=True).start()
+    first = opentr("run")
+    output = first.stdout + first.stderr
+    assert first.returncode == 1, output
+    assert "Traceback" not in output and "no space left where outputs go" in output, output
+    for path in (store / "transcripts").glob("*.json"):
+        json.loads(path.read_text())  # whatever was written is whole
+    assert "file(s) failed:" in first.stdout
+
+    filler.unlink()
+    second = opentr("run")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert sorted(p.name for p in (store / "transcripts").glob("*.json")) == sorted(f"{n}.json" for n in names)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from opentr_pipeline.cli.instance import prepare_instance, set_gpu_pool_limit
 from opentr_pipeline.engine.local import die_with_parent
 from opentr_pipeline.settings import Settings, SettingsError
+from opentr_pipeline.storage import StorageFull
 
 log = logging.getLogger("opentr")
 # Dagster's console logger repeats every failure with a stack trace; the run records them all
@@ -261,20 +262,27 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
              for chunk in contiguous_chunks(all_keys, set(pending), settings.files_per_run)]
     at_once = settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run)
     handled: set[str] = set()
-    while specs:  # bounded: every rerun counts an attempt, at most OPENTR_MAX_ATTEMPTS per file
-        execute_runs(settings, specs, at_once)
-        specs = reruns_of_failed_runs(settings, instance, store, invocation, handled)
-        if specs:
-            print(f"again: {sum(len(s.keys) for s in specs)} unfinished file(s) in {len(specs)} run(s)")
+    full: StorageFull | None = None
+    try:
+        while specs:  # bounded: every rerun counts an attempt, at most OPENTR_MAX_ATTEMPTS per file
+            execute_runs(settings, specs, at_once)
+            specs = reruns_of_failed_runs(settings, instance, store, invocation, handled)
+            if specs:
+                print(f"again: {sum(len(s.keys) for s in specs)} unfinished file(s) in {len(specs)} run(s)")
+    except StorageFull as error:  # no reruns into a full disk: say what is done and what is not
+        full = error
     done = instance.get_materialized_partitions(dg.AssetKey("subtitles"))
     not_done = [k for k in pending if k not in done]
     reasons = failure_reasons(store, not_done)
 
-    if len(not_done) < len(pending) or not store.exists("reports/throughput.parquet"):
+    if full is None and (len(not_done) < len(pending) or not store.exists("reports/throughput.parquet")):
         print("updating throughput_report", flush=True)
         defs.resolve_job_def(REPORT_JOB).execute_in_process(
             instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False
         )
+    if full is not None:
+        print(f"\nstopped: {full}")
+        reasons = {key: reasons.get(key, f"not finished: {full}") for key in not_done}
     elapsed = time.perf_counter() - started
     print(f"\n{len(pending) - len(not_done)} of {len(pending)} file(s) done in {elapsed:.1f} s")
     print(f"transcripts: {store.uri('transcripts')}\nsubtitles:   {store.uri('subtitles')}")

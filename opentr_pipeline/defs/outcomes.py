@@ -62,7 +62,10 @@ def record_failure(store: Storage, asset: str, key: str, failure: FileFailure, r
 def finish_batch(context: dg.AssetExecutionContext, store: Storage, asset: str,
                  failures: dict[str, FileFailure], total: int, versions: dict[str, list] | None = None) -> None:
     for key, failure in failures.items():
-        record_failure(store, asset, key, failure, context.run_id, (versions or {}).get(key))
+        try:
+            record_failure(store, asset, key, failure, context.run_id, (versions or {}).get(key))
+        except OSError as error:  # a full disk: the reason is still in the log and on the partition
+            context.log.warning(f"{key}: its failure record could not be written ({error})")
         context.log.error(f"{key}: {failure.reason}")
         # The partition's own page in the UI shows this: the reason where a person looks first.
         context.log_event(dg.AssetObservation(

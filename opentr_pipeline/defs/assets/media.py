@@ -38,13 +38,13 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             with store.local_copy(uri) as path:
                 info = probe(path, name=uri, max_bytes=media.max_file_bytes,
                              max_duration_s=media.max_duration_s)
+            store.write_json(key_path("media", key),
+                             {"partition_key": key, "source_uri": uri, "source_version": version, **info.to_dict()})
+            record_success(store, "media_file", key)
         except Exception as error:
             failures[key] = failure_of(error, uri)
             mark_finished(store, key)
             continue
-        store.write_json(key_path("media", key),
-                         {"partition_key": key, "source_uri": uri, "source_version": version, **info.to_dict()})
-        record_success(store, "media_file", key)
         mark_finished(store, key)
         context.add_asset_metadata({
             "source_uri": uri,

@@ -4,7 +4,7 @@ from opentr_pipeline.defs.assets.transcripts import transcript
 from opentr_pipeline.defs.outcomes import finish_batch, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
-from opentr_pipeline.engine.failures import FileFailure
+from opentr_pipeline.engine.failures import FileFailure, failure_of
 from opentr_pipeline.intake.keys import key_path
 from opentr_pipeline.outputs.subtitles import build_cues, preview, to_srt, to_txt, to_vtt
 
@@ -27,10 +27,14 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             failures[key] = FileFailure(f"{key}: no transcript yet; materialize transcript first", False)
             continue
         cues = build_cues(doc["segments"])
-        srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues))
-        vtt = store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues))
-        txt = store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"]))
-        record_success(store, "subtitles", key)
+        try:  # a full disk fails this file (transient), and the step names it, as for any other
+            srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues))
+            vtt = store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues))
+            txt = store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"]))
+            record_success(store, "subtitles", key)
+        except OSError as error:
+            failures[key] = failure_of(error, key)
+            continue
         context.add_asset_metadata({
             "cues": len(cues),
             "preview": dg.MetadataValue.text(preview(cues, int(doc.get("words") or len(doc["text"].split())))),

@@ -141,7 +141,15 @@ class TranscriptRecorder:
                 self.failures[key] = failure_of(result, probed["source_uri"])
                 message = f"[{self.done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
             else:
-                self.write(key, probed, result)
+                try:
+                    self.write(key, probed, result)
+                except Exception as error:  # storage full, say: this file's failure, not the run's crash
+                    self.failures[key] = failure_of(error, probed["source_uri"])
+                    message = f"[{self.done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
+                    mark_finished(self.store, key)
+                    self.context.log.error(message)
+                    log.info(message)
+                    return
                 message = (f"[{self.done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
                            f"{result.x_realtime}x realtime on {result.device} worker {result.worker}"
                            f"{decoded_again_note(result)}"
