@@ -9,7 +9,6 @@ for up to `retry_s` seconds; anything else (a missing file, a denied permission)
 from __future__ import annotations
 
 import errno
-import functools
 import json
 import logging
 import os
@@ -62,14 +61,6 @@ class StorageFull(OSError):
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
-
-
-@functools.cache
-def current_umask() -> int:
-    """The process umask, read once: reading means setting it, which threads must not race."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def info_mtime(info: dict) -> float:
@@ -159,9 +150,11 @@ class Storage:
         if self.is_local:
             folder = os.path.dirname(path)
             os.makedirs(folder, exist_ok=True)
-            fd, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".part")
+            # Created 0666 less the umask, as other tools make files (mkstemp's 0600 kept
+            # another service account, a web server or an indexer, from reading the outputs).
+            temporary = os.path.join(folder, f".{uuid.uuid4().hex}.part")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
             try:
-                os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp makes 0600; outputs are for readers too
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)
                     handle.flush()

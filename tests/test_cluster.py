@@ -134,8 +134,8 @@ def test_cluster_rehearsal_loses_nothing_when_a_worker_is_killed(tmp_path: Path,
         for doc in docs:
             name = doc["source_uri"].rsplit("/", 1)[-1]
             assert word_error_rate(references[name], doc["text"]) < 0.25, (name, doc["text"])
-        # The bad file failed alone, named: only the run that held it failed, its neighbours were
-        # rerun (the rerun sensor) and are among the 12 transcripts above.
+        # The bad file failed alone, named: the sensor saw it is no media and gave it a run of its
+        # own, the only run that failed; its neighbours' runs went through without a rerun.
         bad = json.loads((tmp_path / "store" / "failures" / "media_file" / f"{BAD}.json").read_text())
         assert BAD in bad["reason"] and bad["permanent"], bad
         assert [r["jobName"] for r in all_runs if r["status"] != "SUCCESS"] == ["transcribe_media"], all_runs

@@ -18,6 +18,7 @@ from opentr_pipeline.engine.transcription import ModelUnavailable
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
 
 log = logging.getLogger("opentr")
+QUIET_SUPERSESSION = "ignore:Function `dev_command` is superseded:FutureWarning"
 TERMINATED: list[int] = []  # set by SIGTERM; read by the loop that waits for dagster dev
 
 
@@ -82,9 +83,16 @@ def serve_ui(settings: Settings, extra_args: list[str]) -> int:
             print(advice)
     dagster = Path(sys.executable).with_name("dagster")
     command = [str(dagster), "dev", "-w", str(PROJECT_ROOT / "workspace.yaml"), *extra_args]
-    print(f"DAGSTER_HOME={settings.dagster_home}\n$ {' '.join(command)}", flush=True)
+    print(f"DAGSTER_HOME={settings.dagster_home} (its dagster.yaml, copied from the project's on first use, "
+          f"is the one in force)\n$ {' '.join(command)}", flush=True)
+    # Run from DAGSTER_HOME: from the project folder Dagster warns that the project's dagster.yaml
+    # "will not be used", which is untrue (it was copied into DAGSTER_HOME). Paths are passed
+    # resolved, so the change of folder moves none; `dagster dev` is what `dg dev` runs, without
+    # dg's project scaffolding, so its supersession notice is filtered out.
+    env = {**os.environ, **settings.to_env(),
+           "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_SUPERSESSION]))}
     # A child, not exec: dagster dev on SIGTERM leaves its webserver, daemon and code server running.
-    process = subprocess.Popen(command)
+    process = subprocess.Popen(command, cwd=settings.dagster_home, env=env)
     while True:  # Ctrl-C reaches dagster dev too (same process group): wait for it to stop
         try:
             return process.wait()

@@ -40,6 +40,7 @@ from opentr_pipeline.defs.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.defs.partitions import contiguous_chunks, media_files, run_request
 from opentr_pipeline.defs.reruns import rerun_unfinished
 from opentr_pipeline.defs.sensor_state import SensorCursor, UploadState, listing_digest
+from opentr_pipeline.engine.media import unreadable_reason
 from opentr_pipeline.intake.settled import is_whole, open_for_writing, time_to_settle
 from opentr_pipeline.intake.uploads import (
     Upload, UploadListing, register_sources, same_version, scan_uploads, source_path,
@@ -54,6 +55,7 @@ NAMES_PER_LOG_LINE = 20
 # A tick must end well inside the daemon's 60 s limit: at 100,000 files dropped at once it would
 # not (a source record and a run request each); the rest are taken by the next ticks.
 MAX_FILES_PER_TICK = 2000
+LOOKS_PER_TICK = 500  # header looks at ready local files (about 1 ms each); the rest go to runs
 
 
 @dataclass
@@ -181,23 +183,36 @@ def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListi
     plan.ready = [u for u in plan.ready if u.key not in already_done]
     if not plan.ready:
         return dg.SensorResult(skip_reason=f"no new or changed media{waiting}", cursor=next_cursor)
+    bad = no_media_at_all(plan.ready)
     new_keys = []
-    for upload in plan.ready:
+    for upload in sorted(plan.ready, key=lambda u: u in bad):  # bad ones last: no gap in the good runs' ranges
         if upload.key not in position:
             position[upload.key] = len(position)
             new_keys.append(upload.key)
     register_sources(store, plan.ready)
-    by_key = {upload.key: upload for upload in plan.ready}
+    for reason in bad.values():
+        context.log.warning(f"{reason}: it runs alone, so that it holds up no other file")
+    by_key = {upload.key: upload for upload in plan.ready if upload not in bad}
     order = sorted(by_key, key=position.__getitem__)
-    runs = [run_request_for([by_key[key] for key in chunk])
-            for chunk in contiguous_chunks(order, set(order), settings.files_per_run)]
+    runs = [run_request_for([upload]) for upload in bad] + [
+        run_request_for([by_key[key] for key in chunk]) for chunk in contiguous_chunks(order, set(order), settings.files_per_run)]
     again = len(plan.ready) - len(new_keys)
-    context.log.info(f"{len(new_keys)} new file(s), {again} changed, in {len(runs)} run(s){waiting}")
+    context.log.info(f"{len(new_keys)} new file(s), {again} changed, in {len(runs)} run(s)"
+                     f"{f' ({len(bad)} alone: no media at first look)' if bad else ''}{waiting}")
     return dg.SensorResult(
         run_requests=runs,
         dynamic_partitions_requests=[media_files.build_add_request(new_keys)] if new_keys else [],
         cursor=next_cursor,
     )
+
+
+def no_media_at_all(uploads: list[Upload]) -> dict[Upload, str]:
+    """Local files that are plainly no media (a text file named .mp3): a look at each one's first
+    bytes (FFmpeg where they are no known container's), at most LOOKS_PER_TICK a tick. In a run
+    beside good files such a file failed their run and delayed them by a rerun; in a run of its
+    own it fails alone, its partition failed with the reason, and the good files' run succeeds."""
+    looked = [u for u in uploads if "://" not in u.uri][:LOOKS_PER_TICK]
+    return {u: reason for u in looked if (reason := unreadable_reason(u.uri))}
 
 
 def build_upload_sensor(settings: Settings) -> dg.SensorDefinition:

@@ -96,6 +96,33 @@ def _open_container(path: Path):
         return av.open(open(path, "rb"), metadata_errors="ignore")
 
 
+# First bytes of the usual containers (RIFF/WAVE and AVI, ID3-tagged MP3, FLAC, Ogg, Matroska and
+# WebM, ASF/WMA, AIFF); MPEG audio frames start with an 11-bit sync. A file that starts otherwise
+# is opened by FFmpeg to judge it.
+MEDIA_SIGNATURES = (b"RIFF", b"ID3", b"fLaC", b"OggS", b"\x1aE\xdf\xa3", b"0&\xb2u", b"FORM", b"\xff\xfb",
+                    b"\xff\xf3", b"\xff\xf2", b"\xff\xf1", b"\xff\xf9", b"#!AMR")
+
+
+def unreadable_reason(path: str | Path, name: str | None = None) -> str | None:
+    """A quick look at a local file (its container's header, nothing demuxed, about a
+    millisecond): the reason it is no media at all, in probe's words, or None when it may be."""
+    name = name or str(path)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        if head.startswith(MEDIA_SIGNATURES) or head[4:8] == b"ftyp":
+            return None  # the common containers, by their first bytes: no FFmpeg needed
+        container = _open_container(Path(path))
+    except av.error.FFmpegError as error:
+        return f"{name}: not a readable media file ({error.strerror or error})"
+    except OSError:
+        return None  # gone or unreadable now: the run says so
+    with container:
+        if not container.streams.audio:
+            return f"{name}: no audio stream in {container.format.name} container"
+    return None
+
+
 def probe(path: str | Path, name: str | None = None, max_bytes: int | None = None,
           max_duration_s: float | None = None) -> MediaInfo:
     """Read the container and demux every audio packet (cheap: no decoding).
