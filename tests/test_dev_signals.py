@@ -122,3 +122,32 @@ def test_dev_restarts_a_killed_broker_and_no_file_is_lost(tmp_path: Path, fixtur
         assert not list(store.glob("failures/*/*.json")), [p.read_text() for p in store.glob("failures/*/*.json")]
         log = dev.log_tail(200000)
         assert "redis exited with" in log and "starting it again" in log, log[-3000:]
+
+
+def test_a_clean_stop_leaves_no_failed_report_run(tmp_path: Path):
+    """Issue 17: Ctrl-C while the report run was going left it FAILED with a traceback, so the
+    next start showed a failure that was only the stop. It is marked canceled now."""
+    import dagster as dg
+
+    from conftest import DEMO_MEDIA
+
+    for folder in ("uploads", "store", "home"):
+        (tmp_path / folder).mkdir()
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_", "DAGSTER_"))}
+    env.update(UPLOAD_URI=str(tmp_path / "uploads"), STORAGE_URI=str(tmp_path / "store"),
+               DAGSTER_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    report_runs = 'query { runsOrError(filter: {pipelineName: "throughput_report_job"}) { ... on Runs { results { runId status } } } }'
+    with DevServer(PROJECT_ROOT, env, tmp_path / "dev.log") as dev:
+        shutil.copy(DEMO_MEDIA / "harvard_01.ogg", tmp_path / "uploads" / "talk.ogg")
+
+        def report_going() -> bool:
+            runs = dev.graphql(report_runs)["runsOrError"]["results"]
+            return any(run["status"] == "STARTED" for run in runs)
+
+        wait_for(report_going, 240, "a report run going", interval=0.05)
+        os.killpg(os.getpgid(dev.process.pid), signal.SIGINT)  # Ctrl-C, mid-report
+        dev.process.wait(timeout=90)
+    instance = dg.DagsterInstance.from_config(str(tmp_path / "home"))
+    statuses = [run.status for run in instance.get_runs(dg.RunsFilter(job_name="throughput_report_job"))]
+    assert statuses and dg.DagsterRunStatus.FAILURE not in statuses, statuses

@@ -9,6 +9,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 from opentr_pipeline.cli.instance import monitoring_advice, prepare_instance, run_queue_advice, set_gpu_pool_limit
@@ -92,15 +94,38 @@ def serve_ui(settings: Settings, extra_args: list[str]) -> int:
     env = {**os.environ, **settings.to_env(),
            "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_SUPERSESSION]))}
     # A child, not exec: dagster dev on SIGTERM leaves its webserver, daemon and code server running.
+    started = time.time()
     process = subprocess.Popen(command, cwd=settings.dagster_home, env=env)
     while True:  # Ctrl-C reaches dagster dev too (same process group): wait for it to stop
         try:
-            return process.wait()
+            code = process.wait()
+            break
         except KeyboardInterrupt:
             if TERMINATED:  # SIGTERM came to this process alone: stop dagster dev as Ctrl-C does
                 TERMINATED.clear()
                 process.send_signal(signal.SIGINT)
             continue
+    cancel_report_runs_a_stop_interrupted(instance, started)
+    return code
+
+
+def cancel_report_runs_a_stop_interrupted(instance, since: float) -> None:
+    """A report run that the stop itself interrupted is marked canceled, not failed: a clean stop
+    leaves no failure behind (the next change of the transcripts asks for a report again)."""
+    import dagster as dg
+
+    from opentr_pipeline.defs.names import REPORT_JOB
+
+    try:
+        runs = instance.get_runs(dg.RunsFilter(job_name=REPORT_JOB, statuses=[dg.DagsterRunStatus.FAILURE],
+                                               updated_after=datetime.fromtimestamp(since, timezone.utc)))
+        for run in runs:
+            text = " ".join(repr(entry.dagster_event.event_specific_data) for entry in instance.all_logs(run.run_id)
+                            if entry.dagster_event is not None)
+            if "Interrupt" in text:
+                instance.report_run_canceled(run, message="stopped with opentr dev (Ctrl-C or SIGTERM): not a failure")
+    except Exception as error:  # tidying up must never make a stop fail
+        print(f"opentr dev: could not look at report runs the stop interrupted ({error})", file=sys.stderr)
 
 
 def run_benchmark(args: list[str]) -> int:
