@@ -182,8 +182,14 @@ def changed_since_probed(store, uploads: list) -> list:
             return not same_version(probed["source_version"], upload)
         return not same_version(store.read_json_or_none(source_path(upload.key)), upload)
 
-    with ThreadPoolExecutor(16) as pool:  # small reads: on S3 each is a round trip
-        return [upload for upload, moved in zip(uploads, pool.map(changed, uploads)) if moved]
+    return those_where(changed, uploads)
+
+
+def those_where(predicate, uploads: list) -> list:
+    """The uploads for which `predicate` (a small storage read or two) holds, read side by side:
+    on S3 each read is a round trip."""
+    with ThreadPoolExecutor(16) as pool:
+        return [upload for upload, holds in zip(uploads, pool.map(predicate, uploads)) if holds]
 
 
 def failed_for_good(store, uploads: list) -> list:
@@ -197,8 +203,7 @@ def failed_for_good(store, uploads: list) -> list:
         return bool(record and record.get("permanent") and record.get("source_version")
                     and same_version(record["source_version"], upload))
 
-    with ThreadPoolExecutor(16) as pool:
-        return [upload for upload, bad in zip(uploads, pool.map(unchanged_bad, uploads)) if bad]
+    return those_where(unchanged_bad, uploads)
 
 
 def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: bool = False) -> int:

@@ -204,13 +204,14 @@ def mix_down(planar: np.ndarray) -> tuple[np.ndarray, bool]:
     right) are kept, each at half strength. Returns the mix and whether a channel was flipped."""
     if planar.shape[0] == 1:
         return planar[0], False
-    reference = planar[int(np.argmax(np.einsum("ij,ij->i", planar, planar, dtype=np.float64)))]
-    signs = np.where(planar.astype(np.float64) @ reference.astype(np.float64) < 0, -1.0, 1.0).astype(np.float32)
+    # Dot products, channel by channel: no float64 copy of hours of audio for a sign and a loudness.
+    reference = planar[int(np.argmax([np.dot(channel, channel) for channel in planar]))]
+    signs = np.array([-1.0 if np.dot(channel, reference) < 0 else 1.0 for channel in planar], np.float32)
     return (planar * signs[:, None]).mean(axis=0), bool((signs < 0).any())
 
 
 def _rms(samples: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) if samples.size else 0.0
+    return float(np.sqrt(np.dot(samples, samples) / samples.size)) if samples.size else 0.0
 
 
 def decode_for_speech(source, name: str, rate: int = 16000) -> Decoded:

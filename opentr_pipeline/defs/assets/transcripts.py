@@ -137,19 +137,15 @@ class TranscriptRecorder:
             result = self.still_the_probed_file(probed, result)
         with self.lock:
             self.done += 1
+            if not isinstance(result, Exception):
+                try:
+                    self.write(key, probed, result)
+                except Exception as error:  # storage full, say: this file's failure, not the run's crash
+                    result = error
             if isinstance(result, Exception):
                 self.failures[key] = failure_of(result, probed["source_uri"])
                 message = f"[{self.done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
             else:
-                try:
-                    self.write(key, probed, result)
-                except Exception as error:  # storage full, say: this file's failure, not the run's crash
-                    self.failures[key] = failure_of(error, probed["source_uri"])
-                    message = f"[{self.done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
-                    mark_finished(self.store, key)
-                    self.context.log.error(message)
-                    log.info(message)
-                    return
                 message = (f"[{self.done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
                            f"{result.x_realtime}x realtime on {result.device} worker {result.worker}"
                            f"{decoded_again_note(result)}"
