@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from opentr_pipeline.engine.chunks import Chunk, chunk_speech, chunks_to_decode_again
+from opentr_pipeline.engine.chunks import Chunk, chunk_speech, chunks_to_decode_again, window_cut
 
 RATE = 100  # samples per second in the pure tests: spans read as centiseconds
 
@@ -56,6 +56,27 @@ def test_slow_speech_and_tiny_chunks_are_left_alone() -> None:
     assert chunks_to_decode_again(chunks, words, RATE) == []
 
 
+def test_a_window_of_few_chunks_is_judged_by_the_recording_s_own_rate() -> None:
+    """Two chunks, one at 40% of the other's rate: alone their median hides it; the rates of
+    the recording's earlier windows show it."""
+    chunks = [Chunk(0, 2800, [(0, 2800)]), Chunk(3000, 5800, [(3000, 5800)])]
+    words = [steady_words(chunks[0], 2.5), steady_words(chunks[1], 1.0)]
+    assert chunks_to_decode_again(chunks, words, RATE) == []
+    assert chunks_to_decode_again(chunks, words, RATE, earlier_rates=[2.4, 2.6, 2.5]) == [1]
+
+
+def test_a_long_recording_is_cut_into_windows_only_in_its_pauses() -> None:
+    """Windows of a long recording (issue 16, item 9) end where nobody speaks."""
+    spans = [(100, 900), (1000, 2500), (2600, 5800)]
+    assert window_cut(spans, 5900, RATE) == 2550  # 1 s of silence at the end: too little; the last pause
+    assert window_cut(spans, 8500, RATE) == 7150  # 27 s of silence after the last span: cut in it
+    assert window_cut([], 6000, RATE) == 6000  # no speech: the whole window
+    assert window_cut([(0, 6000)], 6000, RATE) == 6000  # no pause at all: the whole window
+    assert window_cut([(3000, 6000)], 6000, RATE) == 1500  # speech only at the end: before it
+    for cut in (window_cut(spans, n, RATE) for n in range(5800, 9000, 50)):
+        assert not any(start < cut < end for start, end in spans)
+
+
 @pytest.fixture(scope="module")
 def conversation(fixtures_dir):
     """About four minutes of ten clips in shuffled turns, 0.7 s apart (benchmarks/corpus.py)."""
@@ -91,3 +112,28 @@ def test_a_long_recording_of_speakers_taking_turns_keeps_its_words(conversation)
     starts = [segment.start for segment in guarded.segments]
     assert starts == sorted(starts) and guarded.segments[-1].end <= len(audio) / 16000 + 0.5
     assert [s.id for s in guarded.segments] == list(range(len(guarded.segments)))
+
+
+
+@pytest.mark.slow
+def test_a_long_recording_decoded_in_windows_keeps_its_words(conversation, tmp_path) -> None:
+    """Windows of 60 s, each cut in a pause (issue 16, item 9): the same words at the same times
+    as the recording decoded whole, with the language of the first window throughout."""
+    import corpus
+
+    from opentr_pipeline.engine.devices import DevicePlan
+    from opentr_pipeline.engine.transcription import MODELS, TranscriptionOptions, load_audio, transcribe
+    from opentr_pipeline.settings import BUNDLED_MODEL
+
+    audio, reference = conversation
+    corpus.write_wav(tmp_path / "talk.wav", audio)
+    model = MODELS.get(BUNDLED_MODEL, DevicePlan("cpu", 0, 1, os.cpu_count() or 1), "int8")
+    decoded = load_audio(tmp_path / "talk.wav", "talk.wav", window_s=60)
+    assert decoded.rest is not None and len(decoded.samples) == 60 * 16000
+    done = transcribe(model, decoded, TranscriptionOptions(), model_name=BUNDLED_MODEL, compute_type="int8",
+                      device="cpu:0", worker=0)
+    assert corpus.word_error_rate(reference, done.text) <= 0.05, done.text
+    assert done.duration_s == pytest.approx(len(audio) / 16000, abs=0.01)
+    starts = [segment.start for segment in done.segments]
+    assert starts == sorted(starts) and done.segments[-1].end > done.duration_s - 10
+    assert done.segments[-1].end <= done.duration_s + 0.5 and done.language == "en"

@@ -259,26 +259,26 @@ def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, t
     import opentr_pipeline.engine.transcription as transcription
     from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor
 
-    real_transcribe = transcription.transcribe
+    real_decode = transcription.decode_piece
     batches: list[int] = []
 
-    def transcribe_with_little_memory(model, audio, options, **kwargs):
+    def decode_with_little_memory(model, samples, options, *args):
         batches.append(options.batch_size)
         if options.batch_size > 2:
             raise RuntimeError("CUDA failed with error out of memory")
-        return real_transcribe(model, audio, options, **kwargs)
+        return real_decode(model, samples, options, *args)
 
-    monkeypatch.setattr(transcription, "transcribe", transcribe_with_little_memory)
+    monkeypatch.setattr(transcription, "decode_piece", decode_with_little_memory)
     gpu = GpuExecutor.from_env({"WHISPER_BATCH_SIZE": "8"}, lock_dir=str(tmp_path))
     name = "librispeech_test-clean_61-70968-0002.wav"
     results = gpu.transcribe_files([FileToTranscribe("a", str(fixtures_dir / name))])
     assert batches == [8, 4, 2]
     assert word_error_rate(SPEECH[name], results["a"].text) < 0.15
 
-    def never_fits(model, audio, options, **kwargs):
+    def never_fits(model, samples, options, *args):
         raise RuntimeError("CUDA failed with error out of memory")
 
-    monkeypatch.setattr(transcription, "transcribe", never_fits)
+    monkeypatch.setattr(transcription, "decode_piece", never_fits)
     other = "librispeech_test-clean_2830-3980-0043.wav"
     results = gpu.transcribe_files([FileToTranscribe("b", str(fixtures_dir / other)),
                                     FileToTranscribe("c", str(fixtures_dir / name))])

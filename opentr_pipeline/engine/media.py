@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import av
 import numpy as np
@@ -197,27 +198,56 @@ class Decoded:
     notes: list[str] = field(default_factory=list)  # what was chosen, when there was a choice
 
 
-def mix_down(planar: np.ndarray) -> tuple[np.ndarray, bool]:
-    """Channels (channels x samples) to one, polarity aligned first: a channel that runs against
-    the loudest one (a phase-inverted pair, a miswired microphone) is flipped before the mean,
-    where a plain mean would cancel the speech. Channels that differ (two speakers, hard left and
-    right) are kept, each at half strength. Returns the mix and whether a channel was flipped."""
-    if planar.shape[0] == 1:
-        return planar[0], False
-    # Dot products, channel by channel: no float64 copy of hours of audio for a sign and a loudness.
-    reference = planar[int(np.argmax([np.dot(channel, channel) for channel in planar]))]
-    signs = np.array([-1.0 if np.dot(channel, reference) < 0 else 1.0 for channel in planar], np.float32)
-    return (planar * signs[:, None]).mean(axis=0), bool((signs < 0).any())
+def mix_down(frames: list[np.ndarray], size: int | None = None) -> tuple[np.ndarray, bool, list[np.ndarray]]:
+    """The first `size` samples (all with None) of decoded frames (each channels x samples) as one
+    channel, polarity aligned first: a channel that runs against the loudest one (a
+    phase-inverted pair, a miswired microphone) is flipped before the mean, where a plain mean
+    would cancel the speech. Channels that differ (two speakers, hard left and right) are kept,
+    each at half strength. Frame by frame, so memory holds the frames and the mix, no more.
+    Returns the mix, whether a channel was flipped, and the frames beyond `size`."""
+    total = sum(frame.shape[1] for frame in frames)
+    size = total if size is None else min(size, total)
+    taken, rest, held = [], [], 0
+    for frame in frames:
+        if held >= size:
+            rest.append(frame)
+        elif held + frame.shape[1] > size:
+            taken.append(frame[:, :size - held])
+            rest.append(frame[:, size - held:].copy())
+        else:
+            taken.append(frame)
+        held += frame.shape[1]
+    if not taken:
+        return np.zeros(0, np.float32), False, rest
+    channels = taken[0].shape[0]
+    signs = np.ones(channels, np.float32)
+    if channels > 1:
+        energy = np.array([sum(float(np.dot(f[c], f[c])) for f in taken) for c in range(channels)])
+        loudest = int(np.argmax(energy))
+        agreement = [sum(float(np.dot(f[c], f[loudest])) for f in taken) for c in range(channels)]
+        signs = np.array([-1.0 if value < 0 else 1.0 for value in agreement], np.float32) / channels
+    mix, at = np.empty(size, np.float32), 0
+    for frame in taken:
+        mix[at:at + frame.shape[1]] = signs @ frame if channels > 1 else frame[0]
+        at += frame.shape[1]
+    return mix, bool((signs < 0).any()), rest
 
 
 def _rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.dot(samples, samples) / samples.size)) if samples.size else 0.0
 
 
-def decode_for_speech(source, name: str, rate: int = 16000) -> Decoded:
-    """Every audio stream decoded to `rate` with its channels, each mixed down (mix_down); the
-    stream that carries the most sound is kept (a video whose first audio track is silent and
-    second holds the talk). Damaged packets are skipped, as faster-whisper's decoder does."""
+def decode_windows(source, name: str, rate: int = 16000, window_samples: int | None = None) -> Iterator[Decoded]:
+    """The audio as mono float32 at `rate`, in windows of `window_samples` (the last shorter;
+    None: the whole file as one), decoded as they are taken, so memory holds one window
+    whatever the duration.
+
+    Every audio stream is decoded with its channels, each mixed down (mix_down), and the stream
+    that carries the most sound is kept (a video whose first audio track is silent and second
+    holds the talk), judged over the first window; after that only the chosen stream is decoded.
+    Damaged packets are skipped, as faster-whisper's decoder does. Notes (the stream chosen, a
+    channel flipped) come with the window where they first apply.
+    """
     try:
         container = av.open(source, metadata_errors="ignore")
     except av.error.FFmpegError as error:
@@ -227,29 +257,61 @@ def decode_for_speech(source, name: str, rate: int = 16000) -> Decoded:
         if not streams:
             raise MediaError(f"{name}: no audio stream in {container.format.name} container")
         indexes = [s.index for s in streams]  # read now: a stream is not to be touched once closed
-        chunks: dict[int, list[np.ndarray]] = {index: [] for index in indexes}
+        pending: dict[int, list[np.ndarray]] = {index: [] for index in indexes}
+        held = dict.fromkeys(indexes, 0)  # samples pending per stream
         resamplers = {index: av.AudioResampler(format="fltp", rate=rate) for index in indexes}
+        chosen: int | None = None
+        said_flipped = False
+
+        def window(index: int, size: int | None) -> Decoded:
+            """The first `size` pending samples of stream `index` (all with None), mixed down."""
+            nonlocal chosen, said_flipped
+            notes = []
+            if chosen is None:
+                mixes = {i: mix_down(pending[i], size) for i in indexes}
+                index = chosen = max(mixes, key=lambda i: _rms(mixes[i][0]))
+                if len(indexes) > 1:
+                    notes.append(f"audio stream {indexes.index(chosen) + 1} of {len(indexes)} transcribed: "
+                                 "it carries the most sound")
+                mix, flipped, rest = mixes[chosen]
+                for other in indexes:
+                    if other != chosen:
+                        pending[other], held[other] = [], 0
+            else:
+                mix, flipped, rest = mix_down(pending[index], size)
+            pending[index], held[index] = rest, sum(frame.shape[1] for frame in rest)
+            if flipped and not said_flipped:
+                said_flipped = True
+                notes.append("channels in opposite phase: aligned before the mix, which would have cancelled them")
+            return Decoded(mix, notes)
+
+        def take(index: int, frames) -> None:
+            for out in frames:
+                array = out.to_ndarray()
+                pending[index].append(array)
+                held[index] += array.shape[1]
+
         try:
             for packet in container.demux(*streams):
+                index = packet.stream.index
+                if chosen is not None and index != chosen:
+                    continue  # demuxed, never decoded
                 try:
                     frames = packet.decode()
                 except av.error.InvalidDataError:
                     continue
                 for frame in frames:
-                    chunks[packet.stream.index] += [out.to_ndarray() for out in resamplers[packet.stream.index].resample(frame)]
-            for index, resampler in resamplers.items():
-                chunks[index] += [out.to_ndarray() for out in resampler.resample(None)]
+                    take(index, resamplers[index].resample(frame))
+                while window_samples and held[index] >= window_samples and (chosen is None or index == chosen):
+                    yield window(index, window_samples)
+            for index in ([chosen] if chosen is not None else indexes):
+                take(index, resamplers[index].resample(None))
         except av.error.FFmpegError as error:
             raise MediaError(f"{name}: could not decode audio ({error.strerror or error})") from None
-    mixes = {index: mix_down(np.concatenate(chunks[index], axis=1).astype(np.float32, copy=False))
-             for index in indexes if chunks[index]}
-    if not mixes:
-        return Decoded(np.zeros(0, np.float32))
-    chosen = max(mixes, key=lambda index: _rms(mixes[index][0]))
-    samples, flipped = mixes[chosen]
-    notes = []
-    if len(indexes) > 1:
-        notes.append(f"audio stream {indexes.index(chosen) + 1} of {len(indexes)} transcribed: it carries the most sound")
-    if flipped:
-        notes.append("channels in opposite phase: aligned before the mix, which would have cancelled them")
-    return Decoded(np.ascontiguousarray(samples, dtype=np.float32), notes)
+    if chosen is None or held[chosen]:
+        yield window(chosen if chosen is not None else indexes[0], None)
+
+
+def decode_for_speech(source, name: str, rate: int = 16000) -> Decoded:
+    """The whole file as one window of decode_windows."""
+    return next(decode_windows(source, name, rate))

@@ -18,13 +18,13 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from opentr_pipeline.engine.chunks import chunk_speech, chunks_to_decode_again
+from opentr_pipeline.engine.chunks import chunk_speech, chunks_to_decode_again, speaking_rates, window_cut
 from opentr_pipeline.engine.devices import DevicePlan
-from opentr_pipeline.engine.media import MediaError, decode_for_speech
+from opentr_pipeline.engine.media import Decoded, MediaError, decode_windows
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
 
 if TYPE_CHECKING:
@@ -36,6 +36,9 @@ log = logging.getLogger("opentr")
 SAMPLE_RATE = 16000
 CHUNK_S = 30  # the longest window batched decoding is given: Whisper's own
 EMPTY_WITH_SPEECH_S = 1.0  # an empty transcript of a file with this much detected speech is flagged
+# A recording longer than this is decoded and transcribed a window at a time (cut in a pause), so
+# a worker's memory is bounded whatever the duration (README, "What is guaranteed").
+WINDOW_S = 600.0
 
 
 def model_location(name: str) -> str:
@@ -169,38 +172,68 @@ class SourceChanged(RuntimeError):
 
 @dataclass(frozen=True)
 class DecodedAudio:
-    samples: np.ndarray  # 16 kHz mono float32
+    samples: np.ndarray  # 16 kHz mono float32: the whole recording, or its first window when `rest` is set
     sha256: str  # of exactly the bytes decoded
     notes: tuple[str, ...] = ()  # which stream, how the channels were mixed, where there was a choice
+    rest: Iterator[Decoded] | None = None  # a long recording's later windows, decoded as they are taken
 
 
-def load_audio(path: str | Path, name: str | None = None) -> DecodedAudio:
+def load_audio(path: str | Path, name: str | None = None, window_s: float = WINDOW_S) -> DecodedAudio:
     """Hash and decode one open file to 16 kHz mono float32, naming the file if it cannot be read.
 
-    Both read the same open file, and its size and modification time must not move meanwhile,
-    so the hash a transcript records is the hash of the bytes it was made from: a file replaced
-    by a rename is still the old inode here, and one rewritten in place is refused.
+    A recording longer than `window_s` is decoded one window at a time while it is transcribed
+    (its first window here, the rest in `rest`), so memory holds one window, whatever the
+    duration. Hash and decoder read the same open file, and its size and modification time must
+    not move meanwhile, so the hash a transcript records is the hash of the bytes it was made
+    from: a file replaced by a rename is still the old inode here, and one rewritten in place is
+    refused.
     """
     name = name or str(path)
-    with open(path, "rb") as handle:
+    handle = open(path, "rb")
+    try:
         before = os.fstat(handle.fileno())
         digest = hashlib.sha256()
         while block := handle.read(1 << 20):
             digest.update(block)
         handle.seek(0)
+        windows = _named_errors(decode_windows(handle, name, SAMPLE_RATE, round(window_s * SAMPLE_RATE)), name)
+        first = next(windows)
+        second = next(windows, None)
+    except BaseException:
+        handle.close()
+        raise
+    if first.samples.size == 0:
+        handle.close()
+        raise MediaError(f"{name}: decoded audio is empty")
+    if second is None:
+        with handle:
+            _unchanged(before, handle, name)
+        return DecodedAudio(first.samples, digest.hexdigest(), tuple(first.notes))
+
+    def rest() -> Iterator[Decoded]:
         try:
-            decoded = decode_for_speech(handle, name, SAMPLE_RATE)
-        except MediaError:
-            raise
-        except Exception as error:  # PyAV raises many types; the file is the story
-            raise MediaError(f"{name}: could not decode audio ({error})") from None
-        samples = decoded.samples
-        after = os.fstat(handle.fileno())
+            yield second
+            yield from windows
+            _unchanged(before, handle, name)  # at the end: every window came from one version
+        finally:
+            handle.close()
+
+    return DecodedAudio(first.samples, digest.hexdigest(), tuple(first.notes), rest())
+
+
+def _named_errors(windows: Iterator[Decoded], name: str) -> Iterator[Decoded]:
+    try:
+        yield from windows
+    except MediaError:
+        raise
+    except Exception as error:  # PyAV raises many types; the file is the story
+        raise MediaError(f"{name}: could not decode audio ({error})") from None
+
+
+def _unchanged(before: os.stat_result, handle, name: str) -> None:
+    after = os.fstat(handle.fileno())
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise SourceChanged(f"{name}: changed while it was being read; it is read again on the next attempt")
-    if samples.size == 0:
-        raise MediaError(f"{name}: decoded audio is empty")
-    return DecodedAudio(samples, digest.hexdigest(), tuple(decoded.notes))
 
 
 class ModelCache:
@@ -234,42 +267,112 @@ class ModelCache:
         return len(self._models)
 
 
-def decode_batched(model: "WhisperModel", samples: np.ndarray,
-                   options: TranscriptionOptions) -> tuple[list[Segment], object, list[list[float]], float]:
+def speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
+    """Speech, in samples: faster-whisper's own batched VAD settings, so the speech is the same."""
+    from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+    found = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160))
+    return [(span["start"], span["end"]) for span in found]
+
+
+def decode_batched(model: "WhisperModel", samples: np.ndarray, options: TranscriptionOptions,
+                   spans: list[tuple[int, int]] | None = None, offset_s: float = 0.0,
+                   rates: list[float] | None = None) -> tuple[list[Segment], object, list[list[float]], float]:
     """Batched decoding over VAD chunks, each chunk checked by the guard (chunks.py).
 
-    Returns the segments in recording time, faster-whisper's info, the [start, end] of the
-    chunks decoded again sequentially because their words fell short of their speech, and the
-    seconds of speech the detector found.
+    Returns the segments in recording time (`samples` start `offset_s` into it), faster-whisper's
+    info, the [start, end] of the chunks decoded again sequentially because their words fell
+    short of their speech, and the seconds of speech the detector found (`spans`, when given).
+    `rates`: the recording's speaking rates from earlier windows; this window's are added.
     """
     from faster_whisper import BatchedInferencePipeline
-    from faster_whisper.vad import VadOptions, get_speech_timestamps
 
     common = dict(beam_size=options.beam_size, language=options.language, word_timestamps=True)
     pipeline = BatchedInferencePipeline(model)  # one per call: it keeps per-call state
-    # faster-whisper's own batched VAD settings, so the speech found is the same as before.
-    spans = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160))
+    spans = speech_spans(samples) if spans is None else spans
     if not spans:  # no speech: the pipeline's own path says so (and detects the language)
         found, info = pipeline.transcribe(samples, batch_size=options.batch_size, vad_filter=True, **common)
-        return [plain_segment(s) for s in found], info, [], 0.0
-    chunks = chunk_speech([(span["start"], span["end"]) for span in spans], CHUNK_S * SAMPLE_RATE)
+        return [plain_segment(s, offset_s) for s in found], info, [], 0.0
+    chunks = chunk_speech(spans, CHUNK_S * SAMPLE_RATE)
     found, info = pipeline.transcribe(
         samples, batch_size=options.batch_size, vad_filter=False,
         clip_timestamps=[{"start": c.start / SAMPLE_RATE, "end": c.end / SAMPLE_RATE} for c in chunks], **common)
     starts = [c.start * model.frames_per_second // SAMPLE_RATE for c in chunks]
     by_chunk: list[list[Segment]] = [[] for _ in chunks]
     for segment in found:  # a segment's seek is its chunk's first frame (give or take rounding)
-        by_chunk[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)].append(plain_segment(segment))
-    word_ends = [[word.end for segment in decoded for word in segment.words] for decoded in by_chunk]
-    again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE) if options.chunk_guard else []
+        by_chunk[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)].append(plain_segment(segment, offset_s))
+    word_ends = [[word.end - offset_s for segment in decoded for word in segment.words] for decoded in by_chunk]
+    rates = [] if rates is None else rates
+    again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE, rates) if options.chunk_guard else []
     for index in again:
         chunk = chunks[index]
         decoded, _ = model.transcribe(samples[chunk.start:chunk.end], vad_filter=False, condition_on_previous_text=False,
                                       **{**common, "language": options.language or info.language})
-        by_chunk[index] = [plain_segment(s, offset=chunk.start / SAMPLE_RATE) for s in decoded]
-    decoded_again = [[round(chunks[i].start / SAMPLE_RATE, 3), round(chunks[i].end / SAMPLE_RATE, 3)] for i in again]
+        by_chunk[index] = [plain_segment(s, offset=offset_s + chunk.start / SAMPLE_RATE) for s in decoded]
+        word_ends[index] = [word.end - offset_s for segment in by_chunk[index] for word in segment.words]
+    rates += speaking_rates(chunks, word_ends, SAMPLE_RATE)
+    decoded_again = [[round(offset_s + chunks[i].start / SAMPLE_RATE, 3), round(offset_s + chunks[i].end / SAMPLE_RATE, 3)]
+                     for i in again]
     speech_s = sum(chunk.speech_s(SAMPLE_RATE) for chunk in chunks)
     return [s for ss in by_chunk for s in ss], info, decoded_again, speech_s
+
+
+def decode_piece(model: "WhisperModel", samples: np.ndarray, options: TranscriptionOptions,
+                 spans: list[tuple[int, int]] | None, offset_s: float,
+                 rates: list[float]) -> tuple[list[Segment], object, list[list[float]], float]:
+    """One window: batched with the chunk guard, or sequential where batching has no VAD chunks."""
+    if options.batch_size > 1 and options.vad_filter:
+        return decode_batched(model, samples, options, spans, offset_s, rates)
+    found, info = model.transcribe(samples, beam_size=options.beam_size, language=options.language,
+                                   vad_filter=options.vad_filter, word_timestamps=True)
+    segments = [plain_segment(s, offset_s) for s in found]  # the generator does the work here
+    return segments, info, [], float(info.duration_after_vad or 0.0) if options.vad_filter else 0.0
+
+
+def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: TranscriptionOptions):
+    """Every window of the recording decoded in turn (one window, for most files), each ended in
+    a pause (chunks.window_cut) with what follows carried into the next, in recording time.
+
+    Returns segments, the first window's info, chunks decoded again, seconds of speech, the
+    recording's length in samples, and the notes of the later windows. The first window's
+    language is kept for the rest when none was set, so a long recording stays in one language.
+    """
+    windows = iter(()) if audio.rest is None else audio.rest
+    current, upcoming = audio.samples, next(windows, None)
+    carry, offset = current[:0], 0
+    segments: list[Segment] = []
+    decoded_again: list[list[float]] = []
+    speech_s, notes, first_info, rates = 0.0, [], None, []
+    while True:
+        last = upcoming is None
+        buffer = np.concatenate([carry, current]) if carry.size else current
+        batched = options.batch_size > 1 and options.vad_filter
+        spans = speech_spans(buffer) if batched or not last else None
+        cut = len(buffer) if last else window_cut(spans, len(buffer), SAMPLE_RATE)
+        while True:  # out of memory halves the batch, down to 1, for this window and the rest
+            try:
+                found, info, again, speech = decode_piece(
+                    model, buffer[:cut], options, spans and [s for s in spans if s[1] <= cut], offset / SAMPLE_RATE, rates)
+                break
+            except RuntimeError as error:
+                if not is_out_of_memory(error):
+                    raise
+                if options.batch_size <= 1:
+                    raise RuntimeError(f"ran out of memory even at batch size 1; lower GPU_SCALE_WORKERS "
+                                       f"or use a smaller model ({error})") from None
+                log.warning("out of memory at batch %d; retrying at batch %d", options.batch_size, options.batch_size // 2)
+                options = replace(options, batch_size=options.batch_size // 2)
+        segments += found
+        decoded_again += again
+        speech_s += speech
+        if first_info is None:
+            first_info = info
+            options = replace(options, language=options.language or info.language)
+        if last:
+            return segments, first_info, decoded_again, speech_s, offset + len(buffer), notes
+        carry, offset = buffer[cut:].copy(), offset + cut
+        notes += upcoming.notes
+        current, upcoming = upcoming.samples, next(windows, None)
 
 
 def plain_segment(segment, offset: float = 0.0) -> Segment:
@@ -299,14 +402,7 @@ def transcribe(
     """Run one transcription and time exactly that (decoding and queueing are outside)."""
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    decoded_again: list = []
-    if options.batch_size > 1 and options.vad_filter:
-        raw_segments, info, decoded_again, speech_s = decode_batched(model, audio.samples, options)
-    else:  # batching needs VAD chunks; without VAD, sequential decoding
-        found, info = model.transcribe(audio.samples, beam_size=options.beam_size, language=options.language,
-                                       vad_filter=options.vad_filter, word_timestamps=True)
-        raw_segments = [plain_segment(s) for s in found]  # the generator does the work here
-        speech_s = float(info.duration_after_vad or 0.0) if options.vad_filter else 0.0
+    raw_segments, info, decoded_again, speech_s, length, later_notes = decode_windows_of(model, audio, options)
     segments = [replace(segment, id=i) for i, segment in enumerate(s for s in raw_segments if s.text)]
     warnings = transcript_warnings(segments, speech_s)
     wall = time.perf_counter() - clock
@@ -315,7 +411,7 @@ def transcribe(
         text=" ".join(s.text for s in segments),
         language=info.language,
         language_probability=round(float(info.language_probability), 4),
-        duration_s=round(len(audio.samples) / SAMPLE_RATE, 3),
+        duration_s=round(length / SAMPLE_RATE, 3),
         segments=segments,
         model=model_name,
         compute_type=compute_type,
@@ -328,7 +424,7 @@ def transcribe(
         host=socket.gethostname(),
         engine=engine_id(),
         decoded_again=decoded_again,
-        audio_notes=list(audio.notes),
+        audio_notes=list(dict.fromkeys([*audio.notes, *later_notes])),
         warnings=warnings,
     )
 
@@ -356,27 +452,15 @@ def is_missing_cuda_library(error: Exception) -> bool:
 
 def transcribe_on(decoding: DecodingSettings, device: DevicePlan, worker: int, audio: DecodedAudio,
                   options: TranscriptionOptions) -> Transcript:
-    """Transcribe with this process's model for the device; out of memory halves the batch, down to 1."""
+    """Transcribe with this process's model for the device (out of memory halves the batch: decode_windows_of)."""
     compute_type = resolve_compute_type(decoding.whisper_compute_type, device.kind)
     model = MODELS.get(decoding.whisper_model, device, compute_type)
-    while True:
-        try:
-            return transcribe(
-                model, audio, options,
-                model_name=decoding.whisper_model, compute_type=compute_type,
-                device=device.label, worker=worker,
-            )
-        except RuntimeError as error:
-            if is_missing_cuda_library(error):
-                raise RuntimeError(f"{device.label}: {error}. {CUDA_LIBRARY_HINT}") from None
-            if not is_out_of_memory(error):
-                raise
-            if options.batch_size <= 1:
-                raise RuntimeError(
-                    f"{device.label} ran out of memory even at batch size 1; "
-                    f"lower GPU_SCALE_WORKERS or use a smaller model ({error})"
-                ) from None
-            smaller = max(1, options.batch_size // 2)
-            log.warning("%s out of memory at batch %d; retrying at batch %d",
-                        device.label, options.batch_size, smaller)
-            options = replace(options, batch_size=smaller)
+    try:
+        return transcribe(model, audio, options, model_name=decoding.whisper_model, compute_type=compute_type,
+                          device=device.label, worker=worker)
+    except RuntimeError as error:
+        if is_missing_cuda_library(error):
+            raise RuntimeError(f"{device.label}: {error}. {CUDA_LIBRARY_HINT}") from None
+        if is_out_of_memory(error):
+            raise RuntimeError(f"{device.label} {error}") from None
+        raise
