@@ -11,6 +11,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -101,8 +102,10 @@ def execute_runs(settings: Settings, specs: list[RunSpec], at_once: int) -> None
     print(f"{len(specs)} runs, {at_once} at a time", flush=True)
     # Spawned, not forked: this process has already asked CUDA for its devices, and CUDA does
     # not work in a child forked after that. Each child pays its imports once (seconds).
+    # SIGKILL when this process dies: Dagster maps SIGTERM to KeyboardInterrupt in a run, the
+    # pool's worker takes that as its run's result and then waits for ever for the next run.
     pool = ProcessPoolExecutor(at_once, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=die_with_parent, initargs=(os.getpid(),))  # SIGTERM: the default kills
+                               initializer=die_with_parent, initargs=(os.getpid(), signal.SIGKILL))
     try:
         for (_, number, total, spec), done in [(job, pool.submit(execute_run, *job)) for job in jobs]:
             try:

@@ -21,13 +21,14 @@ from opentr_pipeline.engine.devices import plan_devices
 from opentr_pipeline.settings import Settings
 
 
-def die_with_parent(parent: int) -> None:
-    """In a child: the kernel ends it when its parent dies, however the parent dies (kill -9
-    too), so no worker or Redis lives on holding a model or a port. Linux; elsewhere a no-op."""
+def die_with_parent(parent: int, how: int = signal.SIGTERM) -> None:
+    """In a child: the kernel sends it `how` when its parent dies, however the parent dies
+    (kill -9 too), so no worker or Redis lives on holding a model or a port. Linux; elsewhere
+    a no-op."""
     import ctypes
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, how)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the parent died before the line above
