@@ -79,7 +79,8 @@ def write_opus(path: Path, audio: np.ndarray) -> None:
         step = 16000 * 60
         for start in range(0, len(audio), step):
             piece = (np.clip(audio[start:start + step], -1, 1) * 32767).astype("<i2")
-            frame = av.AudioFrame.from_ndarray(np.repeat(piece[None, :], 2, axis=0).reshape(1, -1), format="s16", layout="stereo")
+            # Packed stereo is interleaved, L R L R: each sample twice in a row, one row.
+            frame = av.AudioFrame.from_ndarray(np.repeat(piece, 2)[None, :], format="s16", layout="stereo")
             frame.rate = 16000
             for resampled in resampler.resample(frame):
                 out.mux(stream.encode(resampled))

@@ -145,34 +145,61 @@ class Storage:
         except FileNotFoundError:
             return None
 
-    def write_bytes(self, relative: str, data: bytes) -> str:
+    def _put_local(self, relative: str, data: bytes, exclusive: bool = False) -> bool:
+        """A complete temporary file, then one rename (or, exclusive, one hard link, which fails
+        if the name exists): readers never see a part. False: exclusive and already there."""
         path = self._path(relative)
-        if self.is_local:
-            folder = os.path.dirname(path)
-            os.makedirs(folder, exist_ok=True)
-            # Created 0666 less the umask, as other tools make files (mkstemp's 0600 kept
-            # another service account, a web server or an indexer, from reading the outputs).
-            temporary = os.path.join(folder, f".{uuid.uuid4().hex}.part")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
+        folder = os.path.dirname(path)
+        os.makedirs(folder, exist_ok=True)
+        # Created 0666 less the umask, as other tools make files (mkstemp's 0600 kept
+        # another service account, a web server or an indexer, from reading the outputs).
+        temporary = os.path.join(folder, f".{uuid.uuid4().hex}.part")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            if not exclusive:
                 os.replace(temporary, path)
-            except OSError as error:
-                Path(temporary).unlink(missing_ok=True)
-                if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise StorageFull(error.errno, f"{self.uri(relative)}: no space left where outputs go "
-                                      f"(STORAGE_URI {self.root_uri}); free some and run again: what "
-                                      "finished stays finished") from None
-                raise
-            except BaseException:
-                Path(temporary).unlink(missing_ok=True)
-                raise
+                return True
+            try:
+                os.link(temporary, path)
+            except FileExistsError:
+                return False
+            return True
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(error.errno, f"{self.uri(relative)}: no space left where outputs go "
+                                  f"(STORAGE_URI {self.root_uri}); free some and run again: what "
+                                  "finished stays finished") from None
+            raise
+        finally:
+            Path(temporary).unlink(missing_ok=True)
+
+    def write_bytes(self, relative: str, data: bytes) -> str:
+        if self.is_local:
+            self._put_local(relative, data)
         else:  # one PUT: readers see the old object or the new one, never a part
-            self._retrying(lambda: self.fs.pipe_file(path, data), f"writing {self.uri(relative)}")
+            self._retrying(lambda: self.fs.pipe_file(self._path(relative), data), f"writing {self.uri(relative)}")
         return self.uri(relative)
+
+    def create_json(self, relative: str, value: dict) -> bool:
+        """Write `value` only if nothing is at `relative` yet; True if this call made it. Of any
+        number of processes or hosts racing for one name, exactly one gets True: a claim.
+        Local: a hard link; S3: a conditional PUT (`If-None-Match: *`)."""
+        data = json.dumps(value, indent=2).encode()
+        if self.is_local:
+            return self._put_local(relative, data, exclusive=True)
+
+        def put() -> bool:
+            try:
+                self.fs.pipe_file(self._path(relative), data, mode="create")
+            except FileExistsError:
+                return False
+            return True
+
+        return self._retrying(put, f"creating {self.uri(relative)}")
 
     def write_many(self, files: Mapping[str, bytes]) -> None:
         """Write many small files with the same atomic semantics, concurrently.

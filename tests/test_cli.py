@@ -239,9 +239,53 @@ def test_children_of_a_killed_run_die_with_it(pipeline_env, demo_texts, monkeypa
     assert len(list((Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json"))) == 2 * len(demo_texts)
 
 
-def test_two_commands_on_one_fresh_home_both_work(pipeline_env, demo_texts):
+def test_a_file_one_command_holds_is_not_transcribed_by_another(pipeline_env, fixtures_dir, monkeypatch):
+    """Issue 16, item 8: a second `opentr run` started while the first is transcribing used to
+    transcribe the same files again. Now it finds them claimed, waits, and takes the results."""
+    import json
+
+    import corpus
+
+    monkeypatch.setenv("GPU_SCALE_ENABLED", "true")  # two slots in the instance's gpu pool: room for both
+    monkeypatch.setenv("GPU_SCALE_WORKERS", "2")
+    uploads, store = Path(pipeline_env["UPLOAD_URI"]), Path(pipeline_env["STORAGE_URI"])
+    recordings = corpus.build_corpus(corpus.speech_clips(fixtures_dir), uploads, files=4, seconds=120)
+    first = subprocess.Popen([str(OPENTR), "run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env=os.environ.copy())
+
+    def claimed() -> bool:
+        for path in store.glob("inflight/*.json"):
+            try:
+                if json.loads(path.read_text())["asset"] == "transcript":
+                    return True
+            except (OSError, ValueError):
+                continue
+        return False
+
+    deadline = time.monotonic() + 180
+    while not claimed() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert claimed(), "the first command never claimed a file"
+    second = subprocess.Popen([str(OPENTR), "run"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=os.environ.copy())
+    outputs = [command.communicate(timeout=600)[0] for command in (first, second)]
+    assert first.returncode == 0 and second.returncode == 0, "\n".join(outputs)
+    transcribed = [line for output in outputs for line in output.splitlines() if "x realtime on" in line]
+    assert len(transcribed) == len(recordings), "\n".join(outputs)
+    assert "already being worked on" in outputs[1], outputs[1]
+    for recording in recordings:
+        doc = read_json(store / "transcripts" / f"{recording.path.name}.json")
+        assert word_error_rate(recording.reference, doc["text"]) < 0.15, recording.path.name
+    assert not list(store.glob("inflight/*.json")), "a claim left behind"
+
+
+def test_two_commands_on_one_fresh_home_both_work(pipeline_env, demo_texts, monkeypatch):
     """Issue 16, item 8: two `opentr run` started together on a fresh DAGSTER_HOME used to crash
-    one (`table alembic_version already exists`, or an IntegrityError on the pool's rows)."""
+    one (`table alembic_version already exists`, or an IntegrityError on the pool's rows), and
+    with 2 workers each transcribed every file (12 transcriptions for 6 files). A file claimed by
+    one command is now left to it: the other takes its transcript."""
+    monkeypatch.setenv("GPU_SCALE_ENABLED", "true")
+    monkeypatch.setenv("GPU_SCALE_WORKERS", "2")
     home = Path(pipeline_env["DAGSTER_HOME"])
     shutil.rmtree(home)  # fresh: not even dagster.yaml yet
     uploads = Path(pipeline_env["UPLOAD_URI"])
@@ -255,6 +299,8 @@ def test_two_commands_on_one_fresh_home_both_work(pipeline_env, demo_texts):
         assert command.returncode == 0, output
     assert (home / "dagster.yaml").read_text() == (Path(__file__).parent.parent / "dagster.yaml").read_text()
     assert len(list((Path(pipeline_env["STORAGE_URI"]) / "transcripts").glob("*.json"))) == len(demo_texts)
+    transcribed = [line for output in outputs for line in output.splitlines() if "x realtime on" in line]
+    assert len(transcribed) == len(demo_texts), "\n".join(outputs)
 
 
 @pytest.fixture

@@ -68,7 +68,7 @@ class PoisonKiller(threading.Thread):
                 record = json.loads(self.record.read_text())
             except (OSError, ValueError):
                 record = None
-            if record and record["asset"] == "transcript" and record["pid"] not in [p for p, _ in self.kills]:
+            if record and record["asset"] == "transcript" and record.get("state") == "started" and record["pid"] not in [p for p, _ in self.kills]:
                 try:
                     os.kill(record["pid"], signal.SIGKILL)
                     self.kills.append((record["pid"], time.monotonic()))

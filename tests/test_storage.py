@@ -59,7 +59,7 @@ def test_a_transcript_is_recorded_only_for_the_bytes_the_file_still_has(tmp_path
     source = tmp_path / "a.wav"
     source.write_bytes(b"x" * 100)
     probed = {"source_uri": str(source), "sha256": "abc", "source_version": store.version_of(str(source))}
-    recorder = TranscriptRecorder(None, store, "v", 1)
+    recorder = TranscriptRecorder(None, store, "v")
     result = SimpleNamespace(sha256="abc")
     assert recorder.still_the_probed_file(probed, result) is result
     with source.open("ab") as more:  # the copy went on after the bytes were read

@@ -5,6 +5,7 @@ run that asks for another model is told so."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -152,6 +153,107 @@ def test_a_run_rides_out_a_broker_restarted_empty(tmp_path, fixtures_dir) -> Non
         assert failed == {}
         for key, transcript in results.items():
             assert word_error_rate(SPEECH[key.split("-", 1)[1]], transcript.text) < 0.2
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+        redis_server.terminate()
+        redis_server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_password_protected_broker_works_and_its_password_is_never_shown(tmp_path, demo_texts) -> None:
+    """Issue 16, item 11, end to end: a Redis that requires a password, a resident worker and
+    `opentr run` given `redis://:<password>@...`; the files are transcribed, and the password is
+    in nothing the project prints, logs or stores (command output, the worker's log, every file
+    of DAGSTER_HOME, the SQLite event log included, and of STORAGE_URI). A wrong password stops
+    the command at start with the URL masked."""
+    from conftest import DEMO_MEDIA
+
+    password = "hunter2-opentr-secret"
+    port = free_port()
+    server = subprocess.Popen(redis_server_command(port, tmp_path) + ["--requirepass", password],
+                              stdout=subprocess.DEVNULL)
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
+    uploads, store, home = tmp_path / "uploads", tmp_path / "store", tmp_path / "home"
+    uploads.mkdir()
+    for name in demo_texts:
+        (uploads / name).write_bytes((DEMO_MEDIA / name).read_bytes())
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))},
+           "OPENTR_BROKER_URL": url, "UPLOAD_URI": str(uploads), "STORAGE_URI": str(store), "DAGSTER_HOME": str(home)}
+    opentr = str(PROJECT_ROOT / ".venv" / "bin" / "opentr")
+    worker = None
+    try:
+        from redis import Redis
+
+        wait_for(lambda: _ping(Redis.from_url(url)), 30, "redis-server", interval=0.1)
+        assert not _ping(Redis(port=port)), "the server lets clients in without the password"
+        worker = start_worker_process(env, "cpu:0", tmp_path / "worker.log")
+        wait_for(lambda: list(Redis.from_url(url).scan_iter("opentr:engine:*")), 120, "the worker", interval=0.2)
+        run = subprocess.run([opentr, "run"], env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        for name, text in demo_texts.items():
+            doc = json.loads((store / "transcripts" / f"{name}.json").read_text())
+            assert doc["engine"].split(":")[1] == str(worker.pid), "not transcribed by the resident worker"
+            assert word_error_rate(text, doc["text"]) < 0.15, name
+
+        wrong = subprocess.run([opentr, "run"], env={**env, "OPENTR_BROKER_URL": url.replace(password, "wrong-pass")},
+                               capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2 and "redis://:***@127.0.0.1" in wrong.stderr, wrong.stdout + wrong.stderr
+        assert "wrong-pass" not in wrong.stdout + wrong.stderr
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=60)
+        server.terminate()
+        server.wait(timeout=30)
+    shown = {"opentr run": run.stdout + run.stderr, "worker log": (tmp_path / "worker.log").read_text()}
+    for folder in (home, store):
+        shown.update({str(path): path.read_bytes().decode("latin-1") for path in folder.rglob("*") if path.is_file()})
+    leaked = [where for where, text in shown.items() if password in text]
+    assert not leaked, f"the broker password is shown in {leaked}"
+
+
+@pytest.mark.slow
+def test_a_transcript_finished_before_the_broker_lost_it_is_not_redone(tmp_path, fixtures_dir) -> None:
+    """Issue 16, item 5: the worker keeps each finished transcript under STORAGE_URI before it
+    answers through Redis, so a Redis that restarts empty after the answer (and before the run
+    read it) costs nothing: the run takes the kept copy instead of sending the file again."""
+    from redis import Redis
+
+    name = "librispeech_dev-clean_1272-128104-0000_mr_quilter.wav"
+    port = free_port()
+    redis_server = start_redis(port, tmp_path)
+    url = f"redis://127.0.0.1:{port}/0"
+    store = tmp_path / "store"
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))},
+           "OPENTR_BROKER_URL": url, "OPENTR_WORKER_LOST_AFTER_S": "3", "UPLOAD_URI": str(fixtures_dir),
+           "STORAGE_URI": str(store), "DAGSTER_HOME": str(tmp_path / "home")}
+    worker = start_worker_process(env, "cpu:0", tmp_path / "worker.log")
+    results: dict = {}
+    try:
+        import threading
+
+        wait_for(lambda: list(Redis(port=port).scan_iter("opentr:engine:*")), 120, "the worker", interval=0.2)
+        # The run looks rarely (every 10 s), so the answer sits unread in Redis when Redis dies.
+        run = threading.Thread(target=lambda: results.update(submit_files(
+            Settings.from_env(env), [FileToTranscribe("quilter", str(fixtures_dir / name))], None, None, poll_s=10)))
+        run.start()
+
+        def answered() -> bool:
+            redis = Redis(port=port)
+            return any(b"SUCCESS" in (redis.get(meta) or b"") for meta in redis.scan_iter("celery-task-meta-*"))
+
+        wait_for(answered, 120, "the worker's answer in Redis", interval=0.02)
+        assert list((store / "engine_results").glob("*.json")), "the worker kept no copy of its transcript"
+        redis_server.kill()  # restarted empty: the answer is gone
+        redis_server.wait(timeout=10)
+        redis_server = start_redis(port, tmp_path)
+        run.join(timeout=180)
+        assert not run.is_alive(), "the run never finished after the broker came back"
+        assert word_error_rate(SPEECH[name], results["quilter"].text) < 0.2, results
+        log = (tmp_path / "worker.log").read_text()
+        assert log.count("x realtime on") == 1, f"transcribed again:\n{log[-3000:]}"
+        assert not list((store / "engine_results").glob("*.json")), "the kept copy was not removed once used"
     finally:
         worker.terminate()
         worker.wait(timeout=60)

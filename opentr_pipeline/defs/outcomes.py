@@ -6,20 +6,17 @@ writes each good file's output the moment it is done, records each bad file's re
 run`) then runs the others again; their finished outputs are reused, so only the bad files
 stay failed.
 
-A file being worked on has an `inflight/<key>.json` record naming the run; it is removed when
-the file is done either way. One left behind means the run's process died with that file in
-hand: the rerun plan counts it as a suspect (reruns.py). How a failure is judged (its
-reason, permanent or not) is the engine's: engine/failures.py.
+A file being worked on has an `inflight/<key>.json` claim naming the run (claims.py); it is
+removed when the file is done either way. One left behind means the run's process died with
+that file in hand: the rerun plan counts it as a suspect (reruns.py). How a failure is judged
+(its reason, permanent or not) is the engine's: engine/failures.py.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-from datetime import datetime, timezone
-
 import dagster as dg
 
+from opentr_pipeline.defs.claims import now
 from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.intake.keys import key_path
 from opentr_pipeline.storage import Storage
@@ -27,23 +24,6 @@ from opentr_pipeline.storage import Storage
 
 def failure_path(asset: str, key: str) -> str:
     return key_path(f"failures/{asset}", key)
-
-
-def in_flight_path(key: str) -> str:
-    return key_path("inflight", key)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def mark_started(store: Storage, asset: str, key: str, run_id: str) -> None:
-    store.write_json(in_flight_path(key), {"partition_key": key, "asset": asset, "run_id": run_id, "at": now(),
-                                           "host": socket.gethostname(), "pid": os.getpid()})
-
-
-def mark_finished(store: Storage, key: str) -> None:
-    store.delete(in_flight_path(key))
 
 
 def record_success(store: Storage, asset: str, key: str) -> None:

@@ -17,15 +17,14 @@ Each file gets at most `max_attempts` runs (OPENTR_MAX_ATTEMPTS), so this always
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import dagster as dg
 
+from opentr_pipeline.defs.claims import in_flight_path, process_is_gone, was_in_hand
 from opentr_pipeline.defs.names import ATTEMPT, LAUNCHED_BY, PARTITIONS, PIPELINE_ASSETS, RERUN_OF, RUN_PID
-from opentr_pipeline.defs.outcomes import failure_path, in_flight_path, record_failure
+from opentr_pipeline.defs.outcomes import failure_path, record_failure
 from opentr_pipeline.defs.partitions import contiguous_chunks, keys_of_run
 from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.intake.keys import key_path
@@ -84,11 +83,14 @@ def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.Dagst
             record = store.read_json_or_none(failure_path(asset, key))
             if record and record.get("run_id") == run.run_id and record.get("permanent"):
                 permanent.add(key)
-    in_flight = {}
+    in_flight, claimed = {}, []  # in hand when the run ended, or only claimed for later
     for key in run_keys:
         record = store.read_json_or_none(in_flight_path(key))
         if record and record.get("run_id") == run.run_id:
-            in_flight[key] = record
+            if was_in_hand(record):
+                in_flight[key] = record
+            else:
+                claimed.append(key)
     crashes = {key: (store.read_json_or_none(crash_path(key)) or {}).get("count", 0) for key in in_flight}
     attempt = int(run.tags.get(ATTEMPT, "1"))
     plan = plan_rerun(run_keys, order, permanent, set(in_flight), crashes, attempt, max_attempts, files_per_run)
@@ -104,7 +106,7 @@ def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.Dagst
             record_failure(store, in_flight[key]["asset"], key, FileFailure(
                 f"{key}: its run's process died with it in hand; {attempt} attempt(s) used "
                 f"(OPENTR_MAX_ATTEMPTS={max_attempts})", False), run.run_id)
-    for key in in_flight:
+    for key in [*in_flight, *claimed]:
         store.delete(in_flight_path(key))
 
     tags = {LAUNCHED_BY: "rerun", RERUN_OF: run.run_id, ATTEMPT: str(attempt + 1)}
@@ -116,31 +118,6 @@ def crash_path(key: str) -> str:
 
 
 # --- runs whose process is gone ---------------------------------------------------------------
-
-
-def _started_after(pid: int, timestamp: float) -> bool:
-    """Whether the process now holding `pid` began after `timestamp` (the pid was reused)."""
-    try:
-        ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        booted = next(float(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime"))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return False
-    return booted + ticks / os.sysconf("SC_CLK_TCK") > timestamp + 1.0
-
-
-def process_is_gone(pid: int, since: float) -> bool:
-    """Dead, a zombie, or a different process that got the same pid later."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state in ("Z", "X") or _started_after(pid, since)
 
 
 def run_process(instance: dg.DagsterInstance, run: dg.DagsterRun) -> tuple[int, float] | None:

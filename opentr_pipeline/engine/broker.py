@@ -17,6 +17,9 @@ TASK = "opentr.transcribe"
 HEARTBEAT = "opentr:engine:{}"
 SUPERSEDED = "opentr:superseded:{}"
 TAKEN = "opentr:taken:{}"  # task id -> the engine that received it (even before a thread runs it)
+# A finished transcript, written by the worker under STORAGE_URI before it answers through the
+# broker: a broker that dies or restarts empty never holds the only copy of finished work.
+KEPT_RESULT = "engine_results/{}.json"
 
 
 def celery_app(engine: EngineSettings) -> Celery:

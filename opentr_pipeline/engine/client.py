@@ -18,11 +18,12 @@ from kombu.exceptions import OperationalError
 from redis import Redis
 from redis.exceptions import RedisError
 
-from opentr_pipeline.engine.broker import HEARTBEAT, SUPERSEDED, TAKEN, TASK, celery_app, live_engines
+from opentr_pipeline.engine.broker import HEARTBEAT, KEPT_RESULT, SUPERSEDED, TAKEN, TASK, celery_app, live_engines
 from opentr_pipeline.engine.in_process import FileToTranscribe, OnDone, OnStart
 from opentr_pipeline.engine.media import MediaError
 from opentr_pipeline.engine.transcription import SourceChanged, Transcript
 from opentr_pipeline.settings import EngineSettings, Settings, mask_url
+from opentr_pipeline.storage import Storage
 
 T = TypeVar("T")
 
@@ -39,6 +40,7 @@ class Submitted:
     taken_by: str = ""
     started: bool = False
     queue_empty_since: float | None = None
+    earlier_ids: tuple[str, ...] = ()  # messages sent before for this file (their workers went silent)
 
 
 def in_limbo(queued: int, engine: EngineSettings, item: Submitted) -> bool:
@@ -106,11 +108,26 @@ def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: On
                          engine, f"sending {item.uri}")
         pending[sent.id] = item
 
+    kept = Storage(settings.storage_uri)
+
     def finish(task_id: str, result: Transcript | Exception) -> None:
         item = pending.pop(task_id)
         results[item.key] = result
         if on_done:
             on_done(item.key, result)
+        for done_id in (*item.earlier_ids, task_id):  # the workers' spare copies are no longer needed
+            try:
+                kept.delete(KEPT_RESULT.format(done_id))
+            except Exception as error:
+                log.warning("%s: a kept result could not be removed (%s)", item.uri, error)
+
+    def kept_result(item: Submitted, task_id: str) -> dict | None:
+        """What a worker finished though the broker lost its answer (a Redis restarted empty)."""
+        for sent_id in (task_id, *item.earlier_ids):
+            payload = kept.read_json_or_none(KEPT_RESULT.format(sent_id))
+            if payload is not None:
+                return payload
+        return None
 
     for file in files:
         submit(Submitted(file.key, file.uri))
@@ -149,9 +166,9 @@ def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: On
                     if item.taken_by not in alive:
                         alive[item.taken_by] = bool(redis.exists(HEARTBEAT.format(item.taken_by)))
                     if not alive[item.taken_by]:
-                        requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+                        requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish, kept_result)
                 elif in_limbo(queued, engine, item):
-                    requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish)
+                    requeue_from_lost_worker(redis, engine, task_id, item, pending, submit, finish, kept_result)
             if judge:
                 judge_after = time.monotonic() + 1.0  # liveness once a second is plenty
             if outage_since is not None:
@@ -183,9 +200,16 @@ def submit_files(settings: Settings, files: list[FileToTranscribe], on_start: On
 
 
 def requeue_from_lost_worker(redis: Redis, engine: EngineSettings, task_id: str, item: Submitted,
-                             pending: dict, submit: Callable, finish: Callable) -> None:
-    """The worker holding this file went silent: give the file to another, or call it poison."""
+                             pending: dict, submit: Callable, finish: Callable, kept_result: Callable) -> None:
+    """The worker holding this file went silent: take what it kept, if it finished, or give the
+    file to another worker, or call it poison."""
     redis.set(SUPERSEDED.format(task_id), 1, ex=engine.visibility_timeout_s + 3600)
+    payload = kept_result(item, task_id)
+    if payload is not None:
+        log.info("%s: finished by a worker before the broker lost its answer; the transcript it kept "
+                 "under STORAGE_URI is used", item.uri)
+        finish(task_id, result_of(payload))
+        return
     item.lost_workers += 1 if item.taken_by else 0  # a message lost in transit says nothing of the file
     lost = item.taken_by
     if item.lost_workers >= LOST_WORKERS_BEFORE_POISON:
@@ -195,4 +219,4 @@ def requeue_from_lost_worker(redis: Redis, engine: EngineSettings, task_id: str,
     log.warning("%s: worker %s went silent with the file in hand; sent to another worker",
                 item.uri, lost or "(unknown)")
     pending.pop(task_id)
-    submit(Submitted(item.key, item.uri, item.lost_workers))
+    submit(Submitted(item.key, item.uri, item.lost_workers, earlier_ids=(*item.earlier_ids, task_id)))

@@ -24,7 +24,7 @@ from celery import Celery
 from celery.signals import task_received
 from redis import Redis
 
-from opentr_pipeline.engine.broker import HEARTBEAT, SUPERSEDED, TAKEN, TASK, celery_app, check_broker
+from opentr_pipeline.engine.broker import HEARTBEAT, KEPT_RESULT, SUPERSEDED, TAKEN, TASK, celery_app, check_broker
 from opentr_pipeline.engine.devices import WORKER_NOTE, DevicePlan, check_vram, cuda_free_bytes, plan_devices
 from opentr_pipeline.engine.failures import failure_of
 from opentr_pipeline.engine.transcription import (
@@ -98,12 +98,21 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
             resident.free_slots.put(slot)
         log.info("%s: %.1f s audio, %sx realtime on %s slot %d; %d chunk(s) decoded again", key,
                  transcript.duration_s, transcript.x_realtime, resident.device.label, slot, len(transcript.decoded_again))
-        return {"transcript": transcript.to_dict()}
+        payload = {"transcript": transcript.to_dict()}
+        keep_result(resident, task_id, key, payload)
+        return payload
     except Exception as error:  # one file's failure stays that file's; the message goes back to the run
         log.warning("%s: %s", key, error)
         return error_payload(error, source_uri)
     finally:
         resident.in_hand.discard(task_id)
+
+
+def keep_result(resident: Resident, task_id: str, key: str, payload: dict) -> None:
+    try:
+        Storage(resident.settings.storage_uri).write_json(KEPT_RESULT.format(task_id), {"key": key, **payload})
+    except Exception as error:  # the broker still carries the result; only the spare copy is missing
+        log.warning("%s: the finished transcript could not be kept under STORAGE_URI (%s)", key, error)
 
 
 def mark_taken(resident: Resident, task_id: str) -> None:

@@ -2,7 +2,8 @@ import logging
 
 import dagster as dg
 
-from opentr_pipeline.defs.outcomes import finish_batch, mark_finished, mark_started, record_success
+from opentr_pipeline.defs.claims import claim, release
+from opentr_pipeline.defs.outcomes import finish_batch, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
@@ -27,7 +28,9 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     failures: dict[str, FileFailure] = {}
     versions: dict[str, list] = {}
     for key in context.partition_keys:
-        mark_started(store, "media_file", key, context.run_id)
+        # Probing twice is harmless (the same record), so a file another run holds is probed
+        # anyway; the claim is what names this run if its process dies with the file in hand.
+        claim(store, context.instance, "media_file", key, context.run_id, state="started")
         uri = key
         try:
             uri = source_uri(store, media.upload_uri, key)
@@ -43,9 +46,9 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             record_success(store, "media_file", key)
         except Exception as error:
             failures[key] = failure_of(error, uri)
-            mark_finished(store, key)
+            release(store, key, context.run_id)
             continue
-        mark_finished(store, key)
+        release(store, key, context.run_id)
         context.add_asset_metadata({
             "source_uri": uri,
             "duration_s": info.duration_s,

@@ -8,7 +8,8 @@ import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
 from opentr_pipeline.defs.names import RETRANSCRIBE
-from opentr_pipeline.defs.outcomes import finish_batch, mark_finished, mark_started, record_success
+from opentr_pipeline.defs.claims import claim, mark_started, release, wait_for_holders
+from opentr_pipeline.defs.outcomes import finish_batch, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor, MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
@@ -123,8 +124,8 @@ def decoded_again_note(result: Transcript) -> str:
 class TranscriptRecorder:
     """Writes each file's outcome the moment it is known, from whichever worker thread."""
 
-    def __init__(self, context: dg.AssetExecutionContext, store, version: str, total: int):
-        self.context, self.store, self.version, self.total = context, store, version, total
+    def __init__(self, context: dg.AssetExecutionContext, store, version: str):
+        self.context, self.store, self.version, self.total = context, store, version, 0
         self.failures: dict[str, FileFailure] = {}
         self.done = 0
         self.lock = threading.Lock()
@@ -152,7 +153,7 @@ class TranscriptRecorder:
                            + "".join(f"; {note}" for note in result.audio_notes + result.warnings))
                 if result.warnings:
                     self.context.log.warning(f"{key}: {'; '.join(result.warnings)}")
-            mark_finished(self.store, key)
+            release(self.store, key, self.context.run_id)
         self.context.log.info(message)
         log.info(message)
 
@@ -209,36 +210,60 @@ class TranscriptRecorder:
 def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: MediaStore) -> None:
     """faster-whisper text, segments and word timings per file, through the GPU executor."""
     store = media.outputs()
-    version = settings_version(gpu)
-    keys = context.partition_keys
-    probes = {key: store.read_json_or_none(key_path("media", key)) for key in keys}
+    recorder = TranscriptRecorder(context, store, settings_version(gpu))
     fresh = context.run.tags.get(RETRANSCRIBE, "").lower() == "true"
     if fresh:
         context.log.info(f"{RETRANSCRIBE}=true: every file transcribed afresh, nothing reused")
+    failures: dict[str, FileFailure] = {}
+    pending = context.partition_keys
+    while pending:  # files another run was transcribing come round again once it is done
+        held = transcribe_round(context, gpu, store, recorder, pending, fresh, failures)
+        pending = wait_for_holders(context, store, held)
+        fresh = False  # what the other run made is as fresh as this run's would be
+    finish_batch(context, store, "transcript", failures, len(context.partition_keys))
+
+
+def transcribe_round(context: dg.AssetExecutionContext, gpu: GpuExecutor, store, recorder: TranscriptRecorder,
+                     keys: list[str], fresh: bool, failures: dict[str, FileFailure]) -> dict[str, dict]:
+    """Plan, claim and transcribe `keys`; return the files other runs hold (key -> holder)."""
+    version = recorder.version
+    probes = {key: store.read_json_or_none(key_path("media", key)) for key in keys}
     existing = {} if fresh else {key: store.read_json_or_none(key_path("transcripts", key)) for key in keys}
     elsewhere = {} if fresh else {key: transcript_of_same_content(store, probed["sha256"], version, key)
                                   for key, probed in probes.items()
                                   if probed and not is_current(existing[key], probed, version)}
     plan = plan_transcripts(keys, probes, existing, elsewhere, version)
-
-    recorder = TranscriptRecorder(context, store, version, total=len(plan.transcribe))
+    failures.update(plan.failures)
     for key, doc in plan.current.items():
         recorder.succeeded(key, doc, skipped=True)
     for key, original in plan.reuse.items():
         recorder.write_reused(key, probes[key], original)
+    held = {}
+    for key in list(plan.transcribe):
+        holder = claim(store, context.instance, "transcript", key, context.run_id)
+        if holder is not None:
+            held[key] = holder
+            del plan.transcribe[key]
+    recorder.total += len(plan.transcribe)
     engine = gpu.config.engine
     if plan.transcribe and engine.resident:
         context.log.info(f"{len(plan.transcribe)} file(s) go to the resident workers on queue '{engine.queue}'")
-    gpu.transcribe_files(
-        [FileToTranscribe(key, probed["source_uri"]) for key, probed in plan.transcribe.items()],
-        fetch=store.local_copy,
-        on_start=recorder.started,
-        on_done=lambda key, result: recorder.finished(key, plan.transcribe[key], result),
-    )
-    failures = {**plan.failures, **recorder.failures}
+    try:
+        gpu.transcribe_files(
+            [FileToTranscribe(key, probed["source_uri"]) for key, probed in plan.transcribe.items()],
+            fetch=store.local_copy,
+            on_start=recorder.started,
+            on_done=lambda key, result: recorder.finished(key, plan.transcribe[key], result),
+        )
+    finally:  # an error in the engine: the files it did not finish are free for the rerun
+        for key in plan.transcribe:
+            release(store, key, context.run_id)
+    failures.update(recorder.failures)
     for key, first in plan.same_as.items():
-        if first in failures:
+        if first in held:
+            held[key] = held[first]  # decided once the holder of its twin is done
+        elif first in failures:
             failures[key] = FileFailure(f"{key}: same content as {first}, which failed", False)
         else:
             recorder.write_reused(key, probes[key], store.read_json(key_path("transcripts", first)))
-    finish_batch(context, store, "transcript", failures, len(keys))
+    return held
