@@ -12,7 +12,9 @@ import os
 import re
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -149,6 +151,13 @@ query ($selector: ResourceSelector!) { topLevelResourceDetailsOrError(resourceSe
 """
 
 SET_NUX_SEEN = "mutation { setNuxSeen }"
+SENSOR_TICKS = """
+query ($selector: SensorSelector!) {
+  sensorOrError(sensorSelector: $selector) {
+    ... on Sensor { sensorState { ticks(limit: 50) { status } } }
+  }
+}
+"""
 
 RUNS_WITH_TAG = """
 query ($key: String!, $value: String!) {
@@ -352,41 +361,45 @@ def test_dev_lineage_and_backfill(server: DevServer, uploads: Path, store: Path,
 
 # --- The UI in a real browser --------------------------------------------------------------------
 
-def test_browser_asset_graph(server: DevServer, tmp_path: Path):
-    """Debian's chromium, headless, shows the four assets on the global asset lineage page."""
+@contextmanager
+def browser_page(server: DevServer, profile: Path) -> Iterator:
+    """A page in Debian's chromium, headless, on a fresh profile; skips where it cannot start."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip("Debian's chromium is not installed: run scripts/install-test-deps.sh as root")
-
     ARTIFACTS.mkdir(exist_ok=True)
-    screenshot = ARTIFACTS / "asset-graph.png"
-    screenshot.unlink(missing_ok=True)
     server.graphql(SET_NUX_SEEN)  # the community pop-up a first visit shows, dismissed once
     with sync_playwright() as driver:
         try:
             browser = driver.chromium.launch_persistent_context(
-                user_data_dir=tmp_path / "chromium-profile",  # a fresh profile every time
-                executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+                user_data_dir=profile, executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
                 viewport={"width": 1600, "height": 1000},
             )
         except PlaywrightError as error:
             pytest.skip(f"chromium at {chromium} cannot start here: {error}")
         try:
-            page = browser.new_page()
-            page.goto(f"{server.url}/asset-groups", wait_until="domcontentloaded", timeout=60_000)
-            graph = page.locator("svg foreignObject")  # the lineage graph draws its nodes there
-            # With two groups the global lineage opens collapsed: expand them as a user would.
-            graph.get_by_text("transcription", exact=True).first.wait_for(state="visible", timeout=60_000)
-            page.keyboard.press("Alt+E")  # the graph's "Expand all groups" shortcut
-            try:
-                for name in ALL_ASSETS:
-                    graph.get_by_text(name, exact=True).first.wait_for(state="visible", timeout=30_000)
-                # Each node then fetches its status (partitions, latest event): wait until all have.
-                graph.get_by_text(re.compile(r"^Loading")).first.wait_for(state="hidden", timeout=60_000)
-            finally:
-                page.screenshot(path=screenshot)  # kept either way: on failure it shows what was there
+            yield browser.new_page()
         finally:
             browser.close()
+
+
+def test_browser_asset_graph(server: DevServer, tmp_path: Path):
+    """Debian's chromium, headless, shows the four assets on the global asset lineage page."""
+    screenshot = ARTIFACTS / "asset-graph.png"
+    screenshot.unlink(missing_ok=True)
+    with browser_page(server, tmp_path / "chromium-profile") as page:
+        page.goto(f"{server.url}/asset-groups", wait_until="domcontentloaded", timeout=60_000)
+        graph = page.locator("svg foreignObject")  # the lineage graph draws its nodes there
+        # With two groups the global lineage opens collapsed: expand them as a user would.
+        graph.get_by_text("transcription", exact=True).first.wait_for(state="visible", timeout=60_000)
+        page.keyboard.press("Alt+E")  # the graph's "Expand all groups" shortcut
+        try:
+            for name in ALL_ASSETS:
+                graph.get_by_text(name, exact=True).first.wait_for(state="visible", timeout=30_000)
+            # Each node then fetches its status (partitions, latest event): wait until all have.
+            graph.get_by_text(re.compile(r"^Loading")).first.wait_for(state="hidden", timeout=60_000)
+        finally:
+            page.screenshot(path=screenshot)  # kept either way: on failure it shows what was there
     assert screenshot.stat().st_size > 10_000
 
 
@@ -494,3 +507,66 @@ def test_dev_never_takes_a_file_still_being_written(server: DevServer, uploads: 
     assert doc["duration_s"] == pytest.approx(len(audio) / 16000, abs=0.05)
     assert word_error_rate(reference, doc["text"]) < 0.15, doc["text"]
     assert latency < 45, "taken at once when whole (12 s is the aim on an idle machine)"
+
+
+# --- What a person reads in the browser ----------------------------------------------------------
+
+def test_browser_shows_a_bad_files_reason_the_device_plan_and_a_healthy_sensor(
+        server: DevServer, uploads: Path, store: Path, tmp_path: Path):
+    """Issue 17, in a real browser: a bad file's partition page says why it failed (it used to
+    say only that a run failed), the gpu resource's page gives the device plan in words (it
+    used to be a raw dump of settings), and the Automation page's red mark beside the upload
+    sensor is explained where it shows: it is the status of the last run the sensor started
+    (the bad file's), while every tick of the sensor itself succeeded."""
+    start_sensor(server, UPLOAD_SENSOR)
+    bad_name = "minutes-not-audio.mp3"
+    (uploads / (bad_name + ".part")).write_text("minutes of the meeting, typed: not audio\n")
+    (uploads / (bad_name + ".part")).rename(uploads / bad_name)
+    key = key_for_path(bad_name)
+    failure = store / "failures" / "media_file" / f"{storage_name(key)}.json"
+    wait_or_fail(server, failure.is_file, timeout=180, what=f"the failure record of {bad_name}")
+    reason = json.loads(failure.read_text())["reason"]
+    assert "not a readable media file" in reason
+
+    selector = server.repository_selector
+    location = (selector["repositoryLocationName"] if selector["repositoryName"] == "__repository__"
+                else f"{selector['repositoryName']}@{selector['repositoryLocationName']}")
+    with browser_page(server, tmp_path / "chromium-profile") as page:
+        shots = {}
+        try:
+            shots["partition"] = ARTIFACTS / "bad-file-partition.png"
+            page.goto(f"{server.url}/assets/media_file?view=partitions&partition={key}",
+                      wait_until="domcontentloaded", timeout=60_000)
+            # Dagster 1.13 shows a partition's metadata only for a materialization; one that never
+            # materialized lists its events behind this button, where the failure observation
+            # (a click on its row opens it) gives the reason.
+            page.get_by_text(re.compile(r"View all historical events \([1-9]")).first.click(timeout=60_000)
+            page.get_by_role("dialog").get_by_text("Observation", exact=True).first.click(timeout=30_000)
+            page.get_by_text("not a readable media file").first.wait_for(state="visible", timeout=60_000)
+            page.screenshot(path=shots["partition"], full_page=True)
+
+            shots["resource"] = ARTIFACTS / "gpu-resource.png"
+            page.goto(f"{server.url}/locations/{location}/resources/gpu", wait_until="domcontentloaded",
+                      timeout=60_000)
+            page.get_by_text(re.compile(r"Device plan: ")).first.wait_for(state="visible", timeout=60_000)
+            page.screenshot(path=shots["resource"], full_page=True)
+
+            shots["automation"] = ARTIFACTS / "automation.png"
+            page.goto(f"{server.url}/automation", wait_until="domcontentloaded", timeout=60_000)
+            page.get_by_text(UPLOAD_SENSOR, exact=True).first.wait_for(state="visible", timeout=60_000)
+            page.wait_for_timeout(3000)  # the marks load after the row
+            page.screenshot(path=shots["automation"], full_page=True)
+            # The (i) beside the name: what its marks mean, where a person wonders.
+            page.get_by_text(UPLOAD_SENSOR, exact=True).first.locator("xpath=..").locator("svg, [class*=Icon]").last.hover()
+            page.get_by_text(re.compile("the first mark beside this sensor is the last run it started",
+                                        re.IGNORECASE)).first.wait_for(state="visible", timeout=30_000)
+            shots["explained"] = ARTIFACTS / "automation-explained.png"
+            page.screenshot(path=shots["explained"])
+        except PlaywrightError:
+            page.screenshot(path=ARTIFACTS / "browser-failure.png", full_page=True)
+            raise
+    ticks = server.graphql(SENSOR_TICKS, {"selector": sensor_selector(server, UPLOAD_SENSOR)})["sensorOrError"]
+    statuses = {tick["status"] for tick in ticks["sensorState"]["ticks"]}
+    assert statuses and statuses <= {"SUCCESS", "SKIPPED"}, statuses
+    for shot in shots.values():
+        assert shot.stat().st_size > 10_000, shot

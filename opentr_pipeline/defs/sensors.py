@@ -221,8 +221,14 @@ def build_upload_sensor(settings: Settings) -> dg.SensorDefinition:
         job_name=TRANSCRIBE_JOB,
         minimum_interval_seconds=SENSOR_INTERVAL_S,
         default_status=dg.DefaultSensorStatus.RUNNING,
+        # The Automation page shows two marks beside a sensor: the status of the last run it
+        # started, then its last tick. A run holding a bad file fails (Dagster has no other way to
+        # mark a partition failed), so a red first mark can be a bad upload, not this sensor.
         description=f"New or changed media under {settings.upload_uri} become media_files partitions "
-                    f"and runs of up to {settings.files_per_run} files.",
+                    f"and runs of up to {settings.files_per_run} files. The first mark beside this sensor "
+                    "is the last run it started: red when a file in it was bad (the file's partition "
+                    "page says why, under View all historical events); the second is the sensor's own "
+                    "last tick.",
     )
     def upload_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         return respond_to_listing(context, scan_uploads(settings.upload_uri), settings)
