@@ -128,6 +128,7 @@ class TranscriptRecorder:
         self.context, self.store, self.version, self.total = context, store, version, 0
         self.failures: dict[str, FileFailure] = {}
         self.done = 0
+        self.finished_keys: set[str] = set()  # their claims released already
         self.lock = threading.Lock()
 
     def started(self, key: str) -> None:
@@ -154,6 +155,7 @@ class TranscriptRecorder:
                 if result.warnings:
                     self.context.log.warning(f"{key}: {'; '.join(result.warnings)}")
             release(self.store, key, self.context.run_id)
+            self.finished_keys.add(key)
         self.context.log.info(message)
         log.info(message)
 
@@ -256,7 +258,7 @@ def transcribe_round(context: dg.AssetExecutionContext, gpu: GpuExecutor, store,
             on_done=lambda key, result: recorder.finished(key, plan.transcribe[key], result),
         )
     finally:  # an error in the engine: the files it did not finish are free for the rerun
-        for key in plan.transcribe:
+        for key in set(plan.transcribe) - recorder.finished_keys:
             release(store, key, context.run_id)
     failures.update(recorder.failures)
     for key, first in plan.same_as.items():
