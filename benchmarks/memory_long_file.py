@@ -108,15 +108,16 @@ def main() -> None:
     write_opus(path, audio)
     del audio
     print(f"{path.name}: {args.minutes:g} min, {path.stat().st_size / 2**20:.1f} MiB on disk")
-    print("| decoding | window | peak memory above the process's own | seconds | WER |")
-    print("|---|---|---|---|---|")
+    print("| decoding | window | peak memory above the process's own | seconds | WER | chunks decoded again |")
+    print("|---|---|---|---|---|---|")
     for window_s in (args.window_s or WINDOW_S, WHOLE):
         row = measured_in_a_fresh_process(path, window_s, not args.decode_only)
         wer = "-" if args.decode_only else f"{corpus.word_error_rate(reference, row['text']):.3f}"
         what = "decode only" if args.decode_only else "decode and transcribe"
         window = "whole file" if window_s == WHOLE else f"{window_s:g} s"
-        print(f"| {what} | {window} | {row['peak_above_base_mib']} MiB (base {row['base_mib']} MiB) | {row['seconds']} | {wer} |",
-              flush=True)
+        again = row.get("decoded_again", "-")
+        print(f"| {what} | {window} | {row['peak_above_base_mib']} MiB (base {row['base_mib']} MiB) | {row['seconds']} "
+              f"| {wer} | {again} |", flush=True)
     path.unlink()
 
 
