@@ -567,6 +567,6 @@ def test_browser_shows_a_bad_files_reason_the_device_plan_and_a_healthy_sensor(
             raise
     ticks = server.graphql(SENSOR_TICKS, {"selector": sensor_selector(server, UPLOAD_SENSOR)})["sensorOrError"]
     statuses = {tick["status"] for tick in ticks["sensorState"]["ticks"]}
-    assert statuses and statuses <= {"SUCCESS", "SKIPPED"}, statuses
+    assert statuses and "FAILURE" not in statuses, statuses  # STARTED: the tick going on now
     for shot in shots.values():
         assert shot.stat().st_size > 10_000, shot
