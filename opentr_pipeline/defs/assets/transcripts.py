@@ -127,8 +127,7 @@ class TranscriptRecorder:
     def __init__(self, context: dg.AssetExecutionContext, store, version: str):
         self.context, self.store, self.version, self.total = context, store, version, 0
         self.failures: dict[str, FileFailure] = {}
-        self.done = 0
-        self.finished_keys: set[str] = set()  # their claims released already
+        self.finished_keys: set[str] = set()  # done either way, their claims released
         self.lock = threading.Lock()
 
     def started(self, key: str) -> None:
@@ -138,7 +137,8 @@ class TranscriptRecorder:
         if not isinstance(result, Exception):
             result = self.still_the_probed_file(probed, result)
         with self.lock:
-            self.done += 1
+            self.finished_keys.add(key)
+            done = len(self.finished_keys)
             if not isinstance(result, Exception):
                 try:
                     self.write(key, probed, result)
@@ -146,16 +146,15 @@ class TranscriptRecorder:
                     result = error
             if isinstance(result, Exception):
                 self.failures[key] = failure_of(result, probed["source_uri"])
-                message = f"[{self.done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
+                message = f"[{done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
             else:
-                message = (f"[{self.done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
+                message = (f"[{done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
                            f"{result.x_realtime}x realtime on {result.device} worker {result.worker}"
                            f"{decoded_again_note(result)}"
                            + "".join(f"; {note}" for note in result.audio_notes + result.warnings))
                 if result.warnings:
                     self.context.log.warning(f"{key}: {'; '.join(result.warnings)}")
             release(self.store, key, self.context.run_id)
-            self.finished_keys.add(key)
         self.context.log.info(message)
         log.info(message)
 
