@@ -48,7 +48,10 @@ def pipeline_drop(corpus, workers: int, root: Path, env_plan: dict[str, str]) ->
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
     env.update(env_plan, OPENTR_BROKER_URL="embedded", UPLOAD_URI=str(uploads), STORAGE_URI=str(store),
                DAGSTER_HOME=str(home))
-    with DevServer(PROJECT_ROOT, env, root / "dev.log"):
+    with DevServer(PROJECT_ROOT, env, root / "dev.log") as server:
+        # A pile lands on a `make dev` that is already up: the start-up of its processes (imports,
+        # the first sensor tick) is not charged to the pile.
+        wait_for(lambda: sensor_ticked(server), 120, "the upload sensor's first tick", interval=0.5)
         started, dropped_at = time.perf_counter(), time.time()
         for item in corpus:
             shutil.copyfile(item.path, uploads / item.path.name)
@@ -63,12 +66,53 @@ def pipeline_drop(corpus, workers: int, root: Path, env_plan: dict[str, str]) ->
     split = {"chunks_decoded_again": sum(len(d.get("decoded_again", [])) for d in docs),
              "audio_s_decoded_again": round(sum(end - start for d in docs for start, end in d.get("decoded_again", [])), 1),
              "drop_to_first_transcription_s": round(first - dropped_at, 1),
-             "transcription_span_s": round(last - first, 1)}
+             "transcription_span_s": round(last - first, 1),
+             # Slot-seconds in that span with no file in hand: waits between files, and the tail.
+             "slots_idle_s": round(workers * (last - first) - sum(d["wall_s"] for d in docs), 1),
+             "mean_file_transcription_s": round(sum(d["wall_s"] for d in docs) / len(docs), 2),
+             **first_run_timeline(home, dropped_at, first)}
     print(f"pipeline: {split}", flush=True)
     return Measurement(PIPELINE_DROP, workers, len(docs), round(sum(c.duration_s for c in corpus), 3), round(wall, 3),
                        "first copy into the upload folder to the last transcript written, under a running opentr dev",
                        details=split,
                        wer=wer_by_file(corpus, {Path(d["source_uri"]).name: d["text"] for d in docs}))
+
+
+SENSOR_TICKS = """query ($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
+  ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }"""
+
+
+def sensor_ticked(server: DevServer) -> bool:
+    found = server.graphql(SENSOR_TICKS, {"selector": {**server.repository_selector, "sensorName": "upload_sensor"}})
+    ticks = found["sensorOrError"].get("sensorState", {}).get("ticks", [])
+    return any(tick["status"] in ("SKIPPED", "SUCCESS") for tick in ticks)
+
+
+def first_run_timeline(home: Path, dropped_at: float, first_transcription: float) -> dict[str, float]:
+    """Seconds from the drop to each step of the first run's way to its first transcription:
+    the sensor's request (the run is created), the run's process start, the transcript step's
+    start (after media_file probed the run's files)."""
+    import dagster as dg
+
+    from opentr_pipeline.defs.names import TRANSCRIBE_JOB
+
+    os.environ["DAGSTER_HOME"] = str(home)
+    instance = dg.DagsterInstance.get()
+    try:
+        records = [r for r in instance.get_run_records(dg.RunsFilter(job_name=TRANSCRIBE_JOB)) if r.start_time]
+        if not records:
+            return {}
+        run = min(records, key=lambda r: r.create_timestamp)
+        steps = {entry.step_key: entry.timestamp for entry in
+                 instance.all_logs(run.dagster_run.run_id, of_type=dg.DagsterEventType.STEP_START)}
+        created = run.create_timestamp.timestamp()
+        return {"drop_to_run_created_s": round(created - dropped_at, 1),
+                "run_created_to_process_start_s": round(run.start_time - created, 1),
+                "process_start_to_transcript_step_s": round(steps.get("transcript", run.start_time) - run.start_time, 1),
+                "transcript_step_to_first_transcription_s":
+                    round(first_transcription - steps.get("transcript", run.start_time), 1)}
+    finally:
+        instance.dispose()
 
 
 def main() -> int:

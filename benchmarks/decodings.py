@@ -55,7 +55,9 @@ DECODINGS: dict[str, Callable] = {
     "plain sequential, VAD": lambda m, a: plain_sequential(m, a, True),
     "plain sequential, no VAD": lambda m, a: plain_sequential(m, a, False),
     "engine batched, batch 8, pauses kept, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
-    "engine batched, batch 8, chunk guard (the default)": lambda m, a: engine(m, a, TranscriptionOptions()),
+    "engine batched, batch 8, chunk guard, redone chunks at beam 5 (the default until now)":
+        lambda m, a: engine(m, a, TranscriptionOptions(redo_beam_size=5)),
+    "engine batched, batch 8, chunk guard, redone chunks greedy (the default)": lambda m, a: engine(m, a, TranscriptionOptions()),
     "engine batched, batch 16, chunk guard": lambda m, a: engine(m, a, TranscriptionOptions(batch_size=16)),
     "engine batched, batch 8, chunk guard, greedy (beam 1)": lambda m, a: engine(m, a, TranscriptionOptions(beam_size=1)),
 }

@@ -341,6 +341,12 @@ def test_report_sensor_runs_only_when_transcripts_are_newer(pipeline_env, monkey
     instance.report_runless_asset_event(dg.AssetMaterialization("transcript", partition="a.wav"))
     request = evaluate()
     assert isinstance(request, dg.RunRequest) and request.run_key.startswith("report-after-")
+    # No report yet and a pile under way: the first report waits for the pile (or the bound,
+    # counted from the first transcript) instead of taking the CPU from it.
+    pile = instance.create_run_for_job(dg.GraphDefinition(TRANSCRIBE_JOB).to_job(), status=dg.DagsterRunStatus.STARTED)
+    first = evaluate()
+    assert isinstance(first, dg.SkipReason) and "transcription under way" in first.skip_message
+    instance.delete_run(pile.run_id)
     instance.report_runless_asset_event(dg.AssetMaterialization("throughput_report"))
     assert isinstance(evaluate(), dg.SkipReason)
 

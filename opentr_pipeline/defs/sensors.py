@@ -246,6 +246,11 @@ def transcripts_seen_by_report(instance: dg.DagsterInstance) -> tuple[int | None
     return (entry.value if entry is not None else records[0].storage_id), records[0].timestamp
 
 
+def first_transcript_at(instance: dg.DagsterInstance) -> float:
+    records = instance.fetch_materializations(dg.AssetKey("transcript"), limit=1, ascending=True).records
+    return records[0].timestamp if records else time.time()
+
+
 ACTIVE = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
           dg.DagsterRunStatus.STARTED]
 
@@ -275,7 +280,10 @@ def report_freshness_sensor(context: dg.SensorEvaluationContext):
     if pending:
         return dg.SkipReason(f"a report run is already on its way ({pending[0].run_id[:8]})")
     busy = context.instance.get_runs(dg.RunsFilter(job_name=TRANSCRIBE_JOB, statuses=ACTIVE), limit=1)
-    if busy and made_at is not None and time.time() - made_at < REPORT_LAG_WHILE_BUSY_S:
+    # The lag runs from the last report, or with none yet from the first transcript: the first
+    # pile on a new instance is not slowed by a report of its first file.
+    since = made_at if made_at is not None else first_transcript_at(context.instance)
+    if busy and time.time() - since < REPORT_LAG_WHILE_BUSY_S:
         return dg.SkipReason(f"transcription under way (run {busy[0].run_id[:8]}); the report follows "
                              f"when it ends, or {REPORT_LAG_WHILE_BUSY_S // 60} min after the last one")
     return dg.RunRequest(run_key=f"report-after-{transcripts}")

@@ -5,7 +5,8 @@ model sometimes ends a chunk early: its speech is gone, silently (faster-whisper
 recordings with several speakers taking turns that lost up to a fifth of the words (README,
 "Measured"). Batching stays, and every decoded chunk is checked against its own speech: a chunk
 whose text is far too short for the speech the VAD found in it, or whose last word ends well
-before its speech does, is decoded again on its own, sequentially, with timestamps.
+before its speech does, is decoded again on its own, sequentially, with timestamps (greedily: see
+TranscriptionOptions.redo_beam_size).
 
 Both functions are pure: spans and word times in, chunks and verdicts out.
 """
