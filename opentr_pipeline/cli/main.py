@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,16 +23,22 @@ from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
 log = logging.getLogger("opentr")
 QUIET_SUPERSESSION = "ignore:Function `dev_command` is superseded:FutureWarning"
 TERMINATED: list[int] = []  # set by SIGTERM; read by the loop that waits for dagster dev
+# Set by Ctrl-C or SIGTERM: from then on a child that exits was stopped, not lost. Ctrl-C reaches
+# Redis and the workers at the same moment as this process, and they must not be started again.
+STOPPING = threading.Event()
 
 
 def stop_on_sigterm() -> None:
     """SIGTERM (how process managers and containers stop a service) takes the Ctrl-C path: every
     process this command started is stopped, and `opentr run` ends its runs."""
     def interrupt(signum, _frame):
-        TERMINATED.append(signum)
+        STOPPING.set()
+        if signum == signal.SIGTERM:
+            TERMINATED.append(signum)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def print_report(settings: Settings) -> int:
@@ -56,7 +63,7 @@ def start_dev(settings: Settings, extra_args: list[str]) -> int:
     from opentr_pipeline.engine.local import local_engine
 
     print("starting a private Redis and a resident worker per device (OPENTR_BROKER_URL=embedded) ...", flush=True)
-    with local_engine(settings, Path(settings.dagster_home) / "engine") as broker:
+    with local_engine(settings, Path(settings.dagster_home) / "engine", stop_begun=STOPPING.is_set) as broker:
         os.environ["OPENTR_BROKER_URL"] = broker  # what the daemon, code server and runs inherit
         return serve_ui(Settings.from_env(), extra_args)
 

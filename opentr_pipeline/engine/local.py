@@ -12,7 +12,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from redis import Redis
 
@@ -63,9 +63,12 @@ def wait_for_engines(broker_url: str, count: int, processes: list[subprocess.Pop
 
 @contextmanager
 def local_engine(settings: Settings, log_dir: Path, devices: list[str] | None = None,
-                 cpu_threads: int | None = None) -> Iterator[str]:
+                 cpu_threads: int | None = None, stop_begun: Callable[[], bool] = lambda: False) -> Iterator[str]:
     """A private Redis on a free loopback port and one resident worker per device (default: one
-    per planned device); yields the broker URL, and stops them all on the way out."""
+    per planned device); yields the broker URL, and stops them all on the way out.
+
+    `stop_begun`: true once the caller is stopping (a Ctrl-C reaches these processes too), so
+    what exits from then on is not started again."""
     log_dir.mkdir(parents=True, exist_ok=True)
     devices = devices or [device.label for device in plan_devices(settings.devices)]
     port = free_port()
@@ -92,7 +95,7 @@ def local_engine(settings: Settings, log_dir: Path, devices: list[str] | None = 
         broker meanwhile, and a worker's unfinished file goes to the next worker."""
         while not stopping.wait(0.5):
             for index, process in enumerate(list(processes)):
-                if process.poll() is not None and not stopping.is_set():
+                if process.poll() is not None and not stopping.is_set() and not stop_begun():
                     name, command = commands[index]
                     print(f"opentr: {name} exited with {process.returncode}; starting it again "
                           f"(log: {log_dir / (name + '.log')})", file=sys.stderr, flush=True)
