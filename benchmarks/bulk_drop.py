@@ -51,7 +51,8 @@ def pipeline_drop(corpus, workers: int, root: Path, env_plan: dict[str, str]) ->
     with DevServer(PROJECT_ROOT, env, root / "dev.log") as server:
         # A pile lands on a `make dev` that is already up: the start-up of its processes (imports,
         # the first sensor tick) is not charged to the pile.
-        wait_for(lambda: sensor_ticked(server), 120, "the upload sensor's first tick", interval=0.5)
+        wait_for(lambda: {"SKIPPED", "SUCCESS"} & set(server.sensor_tick_statuses("upload_sensor", limit=1)),
+                 120, "the upload sensor's first tick", interval=0.5)
         started, dropped_at = time.perf_counter(), time.time()
         for item in corpus:
             shutil.copyfile(item.path, uploads / item.path.name)
@@ -76,16 +77,6 @@ def pipeline_drop(corpus, workers: int, root: Path, env_plan: dict[str, str]) ->
                        "first copy into the upload folder to the last transcript written, under a running opentr dev",
                        details=split,
                        wer=wer_by_file(corpus, {Path(d["source_uri"]).name: d["text"] for d in docs}))
-
-
-SENSOR_TICKS = """query ($selector: SensorSelector!) { sensorOrError(sensorSelector: $selector) {
-  ... on Sensor { sensorState { ticks(limit: 1) { status } } } } }"""
-
-
-def sensor_ticked(server: DevServer) -> bool:
-    found = server.graphql(SENSOR_TICKS, {"selector": {**server.repository_selector, "sensorName": "upload_sensor"}})
-    ticks = found["sensorOrError"].get("sensorState", {}).get("ticks", [])
-    return any(tick["status"] in ("SKIPPED", "SUCCESS") for tick in ticks)
 
 
 def first_run_timeline(home: Path, dropped_at: float, first_transcription: float) -> dict[str, float]:

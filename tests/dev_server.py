@@ -24,6 +24,13 @@ LOCATION = "opentr_pipeline"
 REPOSITORY = "__repository__"  # the name Dagster gives the repository of a Definitions object
 
 
+SENSOR_TICKS = """
+query ($selector: SensorSelector!, $limit: Int!) {
+  sensorOrError(sensorSelector: $selector) { ... on Sensor { sensorState { ticks(limit: $limit) { status } } } }
+}
+"""
+
+
 class DevServerError(RuntimeError):
     """The server did not start, or GraphQL answered with an error."""
 
@@ -145,6 +152,12 @@ class DevServer:
         if answer.get("errors"):
             raise DevServerError(f"GraphQL errors: {answer['errors']}")
         return answer["data"]
+
+    def sensor_tick_statuses(self, sensor: str, limit: int = 50) -> list[str]:
+        """The statuses of the sensor's latest ticks, newest first (STARTED: the one going on)."""
+        found = self.graphql(SENSOR_TICKS, {"selector": {**self.repository_selector, "sensorName": sensor},
+                                            "limit": limit})["sensorOrError"]
+        return [tick["status"] for tick in (found.get("sensorState") or {}).get("ticks", [])]
 
     @property
     def repository_selector(self) -> dict[str, str]:

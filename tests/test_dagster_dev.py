@@ -151,14 +151,6 @@ query ($selector: ResourceSelector!) { topLevelResourceDetailsOrError(resourceSe
 """
 
 SET_NUX_SEEN = "mutation { setNuxSeen }"
-SENSOR_TICKS = """
-query ($selector: SensorSelector!) {
-  sensorOrError(sensorSelector: $selector) {
-    ... on Sensor { sensorState { ticks(limit: 50) { status } } }
-  }
-}
-"""
-
 RUNS_WITH_TAG = """
 query ($key: String!, $value: String!) {
   runsOrError(filter: { tags: [{ key: $key, value: $value }] }) {
@@ -565,8 +557,7 @@ def test_browser_shows_a_bad_files_reason_the_device_plan_and_a_healthy_sensor(
         except PlaywrightError:
             page.screenshot(path=ARTIFACTS / "browser-failure.png", full_page=True)
             raise
-    ticks = server.graphql(SENSOR_TICKS, {"selector": sensor_selector(server, UPLOAD_SENSOR)})["sensorOrError"]
-    statuses = {tick["status"] for tick in ticks["sensorState"]["ticks"]}
+    statuses = set(server.sensor_tick_statuses(UPLOAD_SENSOR))
     assert statuses and "FAILURE" not in statuses, statuses  # STARTED: the tick going on now
     for shot in shots.values():
         assert shot.stat().st_size > 10_000, shot

@@ -282,10 +282,10 @@ def report_freshness_sensor(context: dg.SensorEvaluationContext):
     busy = context.instance.get_runs(dg.RunsFilter(job_name=TRANSCRIBE_JOB, statuses=ACTIVE), limit=1)
     # The lag runs from the last report, or with none yet from the first transcript: the first
     # pile on a new instance is not slowed by a report of its first file.
-    since = made_at if made_at is not None else first_transcript_at(context.instance)
-    if busy and time.time() - since < REPORT_LAG_WHILE_BUSY_S:
+    if busy and time.time() - (made_at or first_transcript_at(context.instance)) < REPORT_LAG_WHILE_BUSY_S:
         return dg.SkipReason(f"transcription under way (run {busy[0].run_id[:8]}); the report follows "
-                             f"when it ends, or {REPORT_LAG_WHILE_BUSY_S // 60} min after the last one")
+                             f"when it ends, or {REPORT_LAG_WHILE_BUSY_S // 60} min after the last report "
+                             "(the first transcript, before any report)")
     return dg.RunRequest(run_key=f"report-after-{transcripts}")
 
 
