@@ -3,11 +3,16 @@ settings (one model, N threads sharing it), timed the same way as the pipeline."
 
 from __future__ import annotations
 
+import json
 import os
 import queue
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from corpus import SAMPLE_RATE, CorpusFile, wer_by_file
 from plan import RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, RAW_SEQUENTIAL_NO_VAD, BenchError, BenchPlan, Measurement, _cpu_s
@@ -103,3 +108,39 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
             "num_workers": workers,
         },
     )
+
+
+PLAIN_SCRIPT = Path(__file__).with_name("plain_script.py")
+
+
+def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, sequential: bool = False,
+                  vad: bool = True) -> Measurement:
+    """The same decoding as `raw_faster_whisper`, as the whole command a user runs on a pile
+    (plain_script.py): timed from the process's start to its exit, imports and model load in."""
+    from opentr_pipeline.engine.transcription import model_location
+
+    device = plan.device_for(workers)
+    with tempfile.TemporaryDirectory(prefix="opentr-plain-") as folder:
+        out = Path(folder) / "texts.json"
+        command = [sys.executable, str(PLAIN_SCRIPT), *(str(c.path) for c in corpus), "--model", model_location(plan.model),
+                   "--device", device.kind, "--device-index", str(device.index if device.kind == "cuda" else 0),
+                   "--compute-type", plan.compute_type, "--cpu-threads", str(device.cpu_threads),
+                   "--workers", str(workers), "--beam-size", str(plan.beam_size), "--batch-size", str(plan.batch_size),
+                   "--out", str(out), *(["--language", plan.language] if plan.language else []),
+                   *(["--sequential"] if sequential or not (plan.batch_size > 1 and plan.vad_filter) else []),
+                   *([] if vad and plan.vad_filter else ["--no-vad"])]
+        started = time.perf_counter()
+        done = subprocess.run(command, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        if done.returncode != 0:
+            raise BenchError(f"plain_script.py failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+        by_path = json.loads(out.read_text())
+    texts = {Path(path).name: text for path, text in by_path.items()}
+    if len(texts) != len(corpus):
+        raise BenchError(f"plain_script.py transcribed {len(texts)} of {len(corpus)} files")
+    kind = RAW_SEQUENTIAL if sequential and vad else RAW_SEQUENTIAL_NO_VAD if sequential else RAW
+    return Measurement(
+        configuration=kind.replace("(transcription span)", "(whole command)"), workers=workers, files=len(corpus),
+        wer=wer_by_file(corpus, texts), audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(wall, 3),
+        includes="the script's process from start to exit: imports, model load, every file's decoding and transcription",
+        details={"cpu_threads_per_worker": device.cpu_threads, "num_workers": workers})

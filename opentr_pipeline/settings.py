@@ -187,6 +187,9 @@ class Settings(BaseSettings):
     max_attempts: int = env("OPENTR_MAX_ATTEMPTS", 3, ge=1)  # runs of one file, the first included
     # How long media_file waits for a local file still being written before it gives up (for now).
     settle_wait_s: int = env("OPENTR_SETTLE_WAIT_S", 600, ge=0)
+    # How long a sensor tick that found nothing new keeps watching a local upload folder; the
+    # daemon's next round comes 5 s after this one's start, so it must end well before that.
+    sensor_watch_s: float = env("OPENTR_SENSOR_WATCH_S", 3.0, ge=0, le=4)
     devices: DeviceSettings = DeviceSettings()
     decoding: DecodingSettings = DecodingSettings()
     engine: EngineSettings = EngineSettings()

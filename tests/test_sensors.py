@@ -17,9 +17,12 @@ from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.names import RANGE_END, RANGE_START, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.defs.assets.reports import TRANSCRIPTS_SEEN, latest_materialization_id
 from opentr_pipeline.defs.sensors import (
+    WATCH_POLL_S,
     report_freshness_sensor,
     respond_to_listing,
+    watch_until_changed,
 )
+from opentr_pipeline.defs.sensor_state import SensorCursor
 from opentr_pipeline.settings import Settings
 from opentr_pipeline.intake.uploads import scan_uploads
 
@@ -32,10 +35,12 @@ class UploadSensorTicks:
     """Evaluates the upload sensor tick after tick, carrying the cursor as the daemon does, and
     applies each tick's partition requests to the instance as the daemon does before runs."""
 
-    def __init__(self, settings: Settings, instance: dg.DagsterInstance):
+    def __init__(self, settings: Settings, instance: dg.DagsterInstance, watch_s: float = 0.0):
         from opentr_pipeline.definitions import build_defs
 
-        self.settings = settings
+        # Ticks evaluated back to back have no daemon round to wait for: no watch between them,
+        # unless a test is about the watch (OPENTR_SENSOR_WATCH_S).
+        settings = self.settings = settings.model_copy(update={"sensor_watch_s": watch_s})
         self.instance = instance
         self.repository = build_defs(settings).get_repository_def()
         self.sensor = self.repository.get_sensor_def("upload_sensor")
@@ -142,6 +147,51 @@ def test_new_files_become_partitions_and_runs_once_whole(pipeline_env, uploads, 
 
     third = ticks()
     assert third.run_requests == [] and added_keys(third) == [], "nothing is requested twice"
+
+
+def test_a_tick_that_finds_nothing_new_watches_the_folder_and_takes_a_drop_at_once(pipeline_env, uploads, fixtures_dir):
+    """The daemon comes round every 5 s; a tick that found nothing keeps looking for
+    OPENTR_SENSOR_WATCH_S, so a file dropped between rounds is requested by the same tick."""
+    import threading
+
+    settings = Settings.from_env()
+    assert settings.sensor_watch_s == 3.0, "the default make dev runs with"
+    ticks = UploadSensorTicks(settings, dg.DagsterInstance.get(), watch_s=settings.sensor_watch_s)
+    assert ticks().run_requests == []  # a first tick: nothing to compare with, nothing to watch for
+    started = time.monotonic()
+    assert ticks().run_requests == []
+    assert time.monotonic() - started >= settings.sensor_watch_s - 2 * WATCH_POLL_S, "an empty folder is watched"
+
+    dropped: list[float] = []
+    drop = threading.Timer(1.0, lambda: (shutil.copy(fixtures_dir / SHORT, uploads / SHORT),
+                                         dropped.append(time.monotonic())))
+    drop.start()
+    requested = ticks()
+    ended = time.monotonic()
+    assert requested_keys(requested) == [[SHORT]], "the tick that was watching took the file"
+    # Seen within a poll of landing, then left alone for a second (intake/settled.py) in the tick.
+    assert ended - dropped[0] < 1.0 + 4 * WATCH_POLL_S + 1.0, ended - dropped[0]
+
+
+def test_the_watch_stops_at_once_on_a_change_and_looks_once_at_a_big_folder(uploads):
+    listing = scan_uploads(str(uploads))
+    cursor = SensorCursor(digest="not this listing")
+    assert watch_until_changed(listing, cursor, lambda: pytest.fail("looked again"), 3.0) is listing
+    assert watch_until_changed(listing, SensorCursor(waiting=1), lambda: pytest.fail("looked again"), 3.0) is listing
+
+    from opentr_pipeline.defs.sensors import digest_of
+
+    unchanged = SensorCursor(digest=digest_of(listing))
+    looks = []
+
+    def slow_listing():  # a folder of many thousand files
+        looks.append(1)
+        time.sleep(0.1)
+        return listing
+
+    started = time.monotonic()
+    watch_until_changed(listing, unchanged, slow_listing, 3.0)
+    assert looks == [1] and time.monotonic() - started < 1.0
 
 
 def test_files_still_being_written_are_not_picked_up(ticks, uploads, capfd):

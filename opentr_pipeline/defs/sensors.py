@@ -18,7 +18,10 @@ file, see sensor_state.py; the cursor itself stays small). What it decides:
 - each run's `run_key` is a hash of its keys and versions, so no file version is requested
   twice even if a tick is evaluated again.
 
-A tick whose listing is the one it saw last time, with nothing waiting, ends after the listing.
+A tick whose listing of a local folder is the one it saw last time, with nothing waiting, keeps
+looking for up to OPENTR_SENSOR_WATCH_S (3 s) before it ends: the daemon comes round only every
+5 s, so a file dropped between rounds waited 2.5 s on average for the next; now most are seen
+within WATCH_POLL_S of landing. An S3 listing is a request, so it is made once per tick.
 Otherwise it reads the listed files' rows and writes only the rows that change; at most
 MAX_FILES_PER_TICK files are requested per tick. A high-water mark on mtime would be smaller but
 would miss files copied with their original times (`cp -p`, rsync).
@@ -56,6 +59,10 @@ NAMES_PER_LOG_LINE = 20
 # not (a source record and a run request each); the rest are taken by the next ticks.
 MAX_FILES_PER_TICK = 2000
 LOOKS_PER_TICK = 500  # header looks at ready local files (about 1 ms each); the rest go to runs
+WATCH_POLL_S = 0.25
+# A folder that takes longer than this to list is looked at once per tick: the watch must cost
+# a sliver of a core, not a fifth of it.
+WATCH_MAX_LISTING_S = 0.05
 
 
 @dataclass
@@ -138,12 +145,31 @@ def done_elsewhere(instance: dg.DagsterInstance, store: Storage, uploads: list[U
     return done
 
 
+def digest_of(listing: UploadListing) -> str:
+    return listing_digest([[u.key, *u.version] for u in listing.uploads] +
+                          [[n] for n in listing.not_media + sorted(listing.skipped)])
+
+
+def watch_until_changed(listing: UploadListing, cursor: SensorCursor, list_again: Callable[[], UploadListing],
+                        watch_s: float, clock: Callable[[], float] = time.monotonic,
+                        sleep: Callable[[float], None] = time.sleep) -> UploadListing:
+    """The first listing that differs from the cursor's, looking again every WATCH_POLL_S for up
+    to `watch_s`; the last one seen when nothing moved (or the folder is too big to watch)."""
+    deadline = clock() + watch_s
+    while digest_of(listing) == cursor.digest and not cursor.waiting and clock() + WATCH_POLL_S < deadline:
+        sleep(WATCH_POLL_S)
+        started = clock()
+        listing = list_again()
+        if clock() - started > WATCH_MAX_LISTING_S:
+            break
+    return listing
+
+
 def respond_to_listing(context: dg.SensorEvaluationContext, listing: UploadListing,
                        settings: Settings) -> dg.SensorResult:
     """Everything the sensor does after listing: plan, register sources, request runs."""
     cursor = SensorCursor.parse(context.cursor)
-    digest = listing_digest([[u.key, *u.version] for u in listing.uploads] +
-                            [[n] for n in listing.not_media + sorted(listing.skipped)])
+    digest = digest_of(listing)
     if digest == cursor.digest and not cursor.waiting:
         return dg.SensorResult(skip_reason="no new or changed media", cursor=context.cursor)
 
@@ -231,7 +257,11 @@ def build_upload_sensor(settings: Settings) -> dg.SensorDefinition:
                     "last tick.",
     )
     def upload_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
-        return respond_to_listing(context, scan_uploads(settings.upload_uri), settings)
+        listing = scan_uploads(settings.upload_uri)
+        if "://" not in settings.upload_uri and settings.sensor_watch_s > 0:
+            listing = watch_until_changed(listing, SensorCursor.parse(context.cursor),
+                                          lambda: scan_uploads(settings.upload_uri), settings.sensor_watch_s)
+        return respond_to_listing(context, listing, settings)
 
     return upload_sensor
 
