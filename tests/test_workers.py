@@ -259,3 +259,36 @@ def test_a_transcript_finished_before_the_broker_lost_it_is_not_redone(tmp_path,
         worker.wait(timeout=60)
         redis_server.terminate()
         redis_server.wait(timeout=30)
+
+
+def test_a_file_whose_broker_died_as_it_arrived_is_not_held_for_ever(tmp_path) -> None:
+    """Redis SIGKILLed just as a worker thread took a file: the error is the broker's, so it goes
+    up to Celery, and the file leaves the worker's hands. Before, it stayed in `in_hand`, the
+    heartbeat told the Redis restarted empty that this worker held it, and its run waited on a
+    file nobody was transcribing (test_dev_signals' broker kill caught it)."""
+    import queue
+
+    from redis import Redis
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from opentr_pipeline.engine import worker
+    from opentr_pipeline.engine.devices import DevicePlan
+
+    port = free_port()
+    server = start_redis(port, tmp_path)
+    redis = Redis(port=port)
+    resident = worker.Resident(Settings.from_env({"OPENTR_BROKER_URL": f"redis://127.0.0.1:{port}/0"}),
+                               DevicePlan("cpu", 0, 1, 1), "engine-under-test", queue.Queue(), redis, ["transcribe"])
+
+    def broker_dies_as_the_file_is_taken(meta: dict) -> None:
+        server.kill()
+        server.wait(timeout=30)
+        redis.set("opentr:state-of-the-task", json.dumps(meta))  # what Celery's update_state does
+
+    previous, worker.RESIDENT = worker.RESIDENT, resident
+    try:
+        with pytest.raises(RedisConnectionError):
+            worker.transcribe_file("task-1", "a.wav", str(tmp_path / "a.wav"), {}, broker_dies_as_the_file_is_taken)
+    finally:
+        worker.RESIDENT = previous
+    assert resident.in_hand == set(), "the heartbeat would announce it to the next Redis"

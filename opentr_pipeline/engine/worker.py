@@ -75,9 +75,20 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
     assert resident is not None, "transcribe_file runs inside `opentr worker`"
     if resident.redis.exists(SUPERSEDED.format(task_id)):
         return {"superseded": True}  # its run gave it to another worker when this one's went silent
-    mark_taken(resident, task_id)
     resident.in_hand.add(task_id)
-    on_taken({**resident.announce(), "key": key})
+    try:
+        # A broker lost here (Redis killed as the file arrived) is no fault of the file: the error
+        # goes up to Celery, and the file leaves `in_hand`, or the heartbeat would tell a Redis
+        # restarted empty that this worker holds it, and its run would wait on it for ever.
+        mark_taken(resident, task_id)
+        on_taken({**resident.announce(), "key": key})
+        return transcribe_taken(resident, task_id, key, source_uri, decoding_vars)
+    finally:
+        resident.in_hand.discard(task_id)
+
+
+def transcribe_taken(resident: Resident, task_id: str, key: str, source_uri: str, decoding_vars: dict[str, str]) -> dict:
+    """The file is this worker's now: its transcript, or its failure as plain data for the run."""
     try:
         decoding = DecodingSettings.model_validate(decoding_vars)
         mine = resident.settings.decoding
@@ -104,8 +115,6 @@ def transcribe_file(task_id: str, key: str, source_uri: str, decoding_vars: dict
     except Exception as error:  # one file's failure stays that file's; the message goes back to the run
         log.warning("%s: %s", key, error)
         return error_payload(error, source_uri)
-    finally:
-        resident.in_hand.discard(task_id)
 
 
 def keep_result(resident: Resident, task_id: str, key: str, payload: dict) -> None:
