@@ -241,6 +241,17 @@ def no_media_at_all(uploads: list[Upload]) -> dict[Upload, str]:
     return {u: reason for u in looked if (reason := unreadable_reason(u.uri))}
 
 
+def watches(settings: Settings) -> bool:
+    return "://" not in settings.upload_uri and settings.sensor_watch_s > 0
+
+
+def watch_note(settings: Settings) -> str:
+    if not watches(settings):
+        return ""
+    return (f", often still spinning: a tick that finds nothing new keeps watching the folder for "
+            f"{settings.sensor_watch_s:g} s (OPENTR_SENSOR_WATCH_S), so a dropped file is taken within about a second")
+
+
 def build_upload_sensor(settings: Settings) -> dg.SensorDefinition:
     @dg.sensor(
         name="upload_sensor",
@@ -254,11 +265,11 @@ def build_upload_sensor(settings: Settings) -> dg.SensorDefinition:
                     f"and runs of up to {settings.files_per_run} files. The first mark beside this sensor "
                     "is the last run it started: red when a file in it was bad (the file's partition "
                     "page says why, under View all historical events); the second is the sensor's own "
-                    "last tick.",
+                    f"last tick{watch_note(settings)}.",
     )
     def upload_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
         listing = scan_uploads(settings.upload_uri)
-        if "://" not in settings.upload_uri and settings.sensor_watch_s > 0:
+        if watches(settings):
             listing = watch_until_changed(listing, SensorCursor.parse(context.cursor),
                                           lambda: scan_uploads(settings.upload_uri), settings.sensor_watch_s)
         return respond_to_listing(context, listing, settings)
