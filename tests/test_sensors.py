@@ -18,6 +18,7 @@ from opentr_pipeline.defs.names import RANGE_END, RANGE_START, REPORT_JOB, TRANS
 from opentr_pipeline.defs.assets.reports import TRANSCRIPTS_SEEN, latest_materialization_id
 from opentr_pipeline.defs.sensors import (
     WATCH_POLL_S,
+    digest_of,
     report_freshness_sensor,
     respond_to_listing,
     watch_until_changed,
@@ -178,8 +179,6 @@ def test_the_watch_stops_at_once_on_a_change_and_looks_once_at_a_big_folder(uplo
     cursor = SensorCursor(digest="not this listing")
     assert watch_until_changed(listing, cursor, lambda: pytest.fail("looked again"), 3.0) is listing
     assert watch_until_changed(listing, SensorCursor(waiting=1), lambda: pytest.fail("looked again"), 3.0) is listing
-
-    from opentr_pipeline.defs.sensors import digest_of
 
     unchanged = SensorCursor(digest=digest_of(listing))
     looks = []

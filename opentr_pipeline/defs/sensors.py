@@ -151,16 +151,15 @@ def digest_of(listing: UploadListing) -> str:
 
 
 def watch_until_changed(listing: UploadListing, cursor: SensorCursor, list_again: Callable[[], UploadListing],
-                        watch_s: float, clock: Callable[[], float] = time.monotonic,
-                        sleep: Callable[[float], None] = time.sleep) -> UploadListing:
+                        watch_s: float) -> UploadListing:
     """The first listing that differs from the cursor's, looking again every WATCH_POLL_S for up
     to `watch_s`; the last one seen when nothing moved (or the folder is too big to watch)."""
-    deadline = clock() + watch_s
-    while digest_of(listing) == cursor.digest and not cursor.waiting and clock() + WATCH_POLL_S < deadline:
-        sleep(WATCH_POLL_S)
-        started = clock()
+    deadline = time.monotonic() + watch_s
+    while digest_of(listing) == cursor.digest and not cursor.waiting and time.monotonic() + WATCH_POLL_S < deadline:
+        time.sleep(WATCH_POLL_S)
+        started = time.monotonic()
         listing = list_again()
-        if clock() - started > WATCH_MAX_LISTING_S:
+        if time.monotonic() - started > WATCH_MAX_LISTING_S:
             break
     return listing
 
