@@ -4,8 +4,8 @@ One model loaded once (N workers sharing it, the pipeline's thread split), the l
 conversations of corpus.py, and for each decoding: word error rate (mean and worst file) and x
 realtime over the whole corpus, N files at a time. Plain faster-whisper decodings (batched with
 several chunk lengths and batch sizes, sequential with and without VAD) sit beside the engine's
-own (`engine.transcription.transcribe`: batched over chunks that keep their pauses, with and
-without the chunk guard). This is how the pipeline's default was chosen (README, "Measured").
+own (`engine.transcription.transcribe`: batched over chunks of joined speech, with and without
+the chunk guard). This is how the pipeline's default was chosen (README, "Measured").
 
     .venv/bin/python benchmarks/decodings.py --files 3 --seconds 240
 """
@@ -54,7 +54,7 @@ DECODINGS: dict[str, Callable] = {
     "plain batched, batch 16, 30-s chunks": lambda m, a: plain_batched(m, a, 16, 30),
     "plain sequential, VAD": lambda m, a: plain_sequential(m, a, True),
     "plain sequential, no VAD": lambda m, a: plain_sequential(m, a, False),
-    "engine batched, batch 8, pauses kept, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
+    "engine batched, batch 8, joined speech, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
     "engine batched, batch 8, chunk guard, redone chunks at beam 5 (the default until now)":
         lambda m, a: engine(m, a, TranscriptionOptions(redo_beam_size=5)),
     "engine batched, batch 8, chunk guard, redone chunks greedy (the default)": lambda m, a: engine(m, a, TranscriptionOptions()),

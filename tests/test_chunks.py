@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from opentr_pipeline.engine.chunks import Chunk, chunk_speech, chunks_to_decode_again, window_cut
+from opentr_pipeline.engine.chunks import Chunk, JoinedSpeech, chunk_speech, chunks_to_decode_again, window_cut
 
 RATE = 100  # samples per second in the pure tests: spans read as centiseconds
 
@@ -20,6 +20,25 @@ def test_speech_spans_merge_into_windows_with_their_pauses() -> None:
     assert chunks[0].speech_s(RATE) == pytest.approx(27.0)  # the pauses are inside, not counted
     assert chunk_speech([], 3000) == []
     assert [(c.start, c.end) for c in chunk_speech([(0, 3000), (3100, 3200)], 3000)] == [(0, 3000), (3100, 3200)]
+
+
+def test_joined_speech_cuts_the_pauses_and_maps_its_times_back_to_the_recording() -> None:
+    """Batched chunks are of speech laid end to end (30 s of it at most); every time decoded in
+    that joined speech lands back in the span it came from."""
+    spans = [(100, 600), (900, 2400), (4000, 5500), (5600, 6000)]
+    joined = JoinedSpeech(spans)
+    assert joined.joined_spans() == [(0, 500), (500, 2000), (2000, 3500), (3500, 3900)]
+    assert [(c.start, c.end) for c in chunk_speech(joined.joined_spans(), 3000)] == [(0, 2000), (2000, 3900)]
+    assert joined.to_recording(0) == 100 and joined.to_recording(250) == 350
+    assert joined.to_recording(500) == 900  # the first sample after a pause is the next span's first,
+    assert joined.to_recording(500, is_end=True) == 600  # and an end there is the earlier span's last
+    assert joined.to_recording(2999) == 4999 and joined.to_recording(3900) == 6000
+    assert joined.to_recording(-5) == 100 and joined.to_recording(10_000) == 6000  # rounding outside
+    times = [joined.to_recording(x) for x in range(0, 3901, 7)]
+    assert times == sorted(times) and all(any(s <= t <= e for s, e in spans) for t in times)
+    # A word decoded across a cut stays in the span that holds most of it, not over the pause.
+    assert joined.word_to_recording(450, 530) == (550, 600)
+    assert joined.word_to_recording(480, 600) == (900, 1000)
 
 
 def steady_words(chunk: Chunk, per_second: float) -> list[float]:
@@ -38,6 +57,9 @@ def test_a_chunk_whose_words_fall_short_of_its_speech_is_decoded_again() -> None
     words[1] = words[1][: len(words[1]) // 4]  # a quarter of its words: the decode ended early
     words[3] = []  # speech and no words at all
     assert chunks_to_decode_again(chunks, words, RATE) == [1, 3]
+    words[1] = steady_words(chunks[1], 2.5)
+    words[2] = words[2][:20] + words[2][-22:]  # 42 of 70 words, the last at the end: a stretch skipped
+    assert chunks_to_decode_again(chunks, words, RATE) == [2, 3]
 
 
 def test_a_decode_that_stops_before_the_speech_ends_is_caught_even_at_a_normal_rate() -> None:
@@ -50,17 +72,17 @@ def test_a_decode_that_stops_before_the_speech_ends_is_caught_even_at_a_normal_r
     assert chunks_to_decode_again(chunks, words, RATE) == []
 
 
-def test_slow_speech_and_tiny_chunks_are_left_alone() -> None:
+def test_slower_speech_and_tiny_chunks_are_left_alone() -> None:
     chunks = [Chunk(0, 2800, [(0, 2800)]), Chunk(3000, 5800, [(3000, 5800)]), Chunk(6000, 6100, [(6000, 6100)])]
-    words = [steady_words(chunks[0], 2.5), steady_words(chunks[1], 1.5), []]  # a slower speaker; 1 s of speech
+    words = [steady_words(chunks[0], 2.5), steady_words(chunks[1], 2.25), []]  # a slower speaker; 1 s of speech
     assert chunks_to_decode_again(chunks, words, RATE) == []
 
 
 def test_a_window_of_few_chunks_is_judged_by_the_recording_s_own_rate() -> None:
-    """Two chunks, one at 40% of the other's rate: alone their median hides it; the rates of
+    """Two chunks, one at 80% of the other's rate: alone their median hides it; the rates of
     the recording's earlier windows show it."""
     chunks = [Chunk(0, 2800, [(0, 2800)]), Chunk(3000, 5800, [(3000, 5800)])]
-    words = [steady_words(chunks[0], 2.5), steady_words(chunks[1], 1.0)]
+    words = [steady_words(chunks[0], 2.5), steady_words(chunks[1], 2.0)]
     assert chunks_to_decode_again(chunks, words, RATE) == []
     assert chunks_to_decode_again(chunks, words, RATE, earlier_rates=[2.4, 2.6, 2.5]) == [1]
 
@@ -79,10 +101,10 @@ def test_a_long_recording_is_cut_into_windows_only_in_its_pauses() -> None:
 
 @pytest.fixture(scope="module")
 def conversation(fixtures_dir):
-    """About four minutes of ten clips in shuffled turns, 0.7 s apart (benchmarks/corpus.py)."""
+    """About four minutes of ten clips in shuffled turns, 0.2-1.5 s apart (benchmarks/corpus.py)."""
     import corpus
 
-    return corpus.conversation(corpus.speech_clips(fixtures_dir), index=1, seconds=240)
+    return corpus.conversation(corpus.speech_clips(fixtures_dir), index=2, seconds=240)
 
 
 @pytest.mark.slow
@@ -112,6 +134,14 @@ def test_a_long_recording_of_speakers_taking_turns_keeps_its_words(conversation)
     starts = [segment.start for segment in guarded.segments]
     assert starts == sorted(starts) and guarded.segments[-1].end <= len(audio) / 16000 + 0.5
     assert [s.id for s in guarded.segments] == list(range(len(guarded.segments)))
+    # Times are the recording's own, not the joined speech's: every word lies in (or at the edge
+    # of) speech the detector found, and the last ones come near the recording's end.
+    from opentr_pipeline.engine.transcription import speech_spans
+
+    spans = [(start / 16000, end / 16000) for start, end in speech_spans(audio)]
+    words = [w for s in guarded.segments for w in s.words]
+    assert all(any(start - 0.05 <= (w.start + w.end) / 2 <= end + 0.05 for start, end in spans) for w in words)
+    assert words[-1].end > spans[-1][1] - 3.0
 
 
 

@@ -5,7 +5,7 @@ host runs `opentr worker` with this folder, `settings` and `storage` only.
 
 - `media`: probe a file (PyAV): format, codecs, duration, sha256; `MediaError` for bad input
 - `transcription`: faster-whisper decoding, one model per device and process (`transcribe_on`)
-- `chunks`: batched chunks that keep their pauses, and the guard that decodes dropped ones again
+- `chunks`: batched chunks of joined speech, and the guard that decodes dropped ones again
 - `devices`: the device plan, per-device leases across processes, the VRAM check
 - `failures`: one judgement of a file's failure: its reason, and whether retrying can help
 - `in_process`: the engine that holds the model in the calling process (the embedded default)

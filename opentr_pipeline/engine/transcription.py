@@ -22,7 +22,13 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
-from opentr_pipeline.engine.chunks import chunk_speech, chunks_to_decode_again, speaking_rates, window_cut
+from opentr_pipeline.engine.chunks import (
+    JoinedSpeech,
+    chunk_speech,
+    chunks_to_decode_again,
+    speaking_rates,
+    window_cut,
+)
 from opentr_pipeline.engine.devices import DevicePlan
 from opentr_pipeline.engine.media import Decoded, MediaError, decode_windows
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
@@ -281,7 +287,7 @@ def speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
 def decode_batched(model: "WhisperModel", samples: np.ndarray, options: TranscriptionOptions,
                    spans: list[tuple[int, int]] | None = None, offset_s: float = 0.0,
                    rates: list[float] | None = None) -> tuple[list[Segment], object, list[list[float]], float]:
-    """Batched decoding over VAD chunks, each chunk checked by the guard (chunks.py).
+    """Batched decoding over chunks of joined speech, each chunk checked by the guard (chunks.py).
 
     Returns the segments in recording time (`samples` start `offset_s` into it), faster-whisper's
     info, the [start, end] of the chunks decoded again sequentially because their words fell
@@ -296,29 +302,44 @@ def decode_batched(model: "WhisperModel", samples: np.ndarray, options: Transcri
     if not spans:  # no speech: the pipeline's own path says so (and detects the language)
         found, info = pipeline.transcribe(samples, batch_size=options.batch_size, vad_filter=True, **common)
         return [plain_segment(s, offset_s) for s in found], info, [], 0.0
-    chunks = chunk_speech(spans, CHUNK_S * SAMPLE_RATE)
+    joined = JoinedSpeech(spans)
+    speech = np.concatenate([samples[start:end] for start, end in spans])
+    chunks = chunk_speech(joined.joined_spans(), CHUNK_S * SAMPLE_RATE)
     found, info = pipeline.transcribe(
-        samples, batch_size=options.batch_size, vad_filter=False,
+        speech, batch_size=options.batch_size, vad_filter=False,
         clip_timestamps=[{"start": c.start / SAMPLE_RATE, "end": c.end / SAMPLE_RATE} for c in chunks], **common)
     starts = [c.start * model.frames_per_second // SAMPLE_RATE for c in chunks]
-    by_chunk: list[list[Segment]] = [[] for _ in chunks]
+    by_chunk: list[list[Segment]] = [[] for _ in chunks]  # in joined-speech time
     for segment in found:  # a segment's seek is its chunk's first frame (give or take rounding)
-        by_chunk[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)].append(plain_segment(segment, offset_s))
-    word_ends = [[word.end - offset_s for segment in decoded for word in segment.words] for decoded in by_chunk]
+        by_chunk[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)].append(plain_segment(segment))
+    word_ends = [[word.end for segment in decoded for word in segment.words] for decoded in by_chunk]
     rates = [] if rates is None else rates
     again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE, rates) if options.chunk_guard else []
+
+    def in_recording(seconds: float, is_end: bool = False) -> float:
+        return round(offset_s + joined.to_recording(seconds * SAMPLE_RATE, is_end) / SAMPLE_RATE, 3)
+
+    def word_in_recording(word: Word) -> Word:
+        start, end = joined.word_to_recording(word.start * SAMPLE_RATE, word.end * SAMPLE_RATE)
+        return replace(word, start=round(offset_s + start / SAMPLE_RATE, 3), end=round(offset_s + end / SAMPLE_RATE, 3))
+
+    in_place = [[replace(s, start=in_recording(s.start), end=in_recording(s.end, is_end=True),
+                         words=[word_in_recording(w) for w in s.words]) for s in decoded] for decoded in by_chunk]
+    decoded_again = []
     for index in again:
+        # Decoded again as the stretch of the recording it came from, pauses and all: sequential
+        # decoding with timestamps finds its way through the turns, and its times need no map.
         chunk = chunks[index]
-        decoded, _ = model.transcribe(samples[chunk.start:chunk.end], vad_filter=False, condition_on_previous_text=False,
+        start, end = joined.to_recording(chunk.start), joined.to_recording(chunk.end, is_end=True)
+        decoded, _ = model.transcribe(samples[int(start):int(end)], vad_filter=False, condition_on_previous_text=False,
                                       **{**common, "language": options.language or info.language,
                                          "beam_size": options.redo_beam_size})
-        by_chunk[index] = [plain_segment(s, offset=offset_s + chunk.start / SAMPLE_RATE) for s in decoded]
-        word_ends[index] = [word.end - offset_s for segment in by_chunk[index] for word in segment.words]
+        in_place[index] = [plain_segment(s, offset=offset_s + start / SAMPLE_RATE) for s in decoded]
+        word_ends[index] = [word.end for segment in in_place[index] for word in segment.words]
+        decoded_again.append([round(offset_s + start / SAMPLE_RATE, 3), round(offset_s + end / SAMPLE_RATE, 3)])
     rates += speaking_rates(chunks, word_ends, SAMPLE_RATE)
-    decoded_again = [[round(offset_s + chunks[i].start / SAMPLE_RATE, 3), round(offset_s + chunks[i].end / SAMPLE_RATE, 3)]
-                     for i in again]
-    speech_s = sum(chunk.speech_s(SAMPLE_RATE) for chunk in chunks)
-    return [s for ss in by_chunk for s in ss], info, decoded_again, speech_s
+    segments = [s for decoded in in_place for s in decoded]
+    return segments, info, decoded_again, len(speech) / SAMPLE_RATE
 
 
 def decode_piece(model: "WhisperModel", samples: np.ndarray, options: TranscriptionOptions,
