@@ -316,27 +316,28 @@ def decode_batched(model: "WhisperModel", samples: np.ndarray, options: Transcri
     rates = [] if rates is None else rates
     again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE, rates) if options.chunk_guard else []
 
-    def in_recording(seconds: float, is_end: bool = False) -> float:
-        return round(offset_s + joined.to_recording(seconds * SAMPLE_RATE, is_end) / SAMPLE_RATE, 3)
+    def at(sample: float) -> float:  # a sample of `samples` in recording seconds
+        return round(offset_s + sample / SAMPLE_RATE, 3)
 
     def word_in_recording(word: Word) -> Word:
         start, end = joined.word_to_recording(word.start * SAMPLE_RATE, word.end * SAMPLE_RATE)
-        return replace(word, start=round(offset_s + start / SAMPLE_RATE, 3), end=round(offset_s + end / SAMPLE_RATE, 3))
+        return replace(word, start=at(start), end=at(end))
 
-    in_place = [[replace(s, start=in_recording(s.start), end=in_recording(s.end, is_end=True),
+    in_place = [[replace(s, start=at(joined.to_recording(s.start * SAMPLE_RATE)),
+                         end=at(joined.to_recording(s.end * SAMPLE_RATE, is_end=True)),
                          words=[word_in_recording(w) for w in s.words]) for s in decoded] for decoded in by_chunk]
     decoded_again = []
     for index in again:
         # Decoded again as the stretch of the recording it came from, pauses and all: sequential
         # decoding with timestamps finds its way through the turns, and its times need no map.
         chunk = chunks[index]
-        start, end = joined.to_recording(chunk.start), joined.to_recording(chunk.end, is_end=True)
-        decoded, _ = model.transcribe(samples[int(start):int(end)], vad_filter=False, condition_on_previous_text=False,
+        start, end = int(joined.to_recording(chunk.start)), int(joined.to_recording(chunk.end, is_end=True))
+        decoded, _ = model.transcribe(samples[start:end], vad_filter=False, condition_on_previous_text=False,
                                       **{**common, "language": options.language or info.language,
                                          "beam_size": options.redo_beam_size})
         in_place[index] = [plain_segment(s, offset=offset_s + start / SAMPLE_RATE) for s in decoded]
-        word_ends[index] = [word.end for segment in in_place[index] for word in segment.words]
-        decoded_again.append([round(offset_s + start / SAMPLE_RATE, 3), round(offset_s + end / SAMPLE_RATE, 3)])
+        word_ends[index] = [word.end for segment in in_place[index] for word in segment.words]  # counted only
+        decoded_again.append([at(start), at(end)])
     rates += speaking_rates(chunks, word_ends, SAMPLE_RATE)
     segments = [s for decoded in in_place for s in decoded]
     return segments, info, decoded_again, len(speech) / SAMPLE_RATE
