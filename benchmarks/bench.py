@@ -78,7 +78,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="opentr-bench-")).resolve()
     worker_counts = [1] if args.workers == 1 else [1, args.workers]
     print(f"model {plan.model} on {plan.device} ({plan.compute_type}); {facts['cpu_count']} CPU(s); "
-          f"beam {plan.beam_size}, batch {plan.batch_size}, VAD {plan.vad_filter}; "
+          f"beam {plan.beam_size}, batch {plan.batch_size}"
+          f"{' (' + ', '.join(f'{n} worker(s): {plan.batch_for(n)}' for n in worker_counts) + ')' if plan.batch_size == 'auto' else ''}, "
+          f"VAD {plan.vad_filter}; "
           f"load average {facts['load_average_at_start'][0]}; work folder {work_dir}", flush=True)
     try:
         clock = time.perf_counter()

@@ -24,7 +24,9 @@ import numpy as np
 from corpus import conversation, fixtures_folder, speech_clips, word_error_rate
 
 from opentr_pipeline.engine.devices import plan_devices
-from opentr_pipeline.engine.transcription import MODELS, DecodedAudio, TranscriptionOptions, transcribe
+from opentr_pipeline.engine.transcription import (
+    MODELS, DecodedAudio, TranscriptionOptions, resolve_batch_size, transcribe,
+)
 from opentr_pipeline.settings import BUNDLED_MODEL, DeviceSettings
 
 
@@ -52,14 +54,20 @@ DECODINGS: dict[str, Callable] = {
     "plain batched, batch 8, 20-s chunks": lambda m, a: plain_batched(m, a, 8, 20),
     "plain batched, batch 8, 15-s chunks": lambda m, a: plain_batched(m, a, 8, 15),
     "plain batched, batch 16, 30-s chunks": lambda m, a: plain_batched(m, a, 16, 30),
+    "plain batched, batch 1, 30-s chunks": lambda m, a: plain_batched(m, a, 1, 30),
     "plain sequential, VAD": lambda m, a: plain_sequential(m, a, True),
     "plain sequential, no VAD": lambda m, a: plain_sequential(m, a, False),
     "engine batched, batch 8, joined speech, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
-    "engine batched, batch 8, chunk guard, redone chunks at beam 5 (the default until now)":
+    "engine batched, batch 8, chunk guard, redone chunks at beam 5":
         lambda m, a: engine(m, a, TranscriptionOptions(redo_beam_size=5)),
-    "engine batched, batch 8, chunk guard, redone chunks greedy (the default)": lambda m, a: engine(m, a, TranscriptionOptions()),
+    "engine batched, batch 8, chunk guard, redone chunks greedy (the default on a GPU, or CPU workers of several threads)":
+        lambda m, a: engine(m, a, TranscriptionOptions()),
+    "engine batched, batch 1, chunk guard (the default on CPU workers of one thread)":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1)),
     "engine batched, batch 16, chunk guard": lambda m, a: engine(m, a, TranscriptionOptions(batch_size=16)),
     "engine batched, batch 8, chunk guard, greedy (beam 1)": lambda m, a: engine(m, a, TranscriptionOptions(beam_size=1)),
+    "engine batched, batch 1, chunk guard, greedy (beam 1)":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, beam_size=1)),
 }
 
 
@@ -68,7 +76,7 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--only", default="", help="decodings whose name contains this text")
+    parser.add_argument("--only", default="", help="decodings whose name contains this text (or any of a|b|c)")
     parser.add_argument("--out", default="bench-results/decodings.json")
     args = parser.parse_args()
     clips = speech_clips(fixtures_folder())
@@ -77,10 +85,13 @@ def main() -> int:
     (device,) = plan_devices(DeviceSettings(gpu_scale_enabled=True, gpu_scale_workers=args.workers, whisper_device="cpu"))
     model = MODELS.get(BUNDLED_MODEL, device, "int8")
     print(f"{args.files} conversations, {audio_s:.0f} s of audio; {args.workers} workers sharing one model, "
-          f"{device.cpu_threads} thread(s) each", flush=True)
+          f"{device.cpu_threads} thread(s) each (WHISPER_BATCH_SIZE=auto: "
+          f"{resolve_batch_size('auto', device)})", flush=True)
+    # Warm-up: the first decode of a process pays one-off costs that would fall on the first row.
+    plain_batched(model, corpus[0][0][: 30 * 16000], 8, 30)
     rows = []
     for name, decode in DECODINGS.items():
-        if args.only not in name:
+        if not any(part in name for part in args.only.split("|")):
             continue
         clock = time.perf_counter()
         with ThreadPoolExecutor(args.workers) as pool:

@@ -30,11 +30,12 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
     """
     from faster_whisper import BatchedInferencePipeline, WhisperModel, decode_audio
 
-    from opentr_pipeline.engine.transcription import model_location
+    from opentr_pipeline.engine.transcription import model_location, resolve_batch_size
 
     device = plan.device_for(workers)
     if one_core:
         device = replace(device, cpu_threads=1)
+    batch = resolve_batch_size(plan.batch_size, device)
     clock = time.perf_counter()
     model = WhisperModel(
         model_location(plan.model),
@@ -65,9 +66,8 @@ def raw_faster_whisper(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
                 started = time.perf_counter()
                 common = dict(beam_size=plan.beam_size, language=plan.language,
                               vad_filter=plan.vad_filter and vad, word_timestamps=True)
-                if plan.batch_size > 1 and plan.vad_filter and not sequential:
-                    segments, _ = BatchedInferencePipeline(model).transcribe(
-                        audio, batch_size=plan.batch_size, **common)
+                if plan.vad_filter and not sequential:
+                    segments, _ = BatchedInferencePipeline(model).transcribe(audio, batch_size=batch, **common)
                 else:
                     segments, _ = model.transcribe(audio, **common)
                 text = " ".join(segment.text for segment in segments)  # the generator does the work
@@ -125,9 +125,9 @@ def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, seque
         command = [sys.executable, str(PLAIN_SCRIPT), *(str(c.path) for c in corpus), "--model", model_location(plan.model),
                    "--device", device.kind, "--device-index", str(device.index if device.kind == "cuda" else 0),
                    "--compute-type", plan.compute_type, "--cpu-threads", str(device.cpu_threads),
-                   "--workers", str(workers), "--beam-size", str(plan.beam_size), "--batch-size", str(plan.batch_size),
+                   "--workers", str(workers), "--beam-size", str(plan.beam_size), "--batch-size", str(plan.batch_for(workers)),
                    "--out", str(out), *(["--language", plan.language] if plan.language else []),
-                   *(["--sequential"] if sequential or not (plan.batch_size > 1 and plan.vad_filter) else []),
+                   *(["--sequential"] if sequential or not plan.vad_filter else []),
                    *([] if vad and plan.vad_filter else ["--no-vad"])]
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True)

@@ -77,7 +77,7 @@ class BenchPlan:
     device_index: int
     compute_type: str
     beam_size: int
-    batch_size: int
+    batch_size: int | str  # WHISPER_BATCH_SIZE: a number, or "auto" (batch_for)
     vad_filter: bool
     language: str | None
 
@@ -87,6 +87,12 @@ class BenchPlan:
 
         (device,) = plan_devices(self.devices(workers))
         return device
+
+    def batch_for(self, workers: int) -> int:
+        """The batch the pipeline's workers decode at with N workers (auto picks by thread split)."""
+        from opentr_pipeline.engine.transcription import resolve_batch_size
+
+        return resolve_batch_size(self.batch_size, self.device_for(workers))
 
     def devices(self, workers: int) -> DeviceSettings:
         return DeviceSettings(gpu_scale_enabled=True, gpu_scale_workers=workers,

@@ -22,8 +22,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
     else:
         plan = describe_plan(gpu.plan())  # validates the device variables at start-up
     decoding = settings.decoding
+    batch = f"{decoding.batch_size}" + (" (1 on a CPU worker of one thread, else 8)" if decoding.batch_size == "auto" else "")
     plan += (f"; model {decoding.whisper_model} ({model_location(decoding.whisper_model)}), compute type "
-             f"{decoding.whisper_compute_type}, batch {decoding.batch_size}, beam {decoding.beam_size}")
+             f"{decoding.whisper_compute_type}, batch {batch}, beam {decoding.beam_size}")
     # Dagster takes a resource's description from its __doc__: the UI's resource page shows the plan.
     object.__setattr__(gpu, "__doc__", f"{GpuExecutor.__doc__} Device plan: {plan}.")
     version = settings_version(gpu)

@@ -124,7 +124,8 @@ class DecodingSettings(Group):
     whisper_model: str = env("WHISPER_MODEL", BUNDLED_MODEL)
     whisper_compute_type: Literal[COMPUTE_TYPES] = env("WHISPER_COMPUTE_TYPE", "auto")  # type: ignore[valid-type]
     beam_size: int = env("WHISPER_BEAM_SIZE", 5, ge=1)
-    batch_size: int = env("WHISPER_BATCH_SIZE", 8, ge=1)
+    # Chunks decoded at once; "auto" picks by device (engine/transcription.py, resolve_batch_size).
+    batch_size: int | Literal["auto"] = env("WHISPER_BATCH_SIZE", "auto")
     vad_filter: bool = env("WHISPER_VAD", True)
     language: str | None = env("WHISPER_LANGUAGE", None)
 
@@ -137,6 +138,16 @@ class DecodingSettings(Group):
     @classmethod
     def _model(cls, value: str) -> str:
         return check_model(value)
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+        raise ValueError("expected a whole number of chunks, 1 or more, or auto")
 
     @field_validator("language")
     @classmethod

@@ -142,6 +142,11 @@ def test_a_long_recording_of_speakers_taking_turns_keeps_its_words(conversation)
     words = [w for s in guarded.segments for w in s.words]
     assert all(any(start - 0.05 <= (w.start + w.end) / 2 <= end + 0.05 for start, end in spans) for w in words)
     assert words[-1].end > spans[-1][1] - 3.0
+    # One chunk at a time (a CPU worker's auto batch) is the same decoding, not a sequential one:
+    # the same chunks are checked and redone, and the same words come out.
+    one_at_a_time = run(TranscriptionOptions(batch_size=1))
+    assert one_at_a_time.decoded_again == guarded.decoded_again
+    assert one_at_a_time.text == guarded.text
 
 
 

@@ -32,6 +32,18 @@ def real_model_folder() -> Path:
     return folder
 
 
+def test_an_auto_batch_is_one_chunk_on_a_cpu_worker_of_one_thread_and_eight_elsewhere() -> None:
+    from opentr_pipeline.engine.devices import DevicePlan
+    from opentr_pipeline.engine.transcription import resolve_batch_size
+
+    assert resolve_batch_size("auto", DevicePlan("cpu", 0, 2, 1)) == 1  # GPU_SCALE_WORKERS = cores
+    assert resolve_batch_size("auto", DevicePlan("cpu", 0, 1, 2)) == 8  # one worker, every core
+    assert resolve_batch_size("auto", DevicePlan("cuda", 0, 4, 1)) == 8
+    assert resolve_batch_size(16, DevicePlan("cpu", 0, 2, 1)) == 16  # a number is taken as given
+    assert Settings.from_env({"WHISPER_BATCH_SIZE": "Auto"}).decoding.batch_size == "auto"
+    assert Settings.from_env({"WHISPER_BATCH_SIZE": "1"}).decoding.batch_size == 1
+
+
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     settings = Settings.from_env({})
@@ -42,7 +54,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         gpu_scale_enabled=False, gpu_scale_device_id=0, gpu_scale_workers=1,
         gpu_scale_default_worker=False, gpu_device_id=0, whisper_device="auto")
     assert settings.decoding == DecodingSettings(
-        whisper_model=BUNDLED_MODEL, whisper_compute_type="auto", beam_size=5, batch_size=8,
+        whisper_model=BUNDLED_MODEL, whisper_compute_type="auto", beam_size=5, batch_size="auto",
         vad_filter=True, language=None)
     assert not settings.engine.resident  # no broker: the model lives in the run process
     assert (settings.files_per_run, settings.runs_at_once) == (16, 0)

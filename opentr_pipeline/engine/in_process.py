@@ -20,6 +20,7 @@ from opentr_pipeline.engine.transcription import (
     TranscriptionOptions,
     load_audio,
     model_location,
+    resolve_batch_size,
     transcribe_on,
 )
 from opentr_pipeline.settings import Settings
@@ -65,7 +66,6 @@ class InProcessEngine:
         plan = plan_devices(self.settings.devices)
         leases = DeviceLeases(self.lock_dir, plan)
         decode_slots = DeviceLeases(self.lock_dir, plan, kind="decode")
-        options = TranscriptionOptions.from_settings(decoding)
         log.info("device plan: %s", describe_plan(plan))
 
         def run_one(item: FileToTranscribe) -> Transcript | Exception:
@@ -77,8 +77,9 @@ class InProcessEngine:
                         audio = load_audio(path, item.uri)
                     held = leases.take()  # before the decode slot goes back: audio is always counted
                 try:
+                    device = held.lease.device
                     result: Transcript | Exception = transcribe_on(
-                        decoding, held.lease.device, held.lease.worker, audio, options)
+                        decoding, device, held.lease.worker, audio, TranscriptionOptions.from_settings(decoding, device))
                 finally:
                     held.release()
             except Exception as error:  # one file's failure stays that file's
@@ -89,7 +90,7 @@ class InProcessEngine:
 
         for device in plan:
             if device.kind == "cuda":
-                check_vram(device, model_location(decoding.whisper_model), options.batch_size,
+                check_vram(device, model_location(decoding.whisper_model), resolve_batch_size(decoding.batch_size, device),
                            cuda_free_bytes(device.index))
         # faster-whisper's decode_audio runs gc.collect() for every file; in a Dagster process
         # that walks ~180k objects (120-180 ms, pausing the other workers). Freezing what exists

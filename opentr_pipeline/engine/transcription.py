@@ -91,10 +91,22 @@ def resolve_compute_type(requested: str, device_kind: str) -> str:
     return "float16" if device_kind == "cuda" else "int8"
 
 
+# Chunks of joined speech decoded at once under WHISPER_BATCH_SIZE=auto. A CPU worker with one
+# thread decodes one at a time: there batches of 8 took 1.2-1.4x as long for the same words, while a
+# worker with several threads, like a GPU, needs the batch to keep them busy (README, "Measured").
+GPU_BATCH_SIZE = 8
+
+
+def resolve_batch_size(requested: int | str, device: DevicePlan) -> int:
+    if requested != "auto":
+        return int(requested)
+    return 1 if device.kind == "cpu" and device.cpu_threads == 1 else GPU_BATCH_SIZE
+
+
 @dataclass(frozen=True)
 class TranscriptionOptions:
     beam_size: int = 5
-    batch_size: int = 8
+    batch_size: int = GPU_BATCH_SIZE  # 1 still decodes chunks of joined speech, one at a time
     vad_filter: bool = True
     language: str | None = None
     chunk_guard: bool = True  # off only to measure what it saves (benchmarks)
@@ -103,8 +115,8 @@ class TranscriptionOptions:
     redo_beam_size: int = 1
 
     @classmethod
-    def from_settings(cls, decoding: DecodingSettings) -> "TranscriptionOptions":
-        return cls(beam_size=decoding.beam_size, batch_size=decoding.batch_size,
+    def from_settings(cls, decoding: DecodingSettings, device: DevicePlan) -> "TranscriptionOptions":
+        return cls(beam_size=decoding.beam_size, batch_size=resolve_batch_size(decoding.batch_size, device),
                    vad_filter=decoding.vad_filter, language=decoding.language)
 
 
@@ -347,7 +359,7 @@ def decode_piece(model: "WhisperModel", samples: np.ndarray, options: Transcript
                  spans: list[tuple[int, int]] | None, offset_s: float,
                  rates: list[float]) -> tuple[list[Segment], object, list[list[float]], float]:
     """One window: batched with the chunk guard, or sequential where batching has no VAD chunks."""
-    if options.batch_size > 1 and options.vad_filter:
+    if options.vad_filter:
         return decode_batched(model, samples, options, spans, offset_s, rates)
     found, info = model.transcribe(samples, beam_size=options.beam_size, language=options.language,
                                    vad_filter=options.vad_filter, word_timestamps=True)
@@ -372,7 +384,7 @@ def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: Trans
     while True:
         last = upcoming is None
         buffer = np.concatenate([carry, current]) if carry.size else current
-        batched = options.batch_size > 1 and options.vad_filter
+        batched = options.vad_filter
         spans = speech_spans(buffer) if batched or not last else None
         cut = len(buffer) if last else window_cut(spans, len(buffer), SAMPLE_RATE)
         while True:  # out of memory halves the batch, down to 1, for this window and the rest

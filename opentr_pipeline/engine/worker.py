@@ -33,6 +33,7 @@ from opentr_pipeline.engine.transcription import (
     engine_id,
     load_audio,
     model_location,
+    resolve_batch_size,
     resolve_compute_type,
     transcribe_on,
 )
@@ -101,7 +102,7 @@ def transcribe_taken(resident: Resident, task_id: str, key: str, source_uri: str
             raise SourceError(f"{source_uri}: not under this worker's UPLOAD_URI {resident.settings.upload_uri}")
         with Storage(resident.settings.upload_uri).local_copy(source_uri) as path:
             audio = load_audio(path, source_uri)
-        options = TranscriptionOptions.from_settings(decoding)
+        options = TranscriptionOptions.from_settings(decoding, resident.device)
         slot = resident.free_slots.get()  # the hard per-device limit: no slot, no transcription
         try:
             transcript = transcribe_on(mine, resident.device, slot, audio, options)
@@ -162,7 +163,7 @@ def start_worker(settings: Settings, device: str | None = None, queues: list[str
                             "give a worker the broker's URL (redis://host:port/db)")
     plan = worker_device(settings, device, cpu_threads)
     if plan.kind == "cuda":
-        check_vram(plan, model_location(settings.decoding.whisper_model), settings.decoding.batch_size,
+        check_vram(plan, model_location(settings.decoding.whisper_model), resolve_batch_size(settings.decoding.batch_size, plan),
                    free_bytes(plan.index), note=WORKER_NOTE)
     check_broker(settings.engine)  # before a model is loaded for nothing
     clock = time.perf_counter()

@@ -25,7 +25,11 @@ def settings_version(gpu: GpuExecutor) -> str:
     decisive = {
         "model": decoding.whisper_model, "compute_type": decoding.whisper_compute_type,
         "beam_size": decoding.beam_size, "vad_filter": decoding.vad_filter,
-        "language": decoding.language or "", "batched": decoding.batch_size > 1, "format": 1,
+        "language": decoding.language or "", "format": 1,
+        # With VAD every batch size now decodes chunks of joined speech, with the same words at 1
+        # and 8 (README, "Measured"); "batched" stays as it was at batch 8, so those transcripts
+        # stay fresh, and the ones made at 1 (then sequential) become stale.
+        "batched": True,
         # Batched chunks that lost words are decoded again (engine/chunks.py). Redoing them
         # greedily rather than at beam 5 kept the words (README, "Measured"), so that change kept
         # this at 1; chunks of joined speech rather than chunks with their pauses (2) lose far
