@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: install demo test test-fast dev bench report clean cluster-up cluster-down
+.PHONY: install demo test test-fast dev bench report clean cluster-up cluster-down gpu-kit
 
 install: $(STAMP)
 
@@ -44,8 +44,13 @@ cluster-down:
 bench: install
 	$(BIN)/opentr bench
 
+# Everything a bare GPU host lacks, in parts of one transfer each, and the device calls that run
+# the GPU proof there (README, "The GPU proof, ready before a GPU host is").
+gpu-kit: install
+	$(BIN)/python benchmarks/gpu_kit.py
+
 report: install
 	$(BIN)/opentr report
 
 clean:
-	rm -rf data .dagster_home .test-artifacts bench-results .cluster
+	rm -rf data .dagster_home .test-artifacts bench-results .cluster gpu-kit
