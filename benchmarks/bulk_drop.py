@@ -11,7 +11,8 @@ Builds --files conversations of --seconds each with their reference text (corpus
 
 Prints the rows side by side, the fastest plain script whose worst-file WER is as good as the
 pipeline's (plan.SAME_QUALITY) if any is, and the pile (drop to last transcript) against plain
-batched and plain sequential decoding each timed as a whole command, with their WER beside.
+batched (at the pipeline's batch, and at faster-whisper's default of 8 where that differs) and
+plain sequential decoding, each timed as a whole command, with their WER beside.
 
     .venv/bin/python benchmarks/bulk_drop.py --files 8 --seconds 120 --workers 2
 """
@@ -125,6 +126,9 @@ def first_run_timeline(home: Path, dropped_at: float, first_transcription: float
         instance.dispose()
 
 
+FASTER_WHISPER_BATCH = 8  # BatchedInferencePipeline.transcribe's default batch_size
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=8)
@@ -148,9 +152,13 @@ def main() -> int:
         # fallback samples: its worst file moved from 0.12 to 0.31 between runs of one command).
         commands: dict[str, list[Measurement]] = {}
 
+        # Plain batching runs at the pipeline's batch (WHISPER_BATCH_SIZE=auto: 1 here) and at
+        # faster-whisper's own default, what a plain script gets unless it is tuned.
+        extra = [FASTER_WHISPER_BATCH] if plan.batch_for(args.workers) != FASTER_WHISPER_BATCH else []
+
         def time_commands(when: str) -> None:
-            for sequential in (False, True):
-                command = plain_command(corpus, plan, args.workers, sequential=sequential, vad=True)
+            for sequential, batch in [(False, None), *((False, b) for b in extra), (True, None)]:
+                command = plain_command(corpus, plan, args.workers, sequential=sequential, vad=True, batch=batch)
                 commands.setdefault(command.configuration, []).append(command)
                 print(f"{command.configuration}, {when}: {command.wall_s:.1f} s, WER worst {command.wer_worst:.3f}", flush=True)
 

@@ -167,6 +167,13 @@ class PeakMemory:
         self._stop.set()
         self._thread.join()
 
+    def free_at_start(self) -> int | None:
+        if self.device != "cuda":
+            return None
+        import torch
+
+        return torch.cuda.mem_get_info()[1] - self.baseline
+
     def gib(self) -> float | None:
         return round((self.peak - self.baseline) / 2**30, 2) if self.device == "cuda" else None
 
@@ -252,13 +259,17 @@ def stage_build(kit: Path, shape: str, device: str) -> dict:
             "model_bin_mib": round((out / "model.bin").stat().st_size / 2**20), "build_s": round(time.perf_counter() - clock, 1)}
 
 
-def stage_shaped(kit: Path, shape: str, device: str, workers: int, batch: int, tokens: int) -> dict:
-    """Throughput of the random-weights model: every window decodes exactly `tokens` tokens."""
+def stage_shaped(kit: Path, shape: str, device: str, workers: int, batch: int, tokens: int,
+                 seconds: float | None = None) -> dict:
+    """Throughput of the random-weights model: every window decodes exactly `tokens` tokens.
+    `seconds`: each file cut to its first `seconds` (the memory-limit probe, many workers)."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    from opentr_pipeline.engine.devices import worker_bytes
+    from opentr_pipeline.engine.devices import worker_bytes, workers_that_fit
 
     _, files = read_corpus(kit)
+    if seconds:
+        files = [(name, samples[: int(seconds * 16000)], text) for name, samples, text in files]
     folder = kit / shape
     compute = "float16" if device == "cuda" else "int8"
     with PeakMemory(device) as memory:
@@ -283,7 +294,8 @@ def stage_shaped(kit: Path, shape: str, device: str, workers: int, batch: int, t
         done, wall = run_threads(workers, items, decode)
     weights = (folder / "model.bin").stat().st_size
     audio_s = sum(len(item[1]) for item in items) / 16000
-    return {"stage": "shaped", "model": f"{shape} shape, random weights, {tokens} tokens per window", "workers": workers,
+    free = memory.free_at_start()
+    return {"fits_by_vram_check": workers_that_fit(free, weights, batch) if free else None, "stage": "shaped", "model": f"{shape} shape, random weights, {tokens} tokens per window", "workers": workers,
             "batch": batch, "compute_type": compute, "audio_s": round(audio_s, 1), "x_realtime": round(audio_s / wall, 1),
             "windows": sum(n for n, _ in done), "tokens_decoded": sum(t for _, t in done), "peak_gib": memory.gib(),
             "predicted_gib": round((weights + workers * worker_bytes(weights, batch)) / 2**30, 2)}
@@ -297,6 +309,7 @@ def main() -> int:
     parser.add_argument("--out", help="folder for gpu-proof.json (required)")
     parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
     parser.add_argument("--small", action="store_true", help="a small random model, few configurations (the CPU test)")
+    parser.add_argument("--budget-s", type=float, default=480, help="no stage starts after this (the call's limit)")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
     parser.add_argument("--args", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -331,7 +344,13 @@ def main() -> int:
     tokens = json.loads((kit / "corpus" / "corpus.json").read_text())["tokens_per_window"]
     report["tokens_per_window"] = tokens
 
+    started = time.monotonic()
+
     def stage(name: str, limit_s: float, **kwargs) -> dict:
+        left = args.budget_s - (time.monotonic() - started)
+        if left < 30:
+            return keep({"stage": name, **kwargs, "error": f"skipped: the {args.budget_s:.0f}-s budget is spent"})
+        limit_s = min(limit_s, left)
         row = in_child(env, "--kit", str(kit), "--device", args.device, "--stage", name, "--args", json.dumps(kwargs),
                        limit_s=limit_s)
         return keep({"stage": name, **kwargs, **row})
@@ -348,6 +367,11 @@ def main() -> int:
             row = stage("shaped", 240, shape=shape, workers=workers, batch=batch, tokens=tokens)
             if "out of memory" in row.get("error", ""):
                 break  # more workers at this batch only need more
+    # Where memory runs out: many workers at the largest batch, on one minute of each file.
+    for workers in (() if args.small else (16, 32, 64)):
+        row = stage("shaped", 150, shape=shape, workers=workers, batch=32, tokens=tokens, seconds=60)
+        if "error" in row:
+            break
     say(f"figures: {out / 'gpu-proof.json'}")
     return 0
 

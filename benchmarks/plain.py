@@ -114,9 +114,10 @@ PLAIN_SCRIPT = Path(__file__).with_name("plain_script.py")
 
 
 def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, sequential: bool = False,
-                  vad: bool = True) -> Measurement:
+                  vad: bool = True, batch: int | None = None) -> Measurement:
     """The same decoding as `raw_faster_whisper`, as the whole command a user runs on a pile
-    (plain_script.py): timed from the process's start to its exit, imports and model load in."""
+    (plain_script.py): timed from the process's start to its exit, imports and model load in.
+    `batch`: another batch than the pipeline's (faster-whisper's own default, say)."""
     from opentr_pipeline.engine.transcription import model_location
 
     device = plan.device_for(workers)
@@ -125,7 +126,7 @@ def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, seque
         command = [sys.executable, str(PLAIN_SCRIPT), *(str(c.path) for c in corpus), "--model", model_location(plan.model),
                    "--device", device.kind, "--device-index", str(device.index if device.kind == "cuda" else 0),
                    "--compute-type", plan.compute_type, "--cpu-threads", str(device.cpu_threads),
-                   "--workers", str(workers), "--beam-size", str(plan.beam_size), "--batch-size", str(plan.batch_for(workers)),
+                   "--workers", str(workers), "--beam-size", str(plan.beam_size), "--batch-size", str(batch or plan.batch_for(workers)),
                    "--out", str(out), *(["--language", plan.language] if plan.language else []),
                    *(["--sequential"] if sequential or not plan.vad_filter else []),
                    *([] if vad and plan.vad_filter else ["--no-vad"])]
@@ -139,8 +140,11 @@ def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, seque
     if len(texts) != len(corpus):
         raise BenchError(f"plain_script.py transcribed {len(texts)} of {len(corpus)} files")
     kind = RAW_SEQUENTIAL if sequential and vad else RAW_SEQUENTIAL_NO_VAD if sequential else RAW
+    label = kind.replace("(transcription span)", "(whole command)")
+    if batch is not None:
+        label = label.replace("batched", f"batched at batch {batch}")
     return Measurement(
-        configuration=kind.replace("(transcription span)", "(whole command)"), workers=workers, files=len(corpus),
+        configuration=label, workers=workers, files=len(corpus),
         wer=wer_by_file(corpus, texts), audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(wall, 3),
         includes="the script's process from start to exit: imports, model load, every file's decoding and transcription",
         details={"cpu_threads_per_worker": device.cpu_threads, "num_workers": workers})
