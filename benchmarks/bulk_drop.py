@@ -34,6 +34,7 @@ from plain import plain_command, raw_faster_whisper
 from plan import Measurement, make_plan
 from report import best_plain_of_same_quality, format_table
 
+from opentr_pipeline.engine.transcription import BATCH_SIZE  # faster-whisper's own default
 from opentr_pipeline.settings import PROJECT_ROOT, Settings
 
 sys.path.insert(0, str(PROJECT_ROOT / "tests"))
@@ -126,9 +127,6 @@ def first_run_timeline(home: Path, dropped_at: float, first_transcription: float
         instance.dispose()
 
 
-FASTER_WHISPER_BATCH = 8  # BatchedInferencePipeline.transcribe's default batch_size
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--files", type=int, default=8)
@@ -154,7 +152,7 @@ def main() -> int:
 
         # Plain batching runs at the pipeline's batch (WHISPER_BATCH_SIZE=auto: 1 here) and at
         # faster-whisper's own default, what a plain script gets unless it is tuned.
-        extra = [FASTER_WHISPER_BATCH] if plan.batch_for(args.workers) != FASTER_WHISPER_BATCH else []
+        extra = [BATCH_SIZE] if plan.batch_for(args.workers) != BATCH_SIZE else []
 
         def time_commands(when: str) -> None:
             for sequential, batch in [(False, None), *((False, b) for b in extra), (True, None)]:

@@ -92,8 +92,11 @@ def join_weights(kit: Path) -> Path:
 
 def child_env(kit: Path, site: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(site), str(ROOT), str(ROOT / "benchmarks"), env.get("PYTHONPATH", "")])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([str(kit / "lib"), env.get("LD_LIBRARY_PATH", "")])
+    def path(*first: str, rest: str) -> str:  # no empty entry: it would put the working folder on the path
+        return os.pathsep.join([*first, *filter(None, [env.get(rest)])])
+
+    env["PYTHONPATH"] = path(str(site), str(ROOT), str(ROOT / "benchmarks"), rest="PYTHONPATH")
+    env["LD_LIBRARY_PATH"] = path(str(kit / "lib"), rest="LD_LIBRARY_PATH")
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -123,7 +126,7 @@ def read_corpus(kit: Path):
         with wave.open(str(kit / "corpus" / name)) as source:
             samples = np.frombuffer(source.readframes(source.getnframes()), dtype="<i2").astype("float32") / 32768
         files.append((name, samples, entry["reference"]))
-    return manifest, files
+    return files
 
 
 def facts(kit: Path, device: str) -> dict:
@@ -190,16 +193,19 @@ def stage_real(kit: Path, device: str, decoding: str, workers: int) -> dict:
     from corpus import word_error_rate
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    manifest, files = read_corpus(kit)
+    from opentr_pipeline.engine.devices import DevicePlan
+    from opentr_pipeline.engine.transcription import resolve_batch_size
+
+    files = read_corpus(kit)
     compute = "float16" if device == "cuda" else "int8"
+    batch = resolve_batch_size("auto", DevicePlan(device, 0, workers, 1))  # both sides: the pipeline's batch
     model = WhisperModel(str(kit / "tiny.en"), device=device, compute_type=compute, num_workers=workers,
                          cpu_threads=1 if device == "cpu" else 4)
     items = files * max(1, (2 * workers + len(files) - 1) // len(files))  # every worker busy
     if decoding == "engine":
-        from opentr_pipeline.engine.devices import DevicePlan
         from opentr_pipeline.engine.transcription import DecodedAudio, TranscriptionOptions, transcribe
 
-        options = TranscriptionOptions.from_settings(_decoding_settings(), DevicePlan(device, 0, workers, 1))
+        options = TranscriptionOptions(batch_size=batch)  # the defaults of settings.py
 
         def decode(item):
             done = transcribe(model, DecodedAudio(item[1], ""), options, model_name="tiny.en", compute_type=compute,
@@ -207,7 +213,7 @@ def stage_real(kit: Path, device: str, decoding: str, workers: int) -> dict:
             return done.text, len(done.decoded_again)
     else:
         def decode(item):
-            segments, _ = BatchedInferencePipeline(model).transcribe(item[1], batch_size=8, beam_size=5,
+            segments, _ = BatchedInferencePipeline(model).transcribe(item[1], batch_size=batch, beam_size=5,
                                                                       word_timestamps=True, vad_filter=True)
             return " ".join(s.text for s in segments), 0
     decode(files[0])  # warm-up: the first CUDA call builds kernels
@@ -216,15 +222,10 @@ def stage_real(kit: Path, device: str, decoding: str, workers: int) -> dict:
     wer = [word_error_rate(item[2], text) for item, (text, _) in zip(items, done)]
     audio_s = sum(len(item[1]) for item in items) / 16000
     return {"stage": "real", "model": "tiny.en (real weights)", "decoding": decoding, "workers": workers,
-            "compute_type": compute, "audio_s": round(audio_s, 1), "x_realtime": round(audio_s / wall, 1),
+            "compute_type": compute, "batch": batch, "audio_s": round(audio_s, 1), "x_realtime": round(audio_s / wall, 1),
             "wer_mean": round(sum(wer) / len(wer), 4), "wer_worst": round(max(wer), 4),
             "decoded_again": sum(n for _, n in done), "peak_gib": memory.gib()}
 
-
-def _decoding_settings():
-    from opentr_pipeline.settings import DecodingSettings
-
-    return DecodingSettings()
 
 
 def stage_build(kit: Path, shape: str, device: str) -> dict:
@@ -267,7 +268,7 @@ def stage_shaped(kit: Path, shape: str, device: str, workers: int, batch: int, t
 
     from opentr_pipeline.engine.devices import worker_bytes, workers_that_fit
 
-    _, files = read_corpus(kit)
+    files = read_corpus(kit)
     if seconds:
         files = [(name, samples[: int(seconds * 16000)], text) for name, samples, text in files]
     folder = kit / shape

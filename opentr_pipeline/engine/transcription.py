@@ -94,19 +94,19 @@ def resolve_compute_type(requested: str, device_kind: str) -> str:
 # Chunks of joined speech decoded at once under WHISPER_BATCH_SIZE=auto. A CPU worker with one
 # thread decodes one at a time: there batches of 8 took 1.2-1.4x as long for the same words, while a
 # worker with several threads, like a GPU, needs the batch to keep them busy (README, "Measured").
-GPU_BATCH_SIZE = 8
+BATCH_SIZE = 8  # faster-whisper's own default
 
 
 def resolve_batch_size(requested: int | str, device: DevicePlan) -> int:
     if requested != "auto":
         return int(requested)
-    return 1 if device.kind == "cpu" and device.cpu_threads == 1 else GPU_BATCH_SIZE
+    return 1 if device.kind == "cpu" and device.cpu_threads == 1 else BATCH_SIZE
 
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
     beam_size: int = 5
-    batch_size: int = GPU_BATCH_SIZE  # 1 still decodes chunks of joined speech, one at a time
+    batch_size: int = BATCH_SIZE  # 1 still decodes chunks of joined speech, one at a time
     vad_filter: bool = True
     language: str | None = None
     chunk_guard: bool = True  # off only to measure what it saves (benchmarks)
@@ -384,8 +384,7 @@ def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: Trans
     while True:
         last = upcoming is None
         buffer = np.concatenate([carry, current]) if carry.size else current
-        batched = options.vad_filter
-        spans = speech_spans(buffer) if batched or not last else None
+        spans = speech_spans(buffer) if options.vad_filter or not last else None
         cut = len(buffer) if last else window_cut(spans, len(buffer), SAMPLE_RATE)
         while True:  # out of memory halves the batch, down to 1, for this window and the rest
             try:
