@@ -196,6 +196,11 @@ class Settings(BaseSettings):
     max_duration_s: int = env("OPENTR_MAX_DURATION_S", 4 * 3600, ge=1)
     max_file_bytes: int = env("OPENTR_MAX_FILE_BYTES", 20 * 2**30, ge=1)
     max_attempts: int = env("OPENTR_MAX_ATTEMPTS", 3, ge=1)  # runs of one file, the first included
+    # Media is probed and decoded in a child process per file (engine/isolation.py), with these limits:
+    # address space beyond its start (a 64-channel hour-long window needs about 2.5 GB) and the
+    # longest silence from it before it is stopped and its file named.
+    decode_memory_mb: int = env("OPENTR_DECODE_MEMORY_MB", 4096, ge=64)
+    decode_stall_s: float = env("OPENTR_DECODE_STALL_S", 120.0, gt=0)
     # How long media_file waits for a local file still being written before it gives up (for now).
     settle_wait_s: int = env("OPENTR_SETTLE_WAIT_S", 600, ge=0)
     # How long a sensor tick that found nothing new keeps watching a local upload folder; the

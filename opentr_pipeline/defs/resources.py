@@ -12,6 +12,7 @@ import dagster as dg
 from opentr_pipeline.engine.client import ResidentEngine
 from opentr_pipeline.engine.devices import DevicePlan, plan_devices
 from opentr_pipeline.engine.in_process import FileToTranscribe, InProcessEngine, OnDone, OnStart, read_local
+from opentr_pipeline.engine.isolation import DecodeLimits
 from opentr_pipeline.engine.slots import device_slots, total_slots
 from opentr_pipeline.engine.transcription import Transcript
 from opentr_pipeline.settings import MASK, Settings, mask_url
@@ -24,12 +25,18 @@ class MediaStore(dg.ConfigurableResource):
     max_duration_s: int = 4 * 3600
     max_file_bytes: int = 20 * 2**30
     settle_wait_s: int = 600
+    decode_memory_mb: int = 4096
+    decode_stall_s: float = 120.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "MediaStore":
         return cls(upload_uri=settings.upload_uri, storage_uri=settings.storage_uri,
                    max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes,
-                   settle_wait_s=settings.settle_wait_s)
+                   settle_wait_s=settings.settle_wait_s, decode_memory_mb=settings.decode_memory_mb,
+                   decode_stall_s=settings.decode_stall_s)
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(self.decode_memory_mb, self.decode_stall_s)
 
     def outputs(self) -> Storage:
         return Storage(self.storage_uri)

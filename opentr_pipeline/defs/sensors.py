@@ -43,7 +43,7 @@ from opentr_pipeline.defs.names import LAUNCHED_BY, REPORT_JOB, TRANSCRIBE_JOB
 from opentr_pipeline.defs.partitions import contiguous_chunks, media_files, run_request
 from opentr_pipeline.defs.reruns import rerun_unfinished
 from opentr_pipeline.defs.sensor_state import SensorCursor, UploadState, listing_digest
-from opentr_pipeline.engine.media import unreadable_reason
+from opentr_pipeline.engine.isolation import unreadable_reason_isolated
 from opentr_pipeline.intake.settled import is_whole, open_for_writing, time_to_settle
 from opentr_pipeline.intake.uploads import (
     Upload, UploadListing, register_sources, same_version, scan_uploads, source_path,
@@ -237,7 +237,7 @@ def no_media_at_all(uploads: list[Upload]) -> dict[Upload, str]:
     beside good files such a file failed their run and delayed them by a rerun; in a run of its
     own it fails alone, its partition failed with the reason, and the good files' run succeeds."""
     looked = [u for u in uploads if "://" not in u.uri][:LOOKS_PER_TICK]
-    return {u: reason for u in looked if (reason := unreadable_reason(u.uri))}
+    return {u: reason for u in looked if (reason := unreadable_reason_isolated(u.uri))}
 
 
 def watches(settings: Settings) -> bool:

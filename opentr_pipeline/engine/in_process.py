@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, ContextManager
 
 from opentr_pipeline.engine.devices import DeviceLeases, check_vram, cuda_free_bytes, describe_plan, plan_devices
+from opentr_pipeline.engine.isolation import DecodeLimits
 from opentr_pipeline.engine.transcription import (
     Transcript,
     TranscriptionOptions,
@@ -67,6 +68,7 @@ class InProcessEngine:
         leases = DeviceLeases(self.lock_dir, plan)
         decode_slots = DeviceLeases(self.lock_dir, plan, kind="decode")
         log.info("device plan: %s", describe_plan(plan))
+        limits = DecodeLimits.from_settings(self.settings)
 
         def run_one(item: FileToTranscribe) -> Transcript | Exception:
             if on_start:
@@ -74,7 +76,7 @@ class InProcessEngine:
             try:
                 with decode_slots.acquire():
                     with fetch(item.uri) as path:
-                        audio = load_audio(path, item.uri)
+                        audio = load_audio(path, item.uri, limits=limits)
                     held = leases.take()  # before the decode slot goes back: audio is always counted
                 try:
                     device = held.lease.device

@@ -104,6 +104,11 @@ MEDIA_SIGNATURES = (b"RIFF", b"ID3", b"fLaC", b"OggS", b"\x1aE\xdf\xa3", b"0&\xb
                     b"\xff\xf3", b"\xff\xf2", b"\xff\xf1", b"\xff\xf9", b"#!AMR")
 
 
+def has_media_signature(head: bytes) -> bool:
+    """Whether a file's first 16 bytes are one of the common containers' (no FFmpeg needed)."""
+    return head.startswith(MEDIA_SIGNATURES) or head[4:8] == b"ftyp"
+
+
 def unreadable_reason(path: str | Path, name: str | None = None) -> str | None:
     """A quick look at a local file (its container's header, nothing demuxed, about a
     millisecond): the reason it is no media at all, in probe's words, or None when it may be."""
@@ -111,7 +116,7 @@ def unreadable_reason(path: str | Path, name: str | None = None) -> str | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
-        if head.startswith(MEDIA_SIGNATURES) or head[4:8] == b"ftyp":
+        if has_media_signature(head):
             return None  # the common containers, by their first bytes: no FFmpeg needed
         container = _open_container(Path(path))
     except av.error.FFmpegError as error:
@@ -259,7 +264,9 @@ def decode_windows(source, name: str, rate: int = 16000, window_samples: int | N
         indexes = [s.index for s in streams]  # read now: a stream is not to be touched once closed
         pending: dict[int, list[np.ndarray]] = {index: [] for index in indexes}
         held = dict.fromkeys(indexes, 0)  # samples pending per stream
-        resamplers = {index: av.AudioResampler(format="fltp", rate=rate) for index in indexes}
+        # Packed float, not planar: PyAV's planar to_ndarray segfaults on 8 channels and more
+        # (multitrack recorders, broadcast chains); packed reads 1 to 64 channels alike.
+        resamplers = {index: av.AudioResampler(format="flt", rate=rate) for index in indexes}
         chosen: int | None = None
         said_flipped = False
 
@@ -287,7 +294,7 @@ def decode_windows(source, name: str, rate: int = 16000, window_samples: int | N
 
         def take(index: int, frames) -> None:
             for out in frames:
-                array = out.to_ndarray()
+                array = out.to_ndarray().reshape(-1, out.layout.nb_channels).T  # channels x samples
                 pending[index].append(array)
                 held[index] += array.shape[1]
 

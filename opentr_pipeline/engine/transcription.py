@@ -30,7 +30,8 @@ from opentr_pipeline.engine.chunks import (
     window_cut,
 )
 from opentr_pipeline.engine.devices import DevicePlan
-from opentr_pipeline.engine.media import Decoded, MediaError, decode_windows
+from opentr_pipeline.engine.isolation import DecodeLimits, decode_windows_isolated
+from opentr_pipeline.engine.media import Decoded, MediaError
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
 
 if TYPE_CHECKING:
@@ -199,7 +200,8 @@ class DecodedAudio:
     rest: Iterator[Decoded] | None = None  # a long recording's later windows, decoded as they are taken
 
 
-def load_audio(path: str | Path, name: str | None = None, window_s: float = WINDOW_S) -> DecodedAudio:
+def load_audio(path: str | Path, name: str | None = None, window_s: float = WINDOW_S,
+               limits: DecodeLimits = DecodeLimits()) -> DecodedAudio:
     """Hash and decode one open file to 16 kHz mono float32, naming the file if it cannot be read.
 
     A recording longer than `window_s` is decoded one window at a time while it is transcribed
@@ -207,7 +209,8 @@ def load_audio(path: str | Path, name: str | None = None, window_s: float = WIND
     duration. Hash and decoder read the same open file, and its size and modification time must
     not move meanwhile, so the hash a transcript records is the hash of the bytes it was made
     from: a file replaced by a rename is still the old inode here, and one rewritten in place is
-    refused.
+    refused. Decoding runs in a child process (engine/isolation.py): a decoder crash fails this
+    file, named, and nothing else.
     """
     name = name or str(path)
     handle = open(path, "rb")
@@ -217,7 +220,7 @@ def load_audio(path: str | Path, name: str | None = None, window_s: float = WIND
         while block := handle.read(1 << 20):
             digest.update(block)
         handle.seek(0)
-        windows = _named_errors(decode_windows(handle, name, SAMPLE_RATE, round(window_s * SAMPLE_RATE)), name)
+        windows = decode_windows_isolated(handle, name, SAMPLE_RATE, round(window_s * SAMPLE_RATE), limits)
         first = next(windows)
         second = next(windows, None)
     except BaseException:
@@ -240,15 +243,6 @@ def load_audio(path: str | Path, name: str | None = None, window_s: float = WIND
             handle.close()
 
     return DecodedAudio(first.samples, digest.hexdigest(), tuple(first.notes), rest())
-
-
-def _named_errors(windows: Iterator[Decoded], name: str) -> Iterator[Decoded]:
-    try:
-        yield from windows
-    except MediaError:
-        raise
-    except Exception as error:  # PyAV raises many types; the file is the story
-        raise MediaError(f"{name}: could not decode audio ({error})") from None
 
 
 def _unchanged(before: os.stat_result, handle, name: str) -> None:

@@ -27,6 +27,7 @@ from redis import Redis
 from opentr_pipeline.engine.broker import HEARTBEAT, KEPT_RESULT, SUPERSEDED, TAKEN, TASK, celery_app, check_broker
 from opentr_pipeline.engine.devices import WORKER_NOTE, DevicePlan, check_vram, cuda_free_bytes, plan_devices
 from opentr_pipeline.engine.failures import failure_of
+from opentr_pipeline.engine.isolation import DecodeLimits
 from opentr_pipeline.engine.transcription import (
     MODELS,
     TranscriptionOptions,
@@ -101,7 +102,7 @@ def transcribe_taken(resident: Resident, task_id: str, key: str, source_uri: str
         if not is_under(resident.settings.upload_uri, source_uri):
             raise SourceError(f"{source_uri}: not under this worker's UPLOAD_URI {resident.settings.upload_uri}")
         with Storage(resident.settings.upload_uri).local_copy(source_uri) as path:
-            audio = load_audio(path, source_uri)
+            audio = load_audio(path, source_uri, limits=DecodeLimits.from_settings(resident.settings))
         options = TranscriptionOptions.from_settings(decoding, resident.device)
         slot = resident.free_slots.get()  # the hard per-device limit: no slot, no transcription
         try:

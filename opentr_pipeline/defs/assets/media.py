@@ -7,7 +7,8 @@ from opentr_pipeline.defs.outcomes import finish_batch, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
-from opentr_pipeline.engine.media import check_size, probe
+from opentr_pipeline.engine.isolation import probe_isolated
+from opentr_pipeline.engine.media import check_size
 from opentr_pipeline.intake.keys import key_path
 from opentr_pipeline.intake.settled import wait_until_whole
 from opentr_pipeline.intake.uploads import source_uri
@@ -39,8 +40,8 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             version = versions[key] = store.version_of(uri)  # the transcript is recorded only if this still holds
             check_size(uri, version[0], media.max_file_bytes)  # before any download
             with store.local_copy(uri) as path:
-                info = probe(path, name=uri, max_bytes=media.max_file_bytes,
-                             max_duration_s=media.max_duration_s)
+                info = probe_isolated(path, name=uri, max_bytes=media.max_file_bytes,
+                                      max_duration_s=media.max_duration_s, limits=media.decode_limits())
             store.write_json(key_path("media", key),
                              {"partition_key": key, "source_uri": uri, "source_version": version, **info.to_dict()})
             record_success(store, "media_file", key)
