@@ -23,6 +23,8 @@ from typing import Callable, Iterator, Mapping, TypeVar
 
 import fsspec
 
+from opentr_pipeline.records import damage
+
 log = logging.getLogger("opentr")
 T = TypeVar("T")
 RETRY_S = 60.0  # how long a storage outage may last before the file's work fails (and is rerun)
@@ -114,12 +116,29 @@ def private_download_dir() -> Path:
     return _DOWNLOADS
 
 
+def parse_record(relative: str, raw: bytes) -> tuple[dict | None, str | None]:
+    """A record's bytes as a dict, or the reason they are none (records.py)."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:  # JSONDecodeError is a ValueError
+        return None, f"not valid JSON, cut short or overwritten ({error})"
+    reason = damage(relative, value)
+    return (None, reason) if reason else (value, None)
+
+
 class Storage:
     def __init__(self, root_uri: str, retry_s: float = RETRY_S):
         self.root_uri = root_uri.rstrip("/")
         self.fs, self.root = fsspec.core.url_to_fs(self.root_uri)
         self.is_local = "file" in self.fs.protocol  # a str or a tuple of names
         self.retry_s = retry_s
+        self.damaged: dict[str, str] = {}  # uri -> why: records read as missing, for callers to show
+
+    def _damaged(self, relative: str, reason: str) -> None:
+        uri = self.uri(relative)
+        if self.damaged.get(uri) != reason:
+            log.warning("%s: a damaged record, read as missing: %s", uri, reason)
+        self.damaged[uri] = reason
 
     def _retrying(self, action: Callable[[], T], what: str) -> T:
         return action() if self.is_local else with_retries(action, what, self.retry_s)
@@ -140,10 +159,16 @@ class Storage:
         return json.loads(self.read_bytes(relative))
 
     def read_json_or_none(self, relative: str) -> dict | None:
+        """The record at `relative`, checked against its kind's schema; None when it is missing or
+        damaged (named in the log and in `damaged`): a damaged record is done again, not trusted."""
         try:
-            return self.read_json(relative)
+            raw = self.read_bytes(relative)
         except FileNotFoundError:
             return None
+        value, reason = parse_record(relative, raw)
+        if reason:
+            self._damaged(relative, reason)
+        return value
 
     def _put_local(self, relative: str, data: bytes, exclusive: bool = False) -> bool:
         """A complete temporary file, then one rename (or, exclusive, one hard link, which fails
@@ -235,17 +260,30 @@ class Storage:
 
         self._retrying(remove, f"removing {self.uri(relative)}")
 
-    def list_json(self, folder: str) -> list[dict]:
-        def read_all() -> list[dict]:
+    def list_records(self, folder: str) -> tuple[list[dict], dict[str, str]]:
+        """Every record in `folder` that fits its schema, and the others (uri -> why), skipped."""
+        def read_all() -> dict[str, bytes]:
             # s3fs caches directory listings per process; other processes may have written since.
             self.fs.invalidate_cache(self._path(folder))
             try:
                 paths = self.fs.glob(self._path(f"{folder}/*.json"))
             except FileNotFoundError:
-                return []
-            return [json.loads(self.fs.cat_file(p)) for p in sorted(paths)]
+                return {}
+            return {p: self.fs.cat_file(p) for p in sorted(paths)}
 
-        return self._retrying(read_all, f"reading {self.uri(folder)}")
+        records, skipped = [], {}
+        for path, raw in self._retrying(read_all, f"reading {self.uri(folder)}").items():
+            relative = f"{folder}/{path.rsplit('/', 1)[-1]}"
+            value, reason = parse_record(relative, raw)
+            if reason:
+                self._damaged(relative, reason)
+                skipped[self.uri(relative)] = reason
+            else:
+                records.append(value)
+        return records, skipped
+
+    def list_json(self, folder: str) -> list[dict]:
+        return self.list_records(folder)[0]
 
     def version_of(self, uri: str) -> list:
         """The object's version now ([size, mtime, change], as in a listing)."""

@@ -46,8 +46,8 @@ def print_report(settings: Settings) -> int:
     from opentr_pipeline.outputs.throughput import markdown_summary, transcripts_frame
     from opentr_pipeline.storage import Storage
 
-    frame = transcripts_frame(Storage(settings.storage_uri).list_json("transcripts"))
-    print(markdown_summary(frame, device_slots(settings)))
+    records, skipped = Storage(settings.storage_uri).list_records("transcripts")
+    print(markdown_summary(transcripts_frame(records), device_slots(settings), skipped))
     return 0
 
 

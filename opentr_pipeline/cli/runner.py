@@ -196,17 +196,30 @@ def those_where(predicate, uploads: list) -> list:
 
 
 def failed_for_good(store, uploads: list) -> list:
-    """Uploads whose last probe failed for good (bad media) and that have not changed since: a
-    run would fail them again, so `opentr run` leaves them (and can exit 0 with them there)."""
+    """Uploads that failed for good in any step (bad media, a poison file) and have not changed
+    since: a run would fail them again, or be killed by them again, so `opentr run` leaves them
+    (and can exit 0 with them there), and they never take a new file's place in a run."""
+    from opentr_pipeline.defs.names import PIPELINE_ASSETS
     from opentr_pipeline.defs.outcomes import failure_path
     from opentr_pipeline.intake.uploads import same_version
 
     def unchanged_bad(upload) -> bool:
-        record = store.read_json_or_none(failure_path("media_file", upload.key))
-        return bool(record and record.get("permanent") and record.get("source_version")
-                    and same_version(record["source_version"], upload))
+        for asset in PIPELINE_ASSETS:
+            record = store.read_json_or_none(failure_path(asset, upload.key))
+            if record and record["permanent"] and record.get("source_version") and \
+                    same_version(record["source_version"], upload):
+                return True
+        return False
 
     return those_where(unchanged_bad, uploads)
+
+
+def without_a_sound_transcript(store, keys: list[str]) -> list[str]:
+    """Files marked done whose transcript record is missing or damaged (a disk that filled, a
+    copy that stopped): done again, as if never done."""
+    from opentr_pipeline.intake.keys import key_path
+
+    return those_where(lambda key: store.read_json_or_none(key_path("transcripts", key)) is None, keys)
 
 
 def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: bool = False) -> int:
@@ -214,7 +227,7 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
 
     import dagster as dg
 
-    from opentr_pipeline.defs.names import INVOCATION, PARTITIONS, REPORT_JOB, RETRANSCRIBE
+    from opentr_pipeline.defs.names import INVOCATION, PARTITIONS, REPORT_JOB, RETRANSCRIBE, RETRY_FAILED
     from opentr_pipeline.defs.partitions import contiguous_chunks
     from opentr_pipeline.engine.devices import describe_plan
     from opentr_pipeline.engine.transcription import check_model_loads
@@ -254,18 +267,23 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
     done = instance.get_materialized_partitions(dg.AssetKey("subtitles")) - {u.key for u in changed}
     if retranscribe:  # every file in the upload area, afresh
         done -= {u.key for u in uploads}
+    unsound = without_a_sound_transcript(store, sorted(done & {u.key for u in uploads}))
+    for uri, reason in store.damaged.items():
+        print(f"damaged record, read as missing: {uri}: {reason}")
+    done -= set(unsound)
     pending = [k for k in all_keys if k not in done]
     bad = [] if retry_failed else failed_for_good(store, [u for u in uploads if u.key in set(pending)])
     pending = [k for k in pending if k not in {u.key for u in bad}]
     print(f"{len(uploads)} media file(s) in uploads, {len(new)} new, {len(changed)} changed since they were "
-          f"done; {len(pending)} to process")
+          f"done{f', {len(unsound)} with a missing or damaged transcript' if unsound else ''}; {len(pending)} to process")
     if bad:
         print(f"{len(bad)} file(s) failed for good before and have not changed, so not tried again "
               f"(opentr run --retry-failed tries them): {', '.join(u.relative_path for u in bad)}")
 
     started = time.perf_counter()
     invocation = uuid.uuid4().hex[:12]
-    tags = {INVOCATION: invocation, **({RETRANSCRIBE: "true"} if retranscribe else {})}
+    tags = {INVOCATION: invocation, **({RETRANSCRIBE: "true"} if retranscribe else {}),
+            **({RETRY_FAILED: "true"} if retry_failed else {})}
     specs = [RunSpec(chunk, tags)
              for chunk in contiguous_chunks(all_keys, set(pending), settings.files_per_run)]
     at_once = settings.runs_at_once or runs_at_once(gpu.total_workers(), settings.files_per_run)
@@ -283,11 +301,14 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
     not_done = [k for k in pending if k not in done]
     reasons = failure_reasons(store, not_done)
 
+    report_failed = None
     if full is None and (len(not_done) < len(pending) or not store.exists("reports/throughput.parquet")):
         print("updating throughput_report", flush=True)
-        defs.resolve_job_def(REPORT_JOB).execute_in_process(
+        report = defs.resolve_job_def(REPORT_JOB).execute_in_process(
             instance=instance, run_config=QUIET_DAGSTER, raise_on_error=False
         )
+        if not report.success:
+            report_failed = report_failure(report)
     if full is not None:
         print(f"\nstopped: {full}")
         reasons = {key: reasons.get(key, f"not finished: {full}") for key in not_done}
@@ -295,9 +316,22 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
     print(f"\n{len(pending) - len(not_done)} of {len(pending)} file(s) done in {elapsed:.1f} s")
     print(f"transcripts: {store.uri('transcripts')}\nsubtitles:   {store.uri('subtitles')}")
     print(f"report:      {store.uri('reports/throughput.md')}")
+    if report_failed:
+        print(f"\nthe throughput report could not be updated (run {report_failed}); the report on disk "
+              "is older than these transcripts")
     if not_done:
         print(f"\n{len(not_done)} file(s) failed:")
         for key in not_done:
             print(f"  {key}: {reasons.get(key, 'failed (see the run in the Dagster UI)')}")
         return 1
-    return 0
+    return 1 if report_failed else 0
+
+
+def report_failure(result) -> str:
+    """The report run's id and the first error it met, in one line."""
+    for event in result.all_events:
+        if event.is_step_failure or event.is_failure:
+            error = getattr(event.event_specific_data, "error", None)
+            if error is not None:
+                return f"{result.run_id[:8]}: {error.message.strip().splitlines()[-1]}"
+    return f"{result.run_id[:8]}: see the run in the Dagster UI"

@@ -88,6 +88,8 @@ def claim(store: Storage, instance: dg.DagsterInstance | None, asset: str, key: 
             return None
         holder = store.read_json_or_none(path)
         if holder is None:
+            if store.exists(path):  # damaged (records.py): nobody's claim, so it goes
+                store.delete(path)
             continue  # released between the two calls
         if holder.get("run_id") == run_id:
             if state == "started":

@@ -16,3 +16,6 @@ INVOCATION = "opentr/invocation"  # the `opentr run` command a run belongs to
 # "true": transcribe again though a current transcript (or one of the same bytes) exists. Add it
 # as a tag when materializing in the UI (Launchpad, "Add tag"), or `opentr run --retranscribe`.
 RETRANSCRIBE = "opentr/retranscribe"
+# "true": files failed for good (bad media, a poison file) and unchanged since are tried again;
+# without it every path leaves them failed with their reason. `opentr run --retry-failed` sets it.
+RETRY_FAILED = "opentr/retry_failed"

@@ -39,6 +39,16 @@ def record_failure(store: Storage, asset: str, key: str, failure: FileFailure, r
     })
 
 
+def kept_verdict(store: Storage, asset: str, key: str, version: list | None) -> FileFailure | None:
+    """A permanent failure of `asset` recorded for this very version of the file: trying it again
+    would fail the same way (or kill its run again), so it is not tried until the file changes."""
+    record = store.read_json_or_none(failure_path(asset, key))
+    if record and record["permanent"] and version and record.get("source_version") and \
+            list(record["source_version"]) == list(version):
+        return FileFailure(record["reason"], True)
+    return None
+
+
 def finish_batch(context: dg.AssetExecutionContext, store: Storage, asset: str,
                  failures: dict[str, FileFailure], total: int, versions: dict[str, list] | None = None) -> None:
     for key, failure in failures.items():

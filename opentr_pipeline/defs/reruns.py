@@ -97,13 +97,14 @@ def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.Dagst
 
     for key, count in plan.crashes.items():
         store.write_json(crash_path(key), {"partition_key": key, "count": count, "last_run_id": run.run_id})
-    for key in plan.poison:
-        record_failure(store, in_flight[key]["asset"], key, FileFailure(
+    for key in plan.poison:  # recorded for this version of the file: every path leaves it until it changes
+        record_failure(store, in_flight[key].get("asset", "transcript"), key, FileFailure(
             f"{key}: its run's process died {plan.crashes[key]} times while it was being processed "
-            f"(the last time alone in its run), so it is not tried again (a poison file)", True), run.run_id)
+            f"(the last time alone in its run), so it is not tried again (a poison file)", True), run.run_id,
+            version_of_record(store, key))
     for key in plan.given_up:
         if key in in_flight:
-            record_failure(store, in_flight[key]["asset"], key, FileFailure(
+            record_failure(store, in_flight[key].get("asset", "transcript"), key, FileFailure(
                 f"{key}: its run's process died with it in hand; {attempt} attempt(s) used "
                 f"(OPENTR_MAX_ATTEMPTS={max_attempts})", False), run.run_id)
     for key in [*in_flight, *claimed]:
@@ -111,6 +112,15 @@ def rerun_unfinished(instance: dg.DagsterInstance, store: Storage, run: dg.Dagst
 
     tags = {LAUNCHED_BY: "rerun", RERUN_OF: run.run_id, ATTEMPT: str(attempt + 1)}
     return [Rerun(chunk, tags, f"rerun-{run.run_id}-{number}") for number, chunk in enumerate(plan.chunks)]
+
+
+def version_of_record(store: Storage, key: str) -> list | None:
+    """The version of the file last probed, or else last listed ([size, mtime, change])."""
+    probed = store.read_json_or_none(key_path("media", key))
+    if probed and probed.get("source_version"):
+        return list(probed["source_version"])
+    source = store.read_json_or_none(key_path("sources", key))
+    return [source.get("size"), source.get("mtime"), source.get("change")] if source else None
 
 
 def crash_path(key: str) -> str:

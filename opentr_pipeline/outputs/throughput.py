@@ -163,10 +163,26 @@ def span_x_realtime(frame: pd.DataFrame) -> float:
     return _ratio(float(frame["audio_s"].sum()), _span_s(frame))
 
 
-def markdown_summary(frame: pd.DataFrame, limits: dict[str, int] | None = None) -> str:
+SKIPPED_SHOWN = 20
+
+
+def skipped_note(skipped: dict[str, str]) -> list[str]:
+    """The records the report left out, and why: a report never hides that it is short."""
+    if not skipped:
+        return []
+    lines = ["", f"**{len(skipped)} damaged transcript record(s) skipped** (not counted above; their files "
+                 "are transcribed again by the next `opentr run`):", ""]
+    lines += [f"- `{uri}`: {reason}" for uri, reason in sorted(skipped.items())[:SKIPPED_SHOWN]]
+    if len(skipped) > SKIPPED_SHOWN:
+        lines.append(f"- and {len(skipped) - SKIPPED_SHOWN} more")
+    return lines
+
+
+def markdown_summary(frame: pd.DataFrame, limits: dict[str, int] | None = None,
+                     skipped: dict[str, str] | None = None) -> str:
     limits = limits or {}
     if frame.empty:
-        return "No transcripts yet."
+        return "\n".join(["No transcripts yet.", *skipped_note(skipped or {})])
     periods = work_periods(frame)
     lines = [
         f"**{len(frame)} files**, {frame['audio_s'].sum() / 3600:.3f} audio hours: "
@@ -201,7 +217,7 @@ def markdown_summary(frame: pd.DataFrame, limits: dict[str, int] | None = None) 
               "", "| started (UTC) | span s | files | audio s | busy s | x realtime while busy |", "|---|---|---|---|---|---|"]
     for p in shown:
         lines.append(f"| {p.started_at:%Y-%m-%d %H:%M:%S} | {p.span_s} | {p.files} | {p.audio_s} | {p.busy_s} | {p.x_realtime} |")
-    return "\n".join(lines)
+    return "\n".join(lines + skipped_note(skipped or {}))
 
 
 def timeline_png(frame: pd.DataFrame) -> bytes:

@@ -3,7 +3,8 @@ import logging
 import dagster as dg
 
 from opentr_pipeline.defs.claims import claim, release
-from opentr_pipeline.defs.outcomes import finish_batch, record_success
+from opentr_pipeline.defs.names import RETRY_FAILED
+from opentr_pipeline.defs.outcomes import finish_batch, kept_verdict, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
@@ -28,6 +29,7 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     store = media.outputs()
     failures: dict[str, FileFailure] = {}
     versions: dict[str, list] = {}
+    retry = context.run.tags.get(RETRY_FAILED, "").lower() == "true"
     for key in context.partition_keys:
         # Probing twice is harmless (the same record), so a file another run holds is probed
         # anyway; the claim is what names this run if its process dies with the file in hand.
@@ -38,6 +40,12 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             if "://" not in uri:  # an object store lists only whole objects
                 wait_until_whole(uri, media.settle_wait_s, lambda note: (context.log.info(note), log.info(note)))
             version = versions[key] = store.version_of(uri)  # the transcript is recorded only if this still holds
+            if not retry and (verdict := kept_verdict(store, "media_file", key, version)):
+                failures[key] = verdict  # never opened again: it may be what crashes decoders
+                context.log.info(f"{key}: failed for good before and unchanged since; not probed again "
+                                 f"(run tag {RETRY_FAILED}=true, or opentr run --retry-failed, tries it)")
+                release(store, key, context.run_id)
+                continue
             check_size(uri, version[0], media.max_file_bytes)  # before any download
             with store.local_copy(uri) as path:
                 info = probe_isolated(path, name=uri, max_bytes=media.max_file_bytes,

@@ -34,17 +34,21 @@ def throughput_report(context: dg.AssetExecutionContext, media: MediaStore, gpu:
 
     seen = latest_materialization_id(context.instance, "transcript")
     store = media.outputs()
-    frame = transcripts_frame(store.list_json("transcripts"))
+    records, skipped = store.list_records("transcripts")
+    frame = transcripts_frame(records)
+    for uri, reason in skipped.items():
+        context.log.warning(f"{uri}: skipped, a damaged record: {reason}")
     buffer = io.BytesIO()
     frame.to_parquet(buffer, index=False)
     parquet_uri = store.write_bytes("reports/throughput.parquet", buffer.getvalue())
-    summary = markdown_summary(frame, gpu.device_limits())
+    summary = markdown_summary(frame, gpu.device_limits(), skipped)
     store.write_text("reports/throughput.md", summary + "\n")
     png = timeline_png(frame)
     store.write_bytes("reports/timeline.png", png)
     peaks = {s.device: s.peak_concurrency for s in summarize_devices(frame)}
     return dg.MaterializeResult(metadata={
         "files": len(frame),
+        "records_skipped": len(skipped),
         "audio_hours": round(float(frame["audio_s"].sum()) / 3600, 4),
         "x_realtime_while_busy": aggregate_x_realtime(frame),
         "busy_s": round(busy_s(frame), 1),

@@ -24,7 +24,9 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     for key in context.partition_keys:
         doc = store.read_json_or_none(key_path("transcripts", key))
         if doc is None:
-            failures[key] = FileFailure(f"{key}: no transcript yet; materialize transcript first", False)
+            damaged = store.damaged.get(store.uri(key_path("transcripts", key)))
+            failures[key] = FileFailure(f"{key}: its transcript record is damaged ({damaged}); the next run transcribes "
+                                        "it again" if damaged else f"{key}: no transcript yet; materialize transcript first", False)
             continue
         cues = build_cues(doc["segments"])
         try:  # a full disk fails this file (transient), and the step names it, as for any other

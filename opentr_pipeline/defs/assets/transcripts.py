@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
-from opentr_pipeline.defs.names import RETRANSCRIBE
+from opentr_pipeline.defs.names import RETRANSCRIBE, RETRY_FAILED
 from opentr_pipeline.defs.claims import claim, mark_started, release, wait_for_holders
-from opentr_pipeline.defs.outcomes import finish_batch, record_success
+from opentr_pipeline.defs.outcomes import finish_batch, kept_verdict, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor, MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
@@ -100,14 +100,19 @@ def is_current(doc: dict | None, probed: dict, version: str) -> bool:
 
 
 def plan_transcripts(keys: list[str], probes: dict[str, dict | None], existing: dict[str, dict | None],
-                     elsewhere: dict[str, dict | None], version: str) -> TranscriptPlan:
-    """Pure: transcribe each distinct content once; reuse what is already done (no I/O)."""
+                     elsewhere: dict[str, dict | None], version: str,
+                     verdicts: dict[str, FileFailure] | None = None) -> TranscriptPlan:
+    """Pure: transcribe each distinct content once; reuse what is already done; leave what failed
+    for good (`verdicts`) failed (no I/O)."""
     plan = TranscriptPlan()
     first_with_sha: dict[str, str] = {}
     for key in keys:
         probed = probes.get(key)
         if probed is None:
             plan.failures[key] = FileFailure(f"{key}: not probed yet; materialize media_file first", False)
+            continue
+        if verdicts and key in verdicts:
+            plan.failures[key] = verdicts[key]
             continue
         if is_current(existing.get(key), probed, version):
             plan.current[key] = existing[key]
@@ -224,24 +229,34 @@ def transcript(context: dg.AssetExecutionContext, gpu: GpuExecutor, media: Media
     if fresh:
         context.log.info(f"{RETRANSCRIBE}=true: every file transcribed afresh, nothing reused")
     failures: dict[str, FileFailure] = {}
+    versions: dict[str, list] = {}  # of the files probed: a permanent failure holds for that version only
     pending = context.partition_keys
     while pending:  # files another run was transcribing come round again once it is done
-        held = transcribe_round(context, gpu, store, recorder, pending, fresh, failures)
+        held = transcribe_round(context, gpu, store, recorder, pending, fresh, failures, versions)
         pending = wait_for_holders(context, store, held)
         fresh = False  # what the other run made is as fresh as this run's would be
-    finish_batch(context, store, "transcript", failures, len(context.partition_keys))
+    for uri, reason in store.damaged.items():
+        context.log.warning(f"{uri}: a damaged record, read as missing ({reason}); its file is done again")
+    finish_batch(context, store, "transcript", failures, len(context.partition_keys), versions)
 
 
 def transcribe_round(context: dg.AssetExecutionContext, gpu: GpuExecutor, store, recorder: TranscriptRecorder,
-                     keys: list[str], fresh: bool, failures: dict[str, FileFailure]) -> dict[str, dict]:
+                     keys: list[str], fresh: bool, failures: dict[str, FileFailure],
+                     versions: dict[str, list]) -> dict[str, dict]:
     """Plan, claim and transcribe `keys`; return the files other runs hold (key -> holder)."""
     version = recorder.version
     probes = {key: store.read_json_or_none(key_path("media", key)) for key in keys}
+    versions.update({key: probed["source_version"] for key, probed in probes.items() if probed and probed.get("source_version")})
+    verdicts = {} if context.run.tags.get(RETRY_FAILED, "").lower() == "true" else {
+        key: verdict for key in versions if (verdict := kept_verdict(store, "transcript", key, versions[key]))}
+    for key in verdicts:
+        context.log.info(f"{key}: failed for good before and unchanged since; not transcribed again "
+                         f"(run tag {RETRY_FAILED}=true, or opentr run --retry-failed, tries it)")
     existing = {} if fresh else {key: store.read_json_or_none(key_path("transcripts", key)) for key in keys}
     elsewhere = {} if fresh else {key: transcript_of_same_content(store, probed["sha256"], version, key)
                                   for key, probed in probes.items()
                                   if probed and not is_current(existing[key], probed, version)}
-    plan = plan_transcripts(keys, probes, existing, elsewhere, version)
+    plan = plan_transcripts(keys, probes, existing, elsewhere, version, verdicts)
     failures.update(plan.failures)
     for key, doc in plan.current.items():
         recorder.succeeded(key, doc, skipped=True)
