@@ -156,17 +156,33 @@ def reruns_of_failed_runs(settings: Settings, instance, store, invocation: str, 
     return specs
 
 
-def fail_dead_runs(instance) -> None:
+def fail_dead_runs(instance) -> list:
     """`opentr run` runs are not watched by run monitoring: a killed one (this command's, or an
-    earlier command's that was killed itself) is marked failed here and its pool slots freed."""
+    earlier command's that was killed itself) is marked failed here and its pool slots freed.
+    Returns the runs so failed."""
     import dagster as dg
 
     from opentr_pipeline.defs.names import RUN_PID
     from opentr_pipeline.defs.reruns import dead_run_reason, fail_dead_run
 
+    failed = []
     for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
         if RUN_PID in run.tags and (reason := dead_run_reason(instance, run)):
             fail_dead_run(instance, run, reason)
+            failed.append(run)
+    return failed
+
+
+def count_earlier_deaths(settings: Settings, instance, store) -> None:
+    """Runs of an earlier `opentr run` that died with it (a file that kills the process running
+    it kills the command too, when the command ran that run itself): the files they had in hand
+    are counted as suspects, as the rerun sensor does, so a file that kills every command that
+    tries it becomes a poison file, named, not a file tried for ever. They are pending anyway, so
+    no rerun is launched for them here."""
+    from opentr_pipeline.defs.reruns import rerun_unfinished
+
+    for run in fail_dead_runs(instance):
+        rerun_unfinished(instance, store, run, settings.max_attempts, settings.files_per_run)
 
 
 def changed_since_probed(store, uploads: list) -> list:
@@ -250,7 +266,7 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
     print(f"model: {settings.decoding.whisper_model}; uploads: {settings.upload_uri}; storage: {settings.storage_uri}")
 
     store = Storage(settings.storage_uri)
-    fail_dead_runs(instance)
+    count_earlier_deaths(settings, instance, store)
     listing = scan_uploads(settings.upload_uri)
     uploads = listing.uploads
     for name in sorted(listing.partial + listing.not_media):

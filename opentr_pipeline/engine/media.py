@@ -25,6 +25,7 @@ class MediaInfo:
     sample_rate: int
     size_bytes: int
     sha256: str
+    notes: tuple[str, ...] = ()  # what the file says wrongly of itself, and what was done about it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +61,55 @@ def _wav_missing_bytes(path: Path, size: int) -> int:
     return 0
 
 
+def _looks_like_chunk(head: bytes, at: int, size: int) -> bool:
+    """Whether 8 bytes at `at` open a RIFF chunk (an id of four printable characters and a size
+    that fits the file), such as the LIST chunk many writers put after the audio."""
+    return len(head) == 8 and all(32 <= c < 127 for c in head[:4]) and \
+        at + 8 + int.from_bytes(head[4:8], "little") <= size
+
+
+def wav_stale_length(source) -> tuple[float, float] | None:
+    """(seconds the header's data chunk declares, seconds of data the file holds) when the data
+    runs on past the declared size into bytes that are no chunk: a recorder that stopped before
+    fixing its header. FFmpeg believes the header and would drop the rest without a word.
+    `source`: a path, or an open file (its position is kept)."""
+    handle = open(source, "rb") if isinstance(source, (str, Path)) else source
+    position = handle.tell()
+    try:
+        handle.seek(0, 2)
+        size = handle.tell()
+        handle.seek(0)
+        header = handle.read(12)
+        if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return None
+        offset, byte_rate = 12, 0
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk = handle.read(8)
+            chunk_size = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"fmt ":
+                byte_rate = int.from_bytes(handle.read(12)[8:12], "little")
+            if chunk[:4] == b"data":
+                end = offset + 8 + chunk_size + (chunk_size & 1)
+                if chunk_size in (0, 0xFFFFFFFF) or end >= size or not byte_rate:
+                    return None
+                handle.seek(end)
+                if _looks_like_chunk(handle.read(8), end, size):
+                    return None
+                return chunk_size / byte_rate, (size - offset - 8) / byte_rate
+            offset += 8 + chunk_size + (chunk_size & 1)
+        return None
+    finally:
+        handle.seek(position)
+        if handle is not source:
+            handle.close()
+
+
+def stale_length_note(declared_s: float, real_s: float) -> str:
+    return (f"the WAV header says {declared_s:.1f} s of audio, but its data runs on to {real_s:.1f} s (a recorder "
+            "that stopped before fixing its header?): read to the real end")
+
+
 def _ogg_is_cut(path: Path, size: int) -> bool:
     """Whether an Ogg file lacks its whole final page with the end-of-stream flag.
 
@@ -87,14 +137,19 @@ def check_size(name: str, size: int, max_bytes: int | None) -> None:
                          f"{max_bytes / 2**30:.2f} GiB (OPENTR_MAX_FILE_BYTES)")
 
 
-def _open_container(path: Path):
+def _open_container(path: Path, options: dict | None = None):
     """By name where FFmpeg can take it (its format guess uses the extension); a name that is
     not valid UTF-8 cannot cross into FFmpeg, so that file is handed over as an open file."""
     try:
         str(path).encode("utf-8")
-        return av.open(str(path), metadata_errors="ignore")
+        return av.open(str(path), metadata_errors="ignore", options=options or {})
     except UnicodeEncodeError:
-        return av.open(open(path, "rb"), metadata_errors="ignore")
+        return av.open(open(path, "rb"), metadata_errors="ignore", options=options or {})
+
+
+def _demuxer_options(stale: tuple[float, float] | None) -> dict:
+    """A WAV whose header understates its data is read to the file's end (FFmpeg's ignore_length)."""
+    return {"ignore_length": "1"} if stale else {}
 
 
 # First bytes of the usual containers (RIFF/WAVE and AVI, ID3-tagged MP3, FLAC, Ogg, Matroska and
@@ -145,8 +200,9 @@ def probe(path: str | Path, name: str | None = None, max_bytes: int | None = Non
     if size == 0:
         raise MediaError(f"{name}: file is empty (0 bytes)")
     check_size(name, size, max_bytes)
+    stale = wav_stale_length(path)
     try:
-        container = _open_container(path)
+        container = _open_container(path, _demuxer_options(stale))
     except av.error.FFmpegError as error:
         raise MediaError(f"{name}: not a readable media file ({error.strerror or error})") from None
     with container:
@@ -194,6 +250,7 @@ def probe(path: str | Path, name: str | None = None, max_bytes: int | None = Non
             sample_rate=codec.sample_rate,
             size_bytes=size,
             sha256=sha256_of(path),
+            notes=(stale_length_note(*stale),) if stale else (),
         )
 
 
@@ -253,8 +310,9 @@ def decode_windows(source, name: str, rate: int = 16000, window_samples: int | N
     Damaged packets are skipped, as faster-whisper's decoder does. Notes (the stream chosen, a
     channel flipped) come with the window where they first apply.
     """
+    stale = wav_stale_length(source)
     try:
-        container = av.open(source, metadata_errors="ignore")
+        container = av.open(source, metadata_errors="ignore", options=_demuxer_options(stale))
     except av.error.FFmpegError as error:
         raise MediaError(f"{name}: could not decode audio ({error.strerror or error})") from None
     with container:
@@ -269,11 +327,13 @@ def decode_windows(source, name: str, rate: int = 16000, window_samples: int | N
         resamplers = {index: av.AudioResampler(format="flt", rate=rate) for index in indexes}
         chosen: int | None = None
         said_flipped = False
+        said_stale = stale is None
 
         def window(index: int, size: int | None) -> Decoded:
             """The first `size` pending samples of stream `index` (all with None), mixed down."""
-            nonlocal chosen, said_flipped
-            notes = []
+            nonlocal chosen, said_flipped, said_stale
+            notes = [] if said_stale else [stale_length_note(*stale)]
+            said_stale = True
             if chosen is None:
                 mixes = {i: mix_down(pending[i], size) for i in indexes}
                 index = chosen = max(mixes, key=lambda i: _rms(mixes[i][0]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Iterable
@@ -75,6 +76,22 @@ def _link_target(path: str) -> str:
         return "somewhere unreadable"
 
 
+SPECIAL_FILES = [  # (test, what it is, why it is not opened)
+    (stat.S_ISFIFO, "a named pipe (FIFO)", "reading one blocks until something writes to it"),
+    (stat.S_ISSOCK, "a socket", "it holds no recording"),
+    (stat.S_ISCHR, "a character device", "it holds no recording, and reading one may never end"),
+    (stat.S_ISBLK, "a block device", "it is a whole disk or partition, not a recording"),
+]
+
+
+def special_file_reason(mode: int | None) -> str | None:
+    """Why a name in a local upload folder that is no regular file is left alone, never opened."""
+    for test, what, why in SPECIAL_FILES:
+        if mode is not None and test(mode):
+            return f"{what}, not a regular file: not opened ({why})"
+    return None
+
+
 def is_partial(relative_path: str) -> bool:
     path = PurePosixPath(relative_path)
     return path.suffix.lower() in PARTIAL_SUFFIXES or any(p.startswith(".") for p in path.parts)
@@ -110,8 +127,15 @@ def scan_uploads(upload_uri: str) -> UploadListing:
             listing.skipped[relative] = (f"a symbolic link (to {_link_target(path)}), not followed: a link can "
                                          "lead out of the upload area; move or copy the file itself in")
             continue
+        if not protocol and info.get("type") == "other":  # fsspec's word for FIFOs, sockets, devices
+            listing.skipped[relative] = special_file_reason(info.get("mode")) or "not a regular file: not opened"
+            continue
         if info.get("type") != "file" or path.endswith("/"):
             continue  # S3 "folder" marker objects
+        if not protocol and not os.access(path, os.R_OK):
+            listing.skipped[relative] = ("not readable by this user (permission denied): make it readable "
+                                         "(chmod a+r) and it is taken")
+            continue
         if is_partial(relative):
             listing.partial.append(relative)
         elif not is_media_name(relative):
