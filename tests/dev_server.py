@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,19 @@ query ($selector: SensorSelector!, $limit: Int!) {
 
 class DevServerError(RuntimeError):
     """The server did not start, or GraphQL answered with an error."""
+
+
+def dev_home(root: Path, drop: tuple[str, ...] = ("GPU_", "WHISPER_", "OPENTR_"), **variables: str) -> dict[str, str]:
+    """Upload, store and home folders under `root` (the project's dagster.yaml in the home) and
+    the environment for a server on them: this process's, less the variables starting with
+    `drop`, plus `variables`."""
+    for folder in ("uploads", "store", "home"):
+        (root / folder).mkdir()
+    shutil.copy(Path(__file__).resolve().parent.parent / "dagster.yaml", root / "home" / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(UPLOAD_URI=str(root / "uploads"), STORAGE_URI=str(root / "store"), DAGSTER_HOME=str(root / "home"),
+               PYTHONUNBUFFERED="1", **variables)
+    return env
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT_ROOT
-from dev_server import DevServer, wait_for
+from dev_server import DevServer, dev_home, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,12 +57,7 @@ def answers(url: str) -> bool:
 
 @pytest.mark.parametrize("how", ["sigterm", "ctrl-c"])
 def test_dev_stops_everything_it_started(tmp_path: Path, how: str):
-    for folder in ("uploads", "store", "home"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
-    env.update(UPLOAD_URI=str(tmp_path / "uploads"), STORAGE_URI=str(tmp_path / "store"),
-               DAGSTER_HOME=str(tmp_path / "home"), OPENTR_BROKER_URL="embedded", PYTHONUNBUFFERED="1")
+    env = dev_home(tmp_path, OPENTR_BROKER_URL="embedded")
     dev = DevServer(PROJECT_ROOT, env, tmp_path / "dev.log").start(timeout=180)
     try:
         started = descendants(dev.process.pid)
@@ -93,13 +88,7 @@ def test_dev_restarts_a_killed_broker_and_no_file_is_lost(tmp_path: Path, fixtur
 
     from conftest import SPEECH, word_error_rate
 
-    for folder in ("uploads", "store", "home"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
-    env.update(UPLOAD_URI=str(tmp_path / "uploads"), STORAGE_URI=str(tmp_path / "store"),
-               DAGSTER_HOME=str(tmp_path / "home"), OPENTR_BROKER_URL="embedded", PYTHONUNBUFFERED="1",
-               OPENTR_FILES_PER_RUN="2", OPENTR_WORKER_LOST_AFTER_S="4")
+    env = dev_home(tmp_path, OPENTR_BROKER_URL="embedded", OPENTR_FILES_PER_RUN="2", OPENTR_WORKER_LOST_AFTER_S="4")
     names = [name for name in SPEECH if name.startswith("librispeech")] + ["jfk.flac"]
     store = tmp_path / "store"
     with DevServer(PROJECT_ROOT, env, tmp_path / "dev.log") as dev:
@@ -133,12 +122,7 @@ def test_a_clean_stop_leaves_no_failed_report_run(tmp_path: Path):
 
     from conftest import DEMO_MEDIA
 
-    for folder in ("uploads", "store", "home"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_", "DAGSTER_"))}
-    env.update(UPLOAD_URI=str(tmp_path / "uploads"), STORAGE_URI=str(tmp_path / "store"),
-               DAGSTER_HOME=str(tmp_path / "home"), PYTHONUNBUFFERED="1")
+    env = dev_home(tmp_path, drop=("GPU_", "WHISPER_", "OPENTR_", "DAGSTER_"))
     report_runs = 'query { runsOrError(filter: {pipelineName: "throughput_report_job"}) { ... on Runs { results { runId status } } } }'
     with DevServer(PROJECT_ROOT, env, tmp_path / "dev.log") as dev:
         shutil.copy(DEMO_MEDIA / "harvard_01.ogg", tmp_path / "uploads" / "talk.ogg")

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
-from dev_server import DevServer
+from dev_server import DevServer, dev_home
 from opentr_pipeline.intake.keys import key_for_path, storage_name
 from test_dagster_dev import asset_key, wait_or_fail
 from opentr_pipeline.defs.names import LAUNCHED_BY
@@ -83,13 +83,7 @@ class PoisonKiller(threading.Thread):
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("every-file-counts")
-    for folder in ("uploads", "store", "home"):
-        (root / folder).mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", root / "home" / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
-    env.update({"UPLOAD_URI": str(root / "uploads"), "STORAGE_URI": str(root / "store"),
-                "DAGSTER_HOME": str(root / "home"), "PYTHONUNBUFFERED": "1",
-                "GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "2"})
+    env = dev_home(root, GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="2")
     with DevServer(PROJECT_ROOT, env, log_path=ARTIFACTS / "every-file-counts.log") as server:
         yield server, root / "uploads", root / "store"
 
@@ -159,12 +153,7 @@ def test_everything_converges_after_the_whole_server_is_killed_and_started_again
     runs are going and more are queued; started again on the same instance, the queued runs run,
     the dead ones are failed by run monitoring and their files rerun, and the sensor does not
     request again what it had requested before."""
-    for folder in ("uploads", "store", "home"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
-    env.update({"UPLOAD_URI": str(tmp_path / "uploads"), "STORAGE_URI": str(tmp_path / "store"),
-                "DAGSTER_HOME": str(tmp_path / "home"), "PYTHONUNBUFFERED": "1", "OPENTR_FILES_PER_RUN": "1"})
+    env = dev_home(tmp_path, OPENTR_FILES_PER_RUN="1")
     store = tmp_path / "store"
     names = [name for name in SPEECH if name.startswith("librispeech")] + ["jfk.flac"]
     log = ARTIFACTS / "server-killed.log"

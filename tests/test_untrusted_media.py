@@ -14,7 +14,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
@@ -130,14 +129,9 @@ def test_opentr_run_keeps_verdicts_transcribes_what_is_audio_and_reads_records_w
 
 def test_opentr_dev_with_its_resident_worker_transcribes_awkward_uploads_and_nothing_restarts(tmp_path, fixtures_dir):
     """The 8-channel WAV killed the resident worker's process (and every file it held) before."""
-    from dev_server import DevServer, wait_for
+    from dev_server import DevServer, dev_home, wait_for
 
-    for folder in ("uploads", "store", "home"):
-        (tmp_path / folder).mkdir()
-    shutil.copy(PROJECT_ROOT / "dagster.yaml", tmp_path / "home" / "dagster.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
-    env.update(UPLOAD_URI=str(tmp_path / "uploads"), STORAGE_URI=str(tmp_path / "store"),
-               DAGSTER_HOME=str(tmp_path / "home"), OPENTR_BROKER_URL="embedded", PYTHONUNBUFFERED="1")
+    env = dev_home(tmp_path, OPENTR_BROKER_URL="embedded")
     store = tmp_path / "store"
     with DevServer(PROJECT_ROOT, env, tmp_path / "dev.log") as dev:
         staging = tmp_path / "staging"

@@ -68,6 +68,9 @@ def _looks_like_chunk(head: bytes, at: int, size: int) -> bool:
         at + 8 + int.from_bytes(head[4:8], "little") <= size
 
 
+STALE_LENGTH_MIN_S = 1.0  # data past the declared end that counts as audio, not a few stray bytes
+
+
 def wav_stale_length(source) -> tuple[float, float] | None:
     """(seconds the header's data chunk declares, seconds of data the file holds) when the data
     runs on past the declared size into bytes that are no chunk: a recorder that stopped before
@@ -94,8 +97,8 @@ def wav_stale_length(source) -> tuple[float, float] | None:
                 if chunk_size in (0, 0xFFFFFFFF) or end >= size or not byte_rate:
                     return None
                 handle.seek(end)
-                if _looks_like_chunk(handle.read(8), end, size):
-                    return None
+                if _looks_like_chunk(handle.read(8), end, size) or (size - end) / byte_rate < STALE_LENGTH_MIN_S:
+                    return None  # a chunk after the audio, or a few stray bytes: not audio
                 return chunk_size / byte_rate, (size - offset - 8) / byte_rate
             offset += 8 + chunk_size + (chunk_size & 1)
         return None
@@ -295,6 +298,19 @@ def mix_down(frames: list[np.ndarray], size: int | None = None) -> tuple[np.ndar
     return mix, bool((signs < 0).any()), rest
 
 
+def sound_samples(frame: np.ndarray, silenced: list[int]) -> np.ndarray:
+    """A decoded frame (channels x samples) fit for the model: damaged float data can decode to
+    NaN, infinities or values of 1e38 (found by the fuzzer), which would reach Whisper's mel
+    spectrogram; those become silence (counted in `silenced[0]`) and the rest is kept in [-1, 1]."""
+    finite = np.isfinite(frame)
+    if not finite.all():
+        silenced[0] += int(frame.size - np.count_nonzero(finite))
+        frame = np.where(finite, frame, np.float32(0))
+    if frame.size and float(np.abs(frame).max()) > 1.0:
+        frame = np.clip(frame, -1.0, 1.0)
+    return frame
+
+
 def _rms(samples: np.ndarray) -> float:
     return float(np.sqrt(np.dot(samples, samples) / samples.size)) if samples.size else 0.0
 
@@ -328,12 +344,17 @@ def decode_windows(source, name: str, rate: int = 16000, window_samples: int | N
         chosen: int | None = None
         said_flipped = False
         said_stale = stale is None
+        silenced = [0, 0]  # samples that were not finite: found, and said in a note
 
         def window(index: int, size: int | None) -> Decoded:
             """The first `size` pending samples of stream `index` (all with None), mixed down."""
             nonlocal chosen, said_flipped, said_stale
             notes = [] if said_stale else [stale_length_note(*stale)]
             said_stale = True
+            if silenced[0] > silenced[1]:
+                notes.append(f"{silenced[0] - silenced[1]} sample(s) were not numbers (NaN or infinite: damaged "
+                             "float data) and were silenced")
+                silenced[1] = silenced[0]
             if chosen is None:
                 mixes = {i: mix_down(pending[i], size) for i in indexes}
                 index = chosen = max(mixes, key=lambda i: _rms(mixes[i][0]))
@@ -354,7 +375,7 @@ def decode_windows(source, name: str, rate: int = 16000, window_samples: int | N
 
         def take(index: int, frames) -> None:
             for out in frames:
-                array = out.to_ndarray().reshape(-1, out.layout.nb_channels).T  # channels x samples
+                array = sound_samples(out.to_ndarray().reshape(-1, out.layout.nb_channels).T, silenced)
                 pending[index].append(array)
                 held[index] += array.shape[1]
 
