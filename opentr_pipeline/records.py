@@ -75,8 +75,8 @@ class ProbeRecord(Record):
 
 
 class SourceRecord(Record):
-    partition_key: str
     source_uri: str
+    partition_key: str = ""
     relative_path: str = ""
     size: int | None = None
     mtime: float | None = None

@@ -325,9 +325,9 @@ def test_decoded_audio_held_at_once_is_bounded_by_the_workers(monkeypatch, fixtu
     held, peak, fetching, lock = 0, 0, [], threading.Lock()
     real_load, real_transcribe = in_process.load_audio, transcription.transcribe
 
-    def counting_load(path, name):
+    def counting_load(path, name, **limits):
         nonlocal held, peak
-        audio = real_load(path, name)
+        audio = real_load(path, name, **limits)
         with lock:
             held += 1
             peak = max(peak, held)

@@ -53,28 +53,36 @@ def test_endpoint_comes_from_aws_endpoint_url(s3_endpoint, bucket):
 
 def test_storage_round_trip_with_atomic_writes(bucket):
     store = Storage(f"s3://{bucket}/store")
-    uri = store.write_json("transcripts/a.wav.json", {"text": "first"})
-    assert uri == f"s3://{bucket}/store/transcripts/a.wav.json"
-    assert store.exists("transcripts/a.wav.json") and store.read_json("transcripts/a.wav.json") == {"text": "first"}
+    uri = store.write_json("notes/a.wav.json", {"text": "first"})
+    assert uri == f"s3://{bucket}/store/notes/a.wav.json"
+    assert store.exists("notes/a.wav.json") and store.read_json("notes/a.wav.json") == {"text": "first"}
 
-    store.write_json("transcripts/a.wav.json", {"text": "second, longer than the first"})
-    assert store.read_json("transcripts/a.wav.json")["text"] == "second, longer than the first"
-    store.write_many({f"sources/k{n}.json": json.dumps({"n": n}).encode() for n in range(20)})
-    assert [doc["n"] for doc in store.list_json("sources")] == sorted(range(20), key=lambda n: f"k{n}.json")
-    assert store.read_json_or_none("transcripts/missing.json") is None
+    store.write_json("notes/a.wav.json", {"text": "second, longer than the first"})
+    assert store.read_json("notes/a.wav.json")["text"] == "second, longer than the first"
+    store.write_many({f"items/k{n}.json": json.dumps({"n": n}).encode() for n in range(20)})
+    assert [doc["n"] for doc in store.list_json("items")] == sorted(range(20), key=lambda n: f"k{n}.json")
+    assert store.read_json_or_none("notes/missing.json") is None
 
     # One PUT per write: no temporary objects are ever left beside the outputs.
     names = store.fs.find(f"{bucket}/store")
     assert len(names) == 21 and not [n for n in names if n.endswith(".part") or "/." in n]
 
-    put(f"s3://{bucket}/store/transcripts/b.wav.json", b'{"text": "written by another process"}')
-    assert len(store.list_json("transcripts")) == 2, "a listing sees objects written by others"
+    put(f"s3://{bucket}/store/notes/b.wav.json", b'{"text": "written by another process"}')
+    assert len(store.list_json("notes")) == 2, "a listing sees objects written by others"
 
-    with store.local_copy(f"s3://{bucket}/store/transcripts/a.wav.json") as local:
+    with store.local_copy(f"s3://{bucket}/store/notes/a.wav.json") as local:
         assert json.loads(Path(local).read_text())["text"].startswith("second")
     assert not Path(local).exists(), "the download is removed after use"
-    store.delete("transcripts/a.wav.json")
-    assert not store.exists("transcripts/a.wav.json")
+    store.delete("notes/a.wav.json")
+    assert not store.exists("notes/a.wav.json")
+
+    # A record of a kind the pipeline reads back is checked against its schema (records.py): one
+    # written by another program is named and read as missing, and never stops the others.
+    put(f"s3://{bucket}/store/transcripts/foreign.wav.json", b'{"text": "not a transcript"}')
+    assert store.read_json_or_none("transcripts/foreign.wav.json") is None
+    records, skipped = store.list_records("transcripts")
+    assert records == [] and list(skipped) == [f"s3://{bucket}/store/transcripts/foreign.wav.json"]
+    assert "partition_key: field required" in skipped[f"s3://{bucket}/store/transcripts/foreign.wav.json"]
 
 
 def test_scan_uploads_sees_nested_keys_and_skips_partial_names(bucket):
