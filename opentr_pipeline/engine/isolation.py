@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any, Iterator
 
+import numpy as np
+
 from opentr_pipeline.engine.media import Decoded, MediaError, MediaInfo, has_media_signature
 from opentr_pipeline.settings import Settings
 
@@ -121,6 +123,9 @@ def _run(job: str, args: tuple, name: str, limits: DecodeLimits, media_fd: int |
                 raise _crash_error(name, *value, limits)
             elif kind == "media":
                 raise MediaError(value)
+            elif kind == "window":  # its samples follow as raw bytes, read straight into their array
+                notes, size = value
+                yield kind, Decoded(_read_samples(channel, size), notes)
             else:
                 yield kind, value
                 if kind in ("done", "end"):
@@ -130,6 +135,20 @@ def _run(job: str, args: tuple, name: str, limits: DecodeLimits, media_fd: int |
         if child_pid:  # the caller stopped early (closed generator): the child is of no more use
             _kill(child_pid)
         channel.close()
+
+
+def _read_samples(channel: Connection, size: int) -> np.ndarray:
+    """`size` float32 samples straight from the socket into their array: no pickle, no buffer
+    (Connection.recv_bytes would hold a 10-min window, 38 MB, two more times on the way)."""
+    samples = np.empty(size, np.float32)
+    view, got = memoryview(samples).cast("B"), 0
+    with socket.socket(fileno=os.dup(channel.fileno())) as raw:
+        while got < len(view):
+            read = raw.recv_into(view[got:])
+            if not read:
+                raise EOFError
+            got += read
+    return samples
 
 
 def _kill(pid: int) -> None:
@@ -228,10 +247,15 @@ def _child(channel: Connection, job: str, args: tuple, name: str, memory_bytes: 
             channel.send(("done", unreadable_reason(*args)))
         else:
             rate, window_samples = args
+            raw = socket.socket(fileno=os.dup(channel.fileno()))  # the samples go raw (_read_samples)
             with os.fdopen(media_fd, "rb") as handle:
                 handle.seek(0)
                 for window in decode_windows(handle, name, rate, window_samples):
-                    channel.send(("window", window))
+                    # Raw bytes, not a pickle: the caller reads them into the array it keeps, so
+                    # a 10-min window (38 MB) is not held twice there while it is unpickled.
+                    samples = np.ascontiguousarray(window.samples, np.float32)
+                    channel.send(("window", (window.notes, samples.size)))
+                    raw.sendall(memoryview(samples).cast("B"))
             channel.send(("end", None))
     except MediaError as error:
         channel.send(("media", str(error)))

@@ -68,5 +68,6 @@ def media_file(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             "sample_rate": info.sample_rate,
             "size_bytes": info.size_bytes,
             "sha256": info.sha256,
+            "notes": "; ".join(info.notes),  # what the file says wrongly of itself (a stale WAV length)
         }, partition_key=key)
     finish_batch(context, store, "media_file", failures, len(context.partition_keys), versions)
