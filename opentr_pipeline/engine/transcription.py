@@ -127,6 +127,7 @@ class Word:
     end: float
     word: str
     probability: float
+    speaker: str | None = None  # engine/speakers.py: None where speakers are off
 
 
 @dataclass
@@ -136,6 +137,7 @@ class Segment:
     end: float
     text: str
     words: list[Word] = field(default_factory=list)
+    speaker: str | None = None  # one per segment: a change of speaker splits it
 
 
 @dataclass

@@ -1,7 +1,10 @@
 """SRT, WebVTT and plain text from a transcript, shaped the way subtitle players expect.
 
 Cues hold at most two lines of 42 characters and last at most 7 seconds (the common broadcast
-guidelines); word timestamps decide where a cue starts and ends.
+guidelines); word timestamps decide where a cue starts and ends. Where the transcript has
+speakers, a cue never holds two (segments are split at a change, engine/speakers.py): SRT marks
+the speaker at each change (`[Maria] ...`), WebVTT gives every cue its voice span
+(`<v Maria>...`), and the text goes turn by turn (`Maria: ...`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ class Cue:
     start: float
     end: float
     text: str  # already wrapped, lines separated by "\n"
+    speaker: str | None = None  # its speaker's id, where the transcript has speakers
 
 
 def _lines(text: str) -> list[str]:
@@ -39,6 +43,7 @@ def build_cues(segments: list[dict]) -> list[Cue]:
     """Group words into cues; a segment without word timings becomes evenly split cues."""
     cues: list[Cue] = []
     for segment in segments:
+        first = len(cues)
         words = segment.get("words") or []
         if not words:
             words = _spread_words(segment)
@@ -57,12 +62,14 @@ def build_cues(segments: list[dict]) -> list[Cue]:
                 current = []
         if current:
             cues.append(_cue(current))
+        for index in range(first, len(cues)):
+            cues[index] = Cue(cues[index].start, cues[index].end, cues[index].text, segment.get("speaker"))
     # Players misbehave on overlapping or zero-length cues.
     fixed: list[Cue] = []
     for cue in cues:
         start = max(cue.start, fixed[-1].end if fixed else 0.0)
         end = max(cue.end, start + 0.2)
-        fixed.append(Cue(round(start, 3), round(end, 3), cue.text))
+        fixed.append(Cue(round(start, 3), round(end, 3), cue.text, cue.speaker))
     return fixed
 
 
@@ -90,11 +97,19 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
-def to_srt(cues: list[Cue]) -> str:
-    blocks = [
-        f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{c.text}\n"
-        for i, c in enumerate(cues, start=1)
-    ]
+def speaker_name(speaker: str | None, names: dict[str, str] | None) -> str:
+    return (names or {}).get(speaker or "", speaker or "")
+
+
+def to_srt(cues: list[Cue], names: dict[str, str] | None = None) -> str:
+    """SRT has no speaker field: the name leads the cue where the speaker changes."""
+    blocks, last = [], None
+    for i, c in enumerate(cues, start=1):
+        text = c.text
+        if c.speaker and c.speaker != last:
+            text = f"[{speaker_name(c.speaker, names)}] {text}"
+        last = c.speaker
+        blocks.append(f"{i}\n{_timestamp(c.start, ',')} --> {_timestamp(c.end, ',')}\n{text}\n")
     return "\n".join(blocks)
 
 
@@ -103,17 +118,30 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_vtt(cues: list[Cue]) -> str:
-    blocks = [
-        f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{_vtt_escape(c.text)}\n"
-        for c in cues
-    ]
+def to_vtt(cues: list[Cue], names: dict[str, str] | None = None) -> str:
+    """Every cue with a speaker carries a voice span, as players and screen readers expect."""
+    def text(c: Cue) -> str:
+        if not c.speaker:
+            return _vtt_escape(c.text)
+        return f"<v {_vtt_escape(speaker_name(c.speaker, names))}>{_vtt_escape(c.text)}"
+
+    blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{text(c)}\n" for c in cues]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 
-def to_txt(segments: list[dict]) -> str:
-    lines = [s["text"].strip() for s in segments if s["text"].strip()]
-    return "\n".join(lines) + ("\n" if lines else "")
+def to_txt(segments: list[dict], names: dict[str, str] | None = None) -> str:
+    """A line per segment; with speakers, a paragraph per turn, led by its speaker's name."""
+    spoken = [s for s in segments if s["text"].strip()]
+    if not any(s.get("speaker") for s in spoken):
+        lines = [s["text"].strip() for s in spoken]
+        return "\n".join(lines) + ("\n" if lines else "")
+    turns: list[tuple[str | None, list[str]]] = []
+    for s in spoken:
+        if turns and turns[-1][0] == s.get("speaker"):
+            turns[-1][1].append(s["text"].strip())
+        else:
+            turns.append((s.get("speaker"), [s["text"].strip()]))
+    return "\n\n".join(f"{speaker_name(who, names)}: {' '.join(texts)}" for who, texts in turns) + "\n"
 
 
 def preview(cues: list[Cue], words: int, ends: int = 3) -> str:
