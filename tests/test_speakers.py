@@ -175,3 +175,53 @@ def test_one_voice_is_one_speaker_and_silence_is_none(fixtures_dir, embedder):
     assert {t.speaker for t in turns} == {A} and list(voices) == [A]
     silence = np.zeros(16000 * 20, np.float32)
     assert diarize(embedder, silence, speech_spans(silence)) == ([], {})
+
+
+def test_a_diarizer_that_fails_costs_the_speakers_and_keeps_every_word(fixtures_dir):
+    """The speakers step raising (here an embedder that fails, standing for any fault in it)
+    leaves the transcript whole, with the reason said beside it."""
+    from opentr_pipeline.engine.devices import DevicePlan
+    from opentr_pipeline.engine.transcription import MODELS, TranscriptionOptions, load_audio, transcribe
+    from opentr_pipeline.settings import BUNDLED_MODEL
+
+    class Broken:
+        def embed(self, samples, windows):
+            raise RuntimeError("the voice model ran out of memory")
+
+    model = MODELS.get(BUNDLED_MODEL, DevicePlan("cpu", 0, 1, 2), "int8")
+    done = transcribe(model, load_audio(fixtures_dir / "jfk.flac"), TranscriptionOptions(speakers=SpeakerHints()),
+                      model_name="tiny.en", compute_type="int8", device="cpu:0", worker=0, embedder=Broken())
+    assert "ask not what your country" in done.text.lower()
+    assert done.speakers == [] and "the voice model ran out of memory" in done.speakers_error
+    assert done.speakers_error in done.warnings
+
+
+@pytest.mark.slow
+def test_opentr_run_with_speakers_on_marks_them_in_the_transcript_and_the_subtitles(pipeline_env, meeting):
+    """OPENTR_DIARIZATION=embedded through `opentr run`: speakers with talk time in the record,
+    every word on one, voice spans in WebVTT, words on the right speaker."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from corpus import write_wav
+    from meetings import wder
+
+    uploads, store = Path(pipeline_env["UPLOAD_URI"]), Path(pipeline_env["STORAGE_URI"])
+    write_wav(uploads / "meeting.wav", meeting.audio)
+    env = {**os.environ, "OPENTR_DIARIZATION": "embedded"}
+    done = subprocess.run([str(Path(sys.executable).with_name("opentr")), "run"], capture_output=True, text=True,
+                          timeout=600, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    doc = json.loads((store / "transcripts" / "meeting.wav.json").read_text())
+    assert doc["diarization"] == "embedded" and len(doc["speakers"]) == 4, doc["speakers"]
+    assert sum(s["talk_s"] for s in doc["speakers"]) > 0.6 * meeting.duration_s
+    assert len(doc["voices"]) == 4 and all(len(v) == 192 for v in doc["voices"].values())
+    words = [(w["start"], w["end"], w["speaker"]) for s in doc["segments"] for w in s["words"]]
+    assert all(speaker for _, _, speaker in words)
+    turns = [SpeakerTurn(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
+    assert wder(meeting.turns, words, meeting.duration_s, turns) < 0.05
+    vtt = (store / "subtitles" / "meeting.wav.vtt").read_text()
+    assert vtt.count("<v SPEAKER_0") >= 10 and "<v SPEAKER_03>" in vtt

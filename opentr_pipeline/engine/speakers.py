@@ -14,6 +14,7 @@ function (`assign_word_speakers`) over words and turns, tested alone. What is ou
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
@@ -221,17 +222,58 @@ def talk_time(turns: Sequence[SpeakerTurn]) -> dict[str, float]:
     return spoken
 
 
+class SpeechVoices:
+    """A recording's voices, gathered window by window as it is transcribed (the same samples and
+    speech spans), and clustered once at the end: a voice keeps one id through a three-hour file,
+    and memory holds embeddings (192 numbers a window), not audio."""
+
+    def __init__(self, embedder: VoiceEmbedder):
+        self.embedder = embedder
+        self.spans: list[tuple[int, int]] = []  # in recording samples
+        self.windows: list[tuple[int, int]] = []
+        self.embeddings: list[np.ndarray] = []
+        self.seconds = 0.0  # spent here, for the throughput figures
+        self.error: Exception | None = None  # a failure here is kept for finish(): the words go on
+
+    def add(self, samples: np.ndarray, spans: Sequence[tuple[int, int]], offset: int = 0) -> None:
+        """A piece of the recording starting `offset` samples in, and its speech spans (in it)."""
+        if self.error is not None:
+            return
+        clock = time.perf_counter()
+        try:
+            windows = speech_windows(spans)
+            if windows:
+                self.embeddings.append(np.asarray(self.embedder.embed(samples, windows)))
+                self.windows += [(offset + start, offset + end) for start, end in windows]
+            self.spans += [(offset + start, offset + end) for start, end in spans]
+        except Exception as error:
+            self.error = error
+        finally:
+            self.seconds += time.perf_counter() - clock
+
+    def finish(self, hints: SpeakerHints = SpeakerHints()) -> tuple[list[SpeakerTurn], dict[str, np.ndarray]]:
+        """Turns, and each voice's mean embedding (for voices across files)."""
+        if self.error is not None:
+            raise self.error
+        clock = time.perf_counter()
+        try:
+            if not self.windows:
+                return [], {}
+            embeddings = np.concatenate(self.embeddings)
+            lengths = np.array([end - start for start, end in self.windows], float)
+            labels = cluster_voices(embeddings, hints, weights=lengths)
+            turns = turns_from_windows(self.spans, self.windows, labels)
+            unit = _normalised(np.asarray(embeddings, np.float64))
+            voices = {speaker_id(label): _normalised(unit[labels == label].mean(axis=0, keepdims=True))[0]
+                      for label in sorted(set(labels.tolist()))}
+            return turns, voices
+        finally:
+            self.seconds += time.perf_counter() - clock
+
+
 def diarize(embedder: VoiceEmbedder, samples: np.ndarray, spans: Sequence[tuple[int, int]],
             hints: SpeakerHints = SpeakerHints()) -> tuple[list[SpeakerTurn], dict[str, np.ndarray]]:
-    """Turns for one recording's speech, and each voice's mean embedding (for voices across files)."""
-    windows = speech_windows(spans)
-    if not windows:
-        return [], {}
-    embeddings = embedder.embed(samples, windows)
-    lengths = np.array([end - start for start, end in windows], float)
-    labels = cluster_voices(embeddings, hints, weights=lengths)
-    turns = turns_from_windows(spans, windows, labels)
-    unit = _normalised(np.asarray(embeddings, np.float64))
-    voices = {speaker_id(label): _normalised(unit[labels == label].mean(axis=0, keepdims=True))[0]
-              for label in sorted(set(labels.tolist()))}
-    return turns, voices
+    """Turns for one recording held whole, and each voice's mean embedding."""
+    voices = SpeechVoices(embedder)
+    voices.add(samples, spans)
+    return voices.finish(hints)

@@ -32,6 +32,7 @@ from opentr_pipeline.engine.chunks import (
 from opentr_pipeline.engine.devices import DevicePlan
 from opentr_pipeline.engine.isolation import DecodeLimits, decode_windows_isolated
 from opentr_pipeline.engine.media import Decoded, MediaError
+from opentr_pipeline.engine.speakers import SpeakerHints, SpeechVoices, assign_word_speakers, talk_time
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
 
 if TYPE_CHECKING:
@@ -114,11 +115,14 @@ class TranscriptionOptions:
     # A chunk the guard redoes is decoded greedily (temperature fallback kept): on the benchmark
     # conversations as accurate as beam 5 or more, in half the time (README, "Measured").
     redo_beam_size: int = 1
+    speakers: SpeakerHints | None = None  # None: no diarization
 
     @classmethod
     def from_settings(cls, decoding: DecodingSettings, device: DevicePlan) -> "TranscriptionOptions":
+        speakers = None if decoding.diarization == "off" else SpeakerHints(
+            decoding.num_speakers, decoding.min_speakers, decoding.max_speakers)
         return cls(beam_size=decoding.beam_size, batch_size=resolve_batch_size(decoding.batch_size, device),
-                   vad_filter=decoding.vad_filter, language=decoding.language)
+                   vad_filter=decoding.vad_filter, language=decoding.language, speakers=speakers)
 
 
 @dataclass
@@ -160,6 +164,11 @@ class Transcript:
     decoded_again: list[list[float]] = field(default_factory=list)  # [start, end] s of chunks the guard redid
     audio_notes: list[str] = field(default_factory=list)  # which stream, how channels were mixed
     warnings: list[str] = field(default_factory=list)  # what a person should look at (an empty text with speech)
+    speakers: list[dict] = field(default_factory=list)  # {"id", "talk_s", "name"}, in order heard
+    voices: dict[str, list[float]] = field(default_factory=dict)  # id -> mean voice embedding (voices across files)
+    speakers_s: float = 0.0  # of wall_s, the seconds spent on who spoke when
+    speakers_error: str = ""  # why there are no speakers though they were asked for (the words are kept)
+    diarization: str = "off"  # who spoke when: off, or the diarizer that found `speakers`
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Transcript":
@@ -363,13 +372,15 @@ def decode_piece(model: "WhisperModel", samples: np.ndarray, options: Transcript
     return segments, info, [], float(info.duration_after_vad or 0.0) if options.vad_filter else 0.0
 
 
-def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: TranscriptionOptions):
+def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: TranscriptionOptions,
+                      voices: SpeechVoices | None = None):
     """Every window of the recording decoded in turn (one window, for most files), each ended in
     a pause (chunks.window_cut) with what follows carried into the next, in recording time.
 
     Returns segments, the first window's info, chunks decoded again, seconds of speech, the
     recording's length in samples, and the notes of the later windows. The first window's
     language is kept for the rest when none was set, so a long recording stays in one language.
+    `voices`, when given, takes each window's speech as it goes (the same samples and spans).
     """
     windows = iter(()) if audio.rest is None else audio.rest
     current, upcoming = audio.samples, next(windows, None)
@@ -398,6 +409,9 @@ def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: Trans
         segments += found
         decoded_again += again
         speech_s += speech
+        if voices is not None:
+            voices.add(buffer[:cut], [s for s in spans if s[1] <= cut] if spans is not None
+                       else speech_spans(buffer[:cut]), offset)
         if first_info is None:
             first_info = info
             options = replace(options, language=options.language or info.language)
@@ -431,13 +445,25 @@ def transcribe(
     compute_type: str,
     device: str,
     worker: int,
+    embedder=None,
 ) -> Transcript:
     """Run one transcription and time exactly that (decoding and queueing are outside)."""
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    raw_segments, info, decoded_again, speech_s, length, later_notes = decode_windows_of(model, audio, options)
+    voices = SpeechVoices(embedder) if options.speakers is not None and embedder is not None else None
+    raw_segments, info, decoded_again, speech_s, length, later_notes = decode_windows_of(model, audio, options, voices)
     segments = [replace(segment, id=i) for i, segment in enumerate(s for s in raw_segments if s.text)]
     warnings = transcript_warnings(segments, speech_s)
+    speakers, voice_means, speakers_error = [], {}, ""
+    if voices is not None:
+        try:  # who spoke when failing costs the speakers, never the words
+            turns, voice_means = voices.finish(options.speakers)
+            segments = assign_word_speakers(segments, turns)
+            speakers = [{"id": who, "talk_s": seconds, "name": None} for who, seconds in talk_time(turns).items()]
+        except Exception as error:
+            speakers_error = f"speakers could not be found: {type(error).__name__}: {error}"
+            warnings.append(speakers_error)
+            log.warning("%s", speakers_error)
     wall = time.perf_counter() - clock
     finished = datetime.now(timezone.utc)
     return Transcript(
@@ -459,10 +485,35 @@ def transcribe(
         decoded_again=decoded_again,
         audio_notes=list(dict.fromkeys([*audio.notes, *later_notes])),
         warnings=warnings,
+        speakers=speakers,
+        voices={who: [round(float(x), 5) for x in mean] for who, mean in voice_means.items()},
+        speakers_s=round(voices.seconds, 3) if voices is not None else 0.0,
+        speakers_error=speakers_error,
+        diarization="off" if voices is None else "embedded",
     )
 
 
 MODELS = ModelCache()  # process-wide: a process loads each model once, whatever it transcribes
+
+
+class VoiceModelCache:
+    """One voice-embedding model per device in this process, loaded on first use (seconds: torch)."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def get(self, device: DevicePlan):
+        from opentr_pipeline.engine.voices import CamPlusPlus
+
+        where = f"cuda:{device.index}" if device.kind == "cuda" else "cpu"
+        with self._lock:
+            if where not in self._models:
+                self._models[where] = CamPlusPlus(where, threads=device.cpu_threads if device.kind == "cpu" else None)
+            return self._models[where]
+
+
+VOICE_MODELS = VoiceModelCache()
 
 
 def is_out_of_memory(error: Exception) -> bool:
@@ -488,9 +539,10 @@ def transcribe_on(decoding: DecodingSettings, device: DevicePlan, worker: int, a
     """Transcribe with this process's model for the device (out of memory halves the batch: decode_windows_of)."""
     compute_type = resolve_compute_type(decoding.whisper_compute_type, device.kind)
     model = MODELS.get(decoding.whisper_model, device, compute_type)
+    embedder = VOICE_MODELS.get(device) if options.speakers is not None else None
     try:
         return transcribe(model, audio, options, model_name=decoding.whisper_model, compute_type=compute_type,
-                          device=device.label, worker=worker)
+                          device=device.label, worker=worker, embedder=embedder)
     except RuntimeError as error:
         if is_missing_cuda_library(error):
             raise RuntimeError(f"{device.label}: {error}. {CUDA_LIBRARY_HINT}") from None

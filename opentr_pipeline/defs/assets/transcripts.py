@@ -35,6 +35,9 @@ def settings_version(gpu: GpuExecutor) -> str:
         # this at 1; chunks of joined speech rather than chunks with their pauses (2) lose far
         # fewer words in the first place, and the transcripts made before are stale.
         "chunk_guard": 2,
+        # Who spoke when is in the transcript: switching it on (or changing its hints) redoes them.
+        **({} if decoding.diarization == "off" else {"speakers": [decoding.diarization, decoding.num_speakers,
+                                                                   decoding.min_speakers, decoding.max_speakers]}),
     }
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -54,9 +57,20 @@ def _metadata(doc: dict) -> dict:
         "reused_from": doc.get("reused_from") or "",
         "warnings": "; ".join(doc.get("warnings", [])) or "none",
         "audio_notes": "; ".join(doc.get("audio_notes", [])) or "",
+        "speakers": speakers_line(doc),
         "preview": dg.MetadataValue.text(doc["text"][:300]),
         "path": dg.MetadataValue.path(doc["uri"]),
     }
+
+
+def speakers_line(doc: dict) -> str:
+    """What the UI shows of who spoke: each speaker and their talk time, at a glance."""
+    if doc.get("speakers_error"):
+        return doc["speakers_error"]
+    found = doc.get("speakers") or []
+    if not found:
+        return "none (no speech)" if doc.get("diarization", "off") != "off" else "off (OPENTR_DIARIZATION)"
+    return ", ".join(f"{s.get('name') or s['id']} {s['talk_s']:.0f} s" for s in found)
 
 
 def previous_path(key: str, sha256: str) -> str:
