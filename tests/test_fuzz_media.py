@@ -13,7 +13,7 @@ from media_fuzzer import MUTATIONS, REGRESSIONS, SEEDS, Outcome, fuzz, judge
 from opentr_pipeline.engine.isolation import DecodeLimits
 from opentr_pipeline.engine.transcription import load_audio
 
-FUZZ_SECONDS = float(os.environ.get("OPENTR_FUZZ_SECONDS", "25"))
+FUZZ_SECONDS = float(os.environ.get("OPENTR_FUZZ_SECONDS", "20"))
 FUZZ_SEED = int(os.environ.get("OPENTR_FUZZ_SEED", "26"))
 # What each regression case must decode to now (samples at 16 kHz, and a note that says why).
 REGRESSION_EXPECTED = {

@@ -318,7 +318,9 @@ def test_windows_put_together_are_the_whole_decode(fixtures_dir: Path, tmp_path:
 
 def test_a_long_file_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
     """One hour of audio, in a fresh process each way: windows hold a bounded amount of memory,
-    whole-file decoding grows with the duration (64 kB a second for the samples alone)."""
+    whole-file decoding grows with the duration (64 kB a second for the samples alone). Measured
+    in the caller, which holds what it is given; the decoding itself runs in a child process
+    (engine/isolation.py) that streams window by window too."""
     import wave
 
     import memory_long_file
@@ -334,8 +336,10 @@ def test_a_long_file_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
     windowed = memory_long_file.measured_in_a_fresh_process(path, 600, transcribe=False)
     whole = memory_long_file.measured_in_a_fresh_process(path, memory_long_file.WHOLE, transcribe=False)
     assert windowed["duration_s"] == whole["duration_s"] == 3600.0
-    assert windowed["peak_above_base_mib"] < 200, windowed  # a 10-min window: 37 MiB of samples, and the mix
-    assert whole["peak_above_base_mib"] > 2 * windowed["peak_above_base_mib"], (whole, windowed)
+    assert windowed["peak_above_base_mib"] < 200, windowed  # a few 10-min windows of 37 MiB at once
+    hour_mib = 3600 * 16000 * 4 / 2**20  # 220 MiB of samples
+    assert whole["peak_above_base_mib"] > 0.95 * hour_mib, whole
+    assert whole["peak_above_base_mib"] > 1.3 * windowed["peak_above_base_mib"], (whole, windowed)
 
 
 def test_an_empty_transcript_of_detected_speech_is_flagged() -> None:

@@ -1,0 +1,86 @@
+"""What who-spoke-when costs the pipeline: `opentr run` over the same meetings with
+OPENTR_DIARIZATION off and embedded, side by side in one run (fresh stores and instances each),
+as whole commands, with WER for both and DER / WDER / voices right for the run with speakers.
+
+    .venv/bin/python benchmarks/speakers_cost.py --meetings 4 --speakers 3 --seconds 120 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from corpus import fixtures_folder, word_error_rate, write_wav
+from meetings import der, meetings_from_fixtures, wder
+
+from opentr_pipeline.engine.speakers import SpeakerTurn
+from opentr_pipeline.settings import PROJECT_ROOT
+
+OPENTR = Path(sys.executable).with_name("opentr")
+
+
+def run(root: Path, meetings, diarization: str, workers: int) -> tuple[float, list[dict]]:
+    for folder in ("uploads", "store", "home"):
+        (root / folder).mkdir(parents=True)
+    shutil.copy(PROJECT_ROOT / "dagster.yaml", root / "home" / "dagster.yaml")
+    for number, meeting in enumerate(meetings):
+        write_wav(root / "uploads" / f"meeting-{number}.wav", meeting.audio)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GPU_", "WHISPER_", "OPENTR_"))}
+    env.update(UPLOAD_URI=str(root / "uploads"), STORAGE_URI=str(root / "store"), DAGSTER_HOME=str(root / "home"),
+               OPENTR_DIARIZATION=diarization, GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS=str(workers),
+               OPENTR_FILES_PER_RUN="1")
+    started = time.perf_counter()
+    done = subprocess.run([str(OPENTR), "run"], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"opentr run ({diarization}) failed:\n{done.stdout}\n{done.stderr}")
+    docs = [json.loads((root / "store" / "transcripts" / f"meeting-{n}.wav.json").read_text()) for n in range(len(meetings))]
+    return seconds, docs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meetings", type=int, default=4)
+    parser.add_argument("--speakers", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=120)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    meetings = meetings_from_fixtures(fixtures_folder(), args.meetings, args.speakers, args.seconds, seed=7)
+    audio_s = sum(m.duration_s for m in meetings)
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="opentr-speakers-cost-") as folder:
+        for mode in ("off", "embedded"):
+            rows[mode] = run(Path(folder) / mode, meetings, mode, args.workers)
+    print(f"{args.meetings} meetings of {args.speakers} voices, {audio_s:.0f} s of audio, {args.workers} workers, "
+          "opentr run as a whole command (one run)\n")
+    print("| speakers | whole command s | x realtime | WER mean | DER mean | DER worst | WDER mean | voices right | speakers share of wall |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, (seconds, docs) in rows.items():
+        wer = statistics.mean(word_error_rate(m.reference, d["text"]) for m, d in zip(meetings, docs))
+        if mode == "off":
+            print(f"| off | {seconds:.1f} | {audio_s / seconds:.1f} | {wer:.3f} | - | - | - | - | - |")
+            continue
+        ders, wders, right = [], [], 0
+        for meeting, doc in zip(meetings, docs):
+            found = [SpeakerTurn(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
+            words = [(w["start"], w["end"], w["speaker"]) for s in doc["segments"] for w in s["words"]]
+            ders.append(der(meeting.turns, found, meeting.duration_s))
+            wders.append(wder(meeting.turns, words, meeting.duration_s, found))
+            right += len(doc["speakers"]) == args.speakers
+        share = sum(d["speakers_s"] for d in docs) / sum(d["wall_s"] for d in docs)
+        print(f"| embedded | {seconds:.1f} | {audio_s / seconds:.1f} | {wer:.3f} | {statistics.mean(ders):.3f} | "
+              f"{max(ders):.3f} | {statistics.mean(wders):.3f} | {right}/{len(meetings)} | {share:.2f} |")
+    print(f"\nwith speakers against without: {rows['off'][0] / rows['embedded'][0]:.2f} of the throughput")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
