@@ -216,16 +216,10 @@ def failed_for_good(store, uploads: list) -> list:
     since: a run would fail them again, or be killed by them again, so `opentr run` leaves them
     (and can exit 0 with them there), and they never take a new file's place in a run."""
     from opentr_pipeline.defs.names import PIPELINE_ASSETS
-    from opentr_pipeline.defs.outcomes import failure_path
-    from opentr_pipeline.intake.uploads import same_version
+    from opentr_pipeline.defs.outcomes import kept_verdict
 
     def unchanged_bad(upload) -> bool:
-        for asset in PIPELINE_ASSETS:
-            record = store.read_json_or_none(failure_path(asset, upload.key))
-            if record and record["permanent"] and record.get("source_version") and \
-                    same_version(record["source_version"], upload):
-                return True
-        return False
+        return any(kept_verdict(store, asset, upload.key, upload.version) for asset in PIPELINE_ASSETS)
 
     return those_where(unchanged_bad, uploads)
 

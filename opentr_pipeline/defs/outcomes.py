@@ -19,6 +19,7 @@ import dagster as dg
 from opentr_pipeline.defs.claims import now
 from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.intake.uploads import same_version
 from opentr_pipeline.storage import Storage
 
 
@@ -43,8 +44,7 @@ def kept_verdict(store: Storage, asset: str, key: str, version: list | None) -> 
     """A permanent failure of `asset` recorded for this very version of the file: trying it again
     would fail the same way (or kill its run again), so it is not tried until the file changes."""
     record = store.read_json_or_none(failure_path(asset, key))
-    if record and record["permanent"] and version and record.get("source_version") and \
-            list(record["source_version"]) == list(version):
+    if record and record["permanent"] and version and same_version(record.get("source_version"), version):
         return FileFailure(record["reason"], True)
     return None
 

@@ -39,26 +39,38 @@ def sha256_of(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _wav_data_chunk(handle, size: int) -> tuple[int, int, int] | None:
+    """(offset of the data chunk, the size its header declares, the fmt chunk's byte rate) of a
+    WAV (RIFF or big-endian RIFX), walking its chunks; None for no WAV, or no data chunk."""
+    handle.seek(0)
+    header = handle.read(12)
+    if header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+        return None
+    order = "big" if header[:4] == b"RIFX" else "little"
+    offset, byte_rate = 12, 0
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk = handle.read(8)
+        chunk_size = int.from_bytes(chunk[4:8], order)
+        if chunk[:4] == b"fmt ":
+            byte_rate = int.from_bytes(handle.read(12)[8:12], order)
+        if chunk[:4] == b"data":
+            return offset, chunk_size, byte_rate
+        offset += 8 + chunk_size + (chunk_size & 1)
+    return None
+
+
 def _wav_missing_bytes(path: Path, size: int) -> int:
     """Bytes the WAV header's data chunk promises beyond the end of the file.
 
     FFmpeg's WAV demuxer quietly trusts the file size, so a cut-off WAV needs this check.
     """
     with open(path, "rb") as handle:
-        header = handle.read(12)
-        if header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
-            return 0
-        offset = 12
-        while offset + 8 <= size:
-            handle.seek(offset)
-            chunk = handle.read(8)
-            chunk_size = int.from_bytes(chunk[4:8], "big" if header[:4] == b"RIFX" else "little")
-            if chunk[:4] == b"data":
-                if chunk_size in (0, 0xFFFFFFFF):  # streaming writers leave the size unset
-                    return 0
-                return max(0, offset + 8 + chunk_size - size)
-            offset += 8 + chunk_size + (chunk_size & 1)
-    return 0
+        found = _wav_data_chunk(handle, size)
+    if found is None or found[1] in (0, 0xFFFFFFFF):  # streaming writers leave the size unset
+        return 0
+    offset, declared, _ = found
+    return max(0, offset + 8 + declared - size)
 
 
 def _looks_like_chunk(head: bytes, at: int, size: int) -> bool:
@@ -81,27 +93,17 @@ def wav_stale_length(source) -> tuple[float, float] | None:
     try:
         handle.seek(0, 2)
         size = handle.tell()
-        handle.seek(0)
-        header = handle.read(12)
-        if header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+        found = _wav_data_chunk(handle, size)
+        if found is None:
             return None
-        offset, byte_rate = 12, 0
-        while offset + 8 <= size:
-            handle.seek(offset)
-            chunk = handle.read(8)
-            chunk_size = int.from_bytes(chunk[4:8], "little")
-            if chunk[:4] == b"fmt ":
-                byte_rate = int.from_bytes(handle.read(12)[8:12], "little")
-            if chunk[:4] == b"data":
-                end = offset + 8 + chunk_size + (chunk_size & 1)
-                if chunk_size in (0, 0xFFFFFFFF) or end >= size or not byte_rate:
-                    return None
-                handle.seek(end)
-                if _looks_like_chunk(handle.read(8), end, size) or (size - end) / byte_rate < STALE_LENGTH_MIN_S:
-                    return None  # a chunk after the audio, or a few stray bytes: not audio
-                return chunk_size / byte_rate, (size - offset - 8) / byte_rate
-            offset += 8 + chunk_size + (chunk_size & 1)
-        return None
+        offset, declared, byte_rate = found
+        end = offset + 8 + declared + (declared & 1)
+        if declared in (0, 0xFFFFFFFF) or end >= size or not byte_rate:
+            return None
+        handle.seek(end)
+        if _looks_like_chunk(handle.read(8), end, size) or (size - end) / byte_rate < STALE_LENGTH_MIN_S:
+            return None  # a chunk after the audio, or a few stray bytes: not audio
+        return declared / byte_rate, (size - offset - 8) / byte_rate
     finally:
         handle.seek(position)
         if handle is not source:

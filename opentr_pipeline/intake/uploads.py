@@ -47,16 +47,17 @@ class Upload:
                 "source_uri": self.uri, "size": self.size, "mtime": self.mtime, "change": self.change}
 
 
-def same_version(stored: list | dict | None, upload: Upload) -> bool:
-    """Whether a stored version ([size, mtime, change] or a source record) is this upload's.
-    One stored before the change token existed compares on size and mtime alone."""
+def same_version(stored: list | dict | None, upload: "Upload | list") -> bool:
+    """Whether a stored version ([size, mtime, change] or a source record) is this upload's (or
+    this version's). One stored before the change token existed compares on size and mtime alone."""
+    version = upload.version if isinstance(upload, Upload) else list(upload)
     if isinstance(stored, dict):
         stored = [stored.get("size"), stored.get("mtime"), stored.get("change")]
     if not stored:
         return False
     if len(stored) < 3 or stored[2] is None:
-        return list(stored[:2]) == upload.version[:2]
-    return list(stored) == upload.version
+        return list(stored[:2]) == version[:2]
+    return list(stored) == version
 
 
 @dataclass
