@@ -42,7 +42,12 @@ def run(root: Path, meetings, diarization: str, workers: int) -> tuple[float, li
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"opentr run ({diarization}) failed:\n{done.stdout}\n{done.stderr}")
-    docs = [json.loads((root / "store" / "transcripts" / f"meeting-{n}.wav.json").read_text()) for n in range(len(meetings))]
+    docs = []
+    for n in range(len(meetings)):
+        doc = json.loads((root / "store" / "transcripts" / f"meeting-{n}.wav.json").read_text())
+        record = root / "store" / "speakers" / f"meeting-{n}.wav.json"  # the speakers asset's turns
+        doc["turns"] = json.loads(record.read_text())["turns"] if record.exists() else []
+        docs.append(doc)
     return seconds, docs
 
 
@@ -70,7 +75,7 @@ def main() -> int:
             continue
         ders, wders, right = [], [], 0
         for meeting, doc in zip(meetings, docs):
-            found = [SpeakerTurn(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
+            found = [SpeakerTurn(start, end, who) for start, end, who in doc["turns"]]
             words = [(w["start"], w["end"], w["speaker"]) for s in doc["segments"] for w in s["words"]]
             ders.append(der(meeting.turns, found, meeting.duration_s))
             wders.append(wder(meeting.turns, words, meeting.duration_s, found))

@@ -6,6 +6,7 @@ import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
 from opentr_pipeline.defs.assets.reports import peak_within_worker_limit, throughput_report
+from opentr_pipeline.defs.assets.speakers import every_file_has_its_speakers, hints_of, hints_version, speakers
 from opentr_pipeline.defs.assets.subtitles import subtitles
 from opentr_pipeline.defs.assets.transcripts import settings_version, transcript
 from opentr_pipeline.defs.jobs import report_job, transcribe_job
@@ -32,9 +33,13 @@ def build_defs(settings: Settings) -> dg.Definitions:
     versioned_transcript = transcript.map_asset_specs(
         lambda spec: spec.replace_attributes(code_version=f"transcribe-1-{version}")
     )
+    # So do other speaker hints for the speakers (decided again from the kept voice prints).
+    versioned_speakers = speakers.map_asset_specs(
+        lambda spec: spec.replace_attributes(code_version=f"speakers-1-{hints_version(hints_of(gpu))}")
+    )
     return dg.Definitions(
-        assets=[media_file, versioned_transcript, subtitles, throughput_report],
-        asset_checks=[peak_within_worker_limit],
+        assets=[media_file, versioned_transcript, versioned_speakers, subtitles, throughput_report],
+        asset_checks=[peak_within_worker_limit, every_file_has_its_speakers],
         jobs=[transcribe_job, report_job],
         sensors=[build_upload_sensor(settings), build_rerun_sensor(settings),
                  report_freshness_sensor],

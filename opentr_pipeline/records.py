@@ -114,6 +114,23 @@ class ContentIndexRecord(Record):
     settings_version: str | None = None
 
 
+class VoicePrintsRecord(Record):
+    partition_key: str
+    sha256: str
+    spans: list[list[int]]
+    windows: list[list[int]]
+    dim: int = Field(ge=0)
+    embeddings: str
+
+
+class SpeakersRecord(Record):
+    partition_key: str
+    sha256: str = ""
+    speakers: list[dict]
+    turns: list[list]
+    voices: dict[str, list[float]]
+
+
 # A record's kind is its top folder under STORAGE_URI.
 SCHEMAS: dict[str, type[Record]] = {
     "transcripts": TranscriptRecord,
@@ -124,6 +141,8 @@ SCHEMAS: dict[str, type[Record]] = {
     "failures": FailureRecord,
     "crashes": CrashRecord,
     "by_sha256": ContentIndexRecord,
+    "voiceprints": VoicePrintsRecord,
+    "speakers": SpeakersRecord,
 }
 
 

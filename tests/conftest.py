@@ -68,12 +68,16 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     for name in list(os.environ):
         if name.startswith(("GPU_", "WHISPER_", "OPENTR_")) and name != "OPENTR_FIXTURES":
             monkeypatch.delenv(name)
+    # Speakers are on by default; the tests of everything else decode without them (CI's budget).
+    # tests/test_speakers.py and the `opentr dev` tests run with the default.
+    env["OPENTR_DIARIZATION"] = "off"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env
 
 
-def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_on_error: bool = True):
+def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_on_error: bool = True,
+                     run_config: dict | None = None):
     """Materialize the pipeline assets for a range of partitions in one run, as a backfill would,
     on the SQLite instance at $DAGSTER_HOME with resources from the current environment."""
     import dagster as dg
@@ -88,11 +92,12 @@ def materialize_keys(keys: list[str], selection: list[str] | None = None, raise_
     instance.add_dynamic_partitions(media_files.name, [k for k in keys if k not in known])
     defs = build_defs(Settings.from_env())
     job = defs.resolve_implicit_global_asset_job_def().get_subset(
-        asset_selection={dg.AssetKey(name) for name in (selection or ["media_file", "transcript", "subtitles"])}
+        asset_selection={dg.AssetKey(name) for name in (selection or ["media_file", "transcript", "speakers", "subtitles"])}
     )
     return job.execute_in_process(
         instance=instance,
         raise_on_error=raise_on_error,
+        run_config=run_config,
         tags={RANGE_START: keys[0], RANGE_END: keys[-1]},
     )
 

@@ -52,9 +52,9 @@ def test_one_speaker_keeps_every_segment_whole_and_no_turns_leave_speakers_unset
 
 
 def test_windows_cover_each_span_and_a_short_span_is_one_window():
-    windows = speech_windows([(0, 16000), (32000, 32000 + 48000)])
+    windows = speech_windows([(0, 16000), (32000, 32000 + 160000)], window=24000, shift=48000)
     assert windows[0] == (0, 16000)
-    assert windows[1] == (32000, 56000) and windows[-1][1] == 80000
+    assert windows[1] == (32000, 56000) and windows[2] == (80000, 104000) and windows[-1][1] == 192000
     assert all(end - start <= 24000 for start, end in windows)
 
 
@@ -106,7 +106,7 @@ def test_subtitles_mark_each_change_of_speaker_and_text_goes_turn_by_turn():
 
 def test_between_sparse_windows_a_frame_takes_the_voice_of_the_nearest_window():
     spans = [(0, 16000 * 6)]
-    windows = speech_windows(spans)  # one window every 3 s: 0-1.5 s, 3-4.5 s, 4.5-6 s
+    windows = speech_windows(spans, window=24000, shift=48000)  # 0-1.5 s, 3-4.5 s, 4.5-6 s
     labels = np.array([0, 1, 1])
     turns = turns_from_windows(spans, windows, labels)
     assert [t.speaker for t in turns] == [A, B] and 1.5 <= turns[0].end <= 3.0
@@ -168,11 +168,11 @@ def test_one_voice_is_one_speaker_and_silence_is_none(fixtures_dir, embedder):
     from opentr_pipeline.engine.speakers import diarize
     from opentr_pipeline.engine.transcription import load_audio, speech_spans
 
-    jfk = load_audio(fixtures_dir / "jfk.flac").samples
-    pause = np.zeros(16000, np.float32)
-    alone = np.concatenate([jfk, pause, jfk * 0.5, pause, jfk])
-    turns, voices = diarize(embedder, alone, speech_spans(alone))
-    assert {t.speaker for t in turns} == {A} and list(voices) == [A]
+    # Every one-voice recording the project has (JFK's has applause under one of its windows).
+    for path in [fixtures_dir / "jfk.flac", *sorted(fixtures_dir.glob("librispeech_*.wav"))]:
+        alone = load_audio(path).samples
+        turns, voices = diarize(embedder, alone, speech_spans(alone))
+        assert {t.speaker for t in turns} == {A} and list(voices) == [A], path.name
     silence = np.zeros(16000 * 20, np.float32)
     assert diarize(embedder, silence, speech_spans(silence)) == ([], {})
 
@@ -189,39 +189,92 @@ def test_a_diarizer_that_fails_costs_the_speakers_and_keeps_every_word(fixtures_
             raise RuntimeError("the voice model ran out of memory")
 
     model = MODELS.get(BUNDLED_MODEL, DevicePlan("cpu", 0, 1, 2), "int8")
-    done = transcribe(model, load_audio(fixtures_dir / "jfk.flac"), TranscriptionOptions(speakers=SpeakerHints()),
+    done = transcribe(model, load_audio(fixtures_dir / "jfk.flac"), TranscriptionOptions(voices=True),
                       model_name="tiny.en", compute_type="int8", device="cpu:0", worker=0, embedder=Broken())
     assert "ask not what your country" in done.text.lower()
-    assert done.speakers == [] and "the voice model ran out of memory" in done.speakers_error
+    assert done.voice_prints is None and "the voice model ran out of memory" in done.speakers_error
     assert done.speakers_error in done.warnings
 
 
+def test_voice_prints_survive_their_record_and_decide_the_same_speakers(meeting, embedder):
+    """What the transcription keeps (float16, base64) gives the speakers the audio gave."""
+    import json
+
+    from meetings import der
+
+    from opentr_pipeline.engine.speakers import SpeechVoices, VoicePrints, find_speakers
+    from opentr_pipeline.engine.transcription import speech_spans
+
+    voices = SpeechVoices(embedder, "cam++")
+    voices.add(meeting.audio, speech_spans(meeting.audio))
+    prints = voices.prints()
+    again = VoicePrints.from_record(json.loads(json.dumps(prints.to_record())))
+    assert again.windows == prints.windows and again.spans == prints.spans and again.model == "cam++"
+    assert np.abs(again.embeddings - prints.embeddings).max() < 1e-2
+    direct, kept = find_speakers(prints), find_speakers(again)
+    assert der(direct.turns, kept.turns, meeting.duration_s) < 0.01
+    assert len(find_speakers(again, SpeakerHints(num_speakers=2)).voices) == 2
+    with pytest.raises(ValueError, match="windows but"):
+        VoicePrints.from_record({**prints.to_record(), "dim": 191})
+
+
 @pytest.mark.slow
-def test_opentr_run_with_speakers_on_marks_them_in_the_transcript_and_the_subtitles(pipeline_env, meeting):
-    """OPENTR_DIARIZATION=embedded through `opentr run`: speakers with talk time in the record,
-    every word on one, voice spans in WebVTT, words on the right speaker."""
+def test_opentr_run_finds_the_speakers_and_another_count_transcribes_nothing_again(pipeline_env, meeting, fixtures_dir):
+    """Through `opentr run`: speakers with talk time in the record, every word on one, voice spans
+    in WebVTT, words on the right speaker. Then the speakers asset alone, with another count in its
+    run config: new speakers and subtitles, the transcript untouched. Then one file's voice prints
+    damaged: its speakers fail with the reason, its subtitles and its neighbour's speakers do not."""
     import json
     import os
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
+    import dagster as dg
+    from conftest import materialize_keys
     from corpus import write_wav
     from meetings import wder
 
     uploads, store = Path(pipeline_env["UPLOAD_URI"]), Path(pipeline_env["STORAGE_URI"])
     write_wav(uploads / "meeting.wav", meeting.audio)
-    env = {**os.environ, "OPENTR_DIARIZATION": "embedded"}
+    shutil.copy(fixtures_dir / "jfk.flac", uploads / "jfk.flac")
+    env = {k: v for k, v in os.environ.items() if k != "OPENTR_DIARIZATION"}  # the default: on
     done = subprocess.run([str(Path(sys.executable).with_name("opentr")), "run"], capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     doc = json.loads((store / "transcripts" / "meeting.wav.json").read_text())
-    assert doc["diarization"] == "embedded" and len(doc["speakers"]) == 4, doc["speakers"]
+    assert doc["diarization"].startswith("cam++") and len(doc["speakers"]) == 4, doc["speakers"]
     assert sum(s["talk_s"] for s in doc["speakers"]) > 0.6 * meeting.duration_s
-    assert len(doc["voices"]) == 4 and all(len(v) == 192 for v in doc["voices"].values())
+    record = json.loads((store / "speakers" / "meeting.wav.json").read_text())
+    assert len(record["voices"]) == 4 and all(len(v) == 192 for v in record["voices"].values())
+    assert "voice_prints" not in doc and (store / "voiceprints" / "meeting.wav.json").exists()
     words = [(w["start"], w["end"], w["speaker"]) for s in doc["segments"] for w in s["words"]]
     assert all(speaker for _, _, speaker in words)
     turns = [SpeakerTurn(s["start"], s["end"], s["speaker"]) for s in doc["segments"]]
     assert wder(meeting.turns, words, meeting.duration_s, turns) < 0.05
     vtt = (store / "subtitles" / "meeting.wav.vtt").read_text()
     assert vtt.count("<v SPEAKER_0") >= 10 and "<v SPEAKER_03>" in vtt
+    assert [s["id"] for s in json.loads((store / "transcripts" / "jfk.flac.json").read_text())["speakers"]] == [A]
+
+    os.environ.pop("OPENTR_DIARIZATION")  # the default again (pipeline_env's monkeypatch restores it)
+    two = {"ops": {"speakers": {"config": {"num_speakers": 2}}}}
+    result = materialize_keys(["meeting.wav"], ["speakers", "subtitles"], run_config=two)
+    again = json.loads((store / "transcripts" / "meeting.wav.json").read_text())
+    assert len(again["speakers"]) == 2 and again["speakers_hints"]["num_speakers"] == 2
+    assert again["finished_at"] == doc["finished_at"] and again["text"] == doc["text"], "transcribed again"
+    instance = dg.DagsterInstance.get()
+    assert len(instance.fetch_materializations(dg.AssetKey("transcript"), limit=10).records) == 2  # opentr run's only
+    vtt = (store / "subtitles" / "meeting.wav.vtt").read_text()
+    assert "<v SPEAKER_01>" in vtt and "<v SPEAKER_02>" not in vtt
+
+    (store / "voiceprints" / "jfk.flac.json").write_text('{"partition_key": "jfk.flac", "sha256": 1')
+    three = {"ops": {"speakers": {"config": {"num_speakers": 3}}}}
+    result = materialize_keys(["jfk.flac", "meeting.wav"], ["speakers", "subtitles"], run_config=three)
+    assert result.success
+    assert len(json.loads((store / "transcripts" / "meeting.wav.json").read_text())["speakers"]) == 3
+    failed = json.loads((store / "failures" / "speakers" / "jfk.flac.json").read_text())
+    assert "voice prints are missing" in failed["reason"] and "jfk.flac" in failed["reason"]
+    assert "ask not what your country" in (store / "subtitles" / "jfk.flac.txt").read_text().lower()
+    check = result.get_asset_check_evaluations()[0]
+    assert not check.passed and "jfk.flac" in check.description

@@ -4,6 +4,7 @@ import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
 from opentr_pipeline.defs.assets.reports import throughput_report
+from opentr_pipeline.defs.assets.speakers import speakers
 from opentr_pipeline.defs.assets.subtitles import subtitles
 from opentr_pipeline.defs.assets.transcripts import transcript
 from opentr_pipeline.defs.names import REPORT_JOB, TRANSCRIBE_JOB
@@ -11,8 +12,8 @@ from opentr_pipeline.defs.partitions import media_files
 
 transcribe_job = dg.define_asset_job(
     TRANSCRIBE_JOB,
-    selection=dg.AssetSelection.assets(media_file, transcript, subtitles),
+    selection=dg.AssetSelection.assets(media_file, transcript, speakers, subtitles),
     partitions_def=media_files,
-    description="Probe, transcribe and subtitle media files: one run takes several partitions.",
+    description="Probe, transcribe, find the speakers of and subtitle media files: one run takes several partitions.",
 )
 report_job = dg.define_asset_job(REPORT_JOB, selection=dg.AssetSelection.assets(throughput_report))

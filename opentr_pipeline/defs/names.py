@@ -3,7 +3,7 @@
 PARTITIONS = "media_files"
 TRANSCRIBE_JOB = "transcribe_media"
 REPORT_JOB = "throughput_report_job"
-PIPELINE_ASSETS = ("media_file", "transcript", "subtitles")  # per file, in lineage order
+PIPELINE_ASSETS = ("media_file", "transcript", "speakers", "subtitles")  # per file, in lineage order
 
 # Run tags. A run over several partitions names its range with Dagster's own tags.
 RANGE_START = "dagster/asset_partition_range_start"

