@@ -5,6 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
+from opentr_pipeline.defs.assets.profiles import voice_profiles
 from opentr_pipeline.defs.assets.reports import peak_within_worker_limit, throughput_report
 from opentr_pipeline.defs.assets.speakers import every_file_has_its_speakers, hints_of, hints_version, speakers
 from opentr_pipeline.defs.assets.subtitles import subtitles
@@ -38,7 +39,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
         lambda spec: spec.replace_attributes(code_version=f"speakers-1-{hints_version(hints_of(gpu))}")
     )
     return dg.Definitions(
-        assets=[media_file, versioned_transcript, versioned_speakers, subtitles, throughput_report],
+        assets=[media_file, versioned_transcript, versioned_speakers, subtitles, voice_profiles, throughput_report],
         asset_checks=[peak_within_worker_limit, every_file_has_its_speakers],
         jobs=[transcribe_job, report_job],
         sensors=[build_upload_sensor(settings), build_rerun_sensor(settings),

