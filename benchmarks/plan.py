@@ -100,10 +100,12 @@ class BenchPlan:
                               whisper_device=self.device)
 
     def pipeline_env(self, workers: int) -> dict[str, str]:
-        """The settings' own variables (settings.py), so the pipeline runs exactly this plan."""
+        """The settings' own variables (settings.py), so the pipeline runs exactly this plan. The
+        plain script finds no speakers, so neither does the pipeline here: the same output on both
+        sides (what speakers cost is benchmarks/speakers_cost.py's)."""
         decoding = DecodingSettings(whisper_model=self.model, whisper_compute_type=self.compute_type,
                                     beam_size=self.beam_size, batch_size=self.batch_size,
-                                    vad_filter=self.vad_filter, language=self.language)
+                                    vad_filter=self.vad_filter, language=self.language, diarization="off")
         return {**self.devices(workers).to_env(), **decoding.to_env()}
 
 

@@ -29,8 +29,8 @@ from opentr_pipeline.defs.names import PARTITIONS
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = PROJECT_ROOT / ".test-artifacts"
-PIPELINE = ["media_file", "transcript", "subtitles"]
-ALL_ASSETS = [*PIPELINE, "throughput_report"]
+PIPELINE = ["media_file", "transcript", "speakers", "subtitles"]
+ALL_ASSETS = [*PIPELINE, "voice_profiles", "throughput_report"]
 UPLOAD_SENSOR = "upload_sensor"
 REPORT_SENSOR = "report_freshness_sensor"
 # Short recordings, so a run is mostly its launch and the model load.
@@ -429,7 +429,10 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
           f"(sensor interval {sensor['minIntervalSeconds']} s)")
     assert set(expected) <= partition_keys(server)
     for key, name in expected.items():
-        assert word_error_rate(SPEECH[name], read_transcript(store, key)["text"]) < 0.15, key
+        doc = read_transcript(store, key)
+        assert word_error_rate(SPEECH[name], doc["text"]) < 0.15, key
+        # speakers are on by default: each of these one-voice recordings has its one speaker
+        assert [s["id"] for s in doc["speakers"]] == ["SPEAKER_00"], (key, doc.get("speakers"), doc.get("speakers_error"))
     sensor_runs = runs_tagged(server, "dagster/sensor_name", UPLOAD_SENSOR)
     assert sensor_runs, "the transcripts exist but no run carries the upload sensor's tag"
     assert len(sensor_runs) < len(expected), f"one run per file, not several files per run: {sensor_runs}"

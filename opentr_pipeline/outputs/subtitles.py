@@ -149,13 +149,14 @@ def to_txt(segments: list[dict], names: dict[str, str] | None = None) -> str:
     return "\n\n".join(f"{speaker_name(who, names)}: {' '.join(texts)}" for who, texts in turns) + "\n"
 
 
-def preview(cues: list[Cue], words: int, ends: int = 3) -> str:
-    """What the UI shows of a file's subtitles: the first and last cues with their times and the
-    word count, so an hour-long recording reads as a glance, not as a wall of text."""
+def preview(cues: list[Cue], words: int, ends: int = 3, names: dict[str, str] | None = None) -> str:
+    """What the UI shows of a file's subtitles: the first and last cues with their times and
+    speakers, and the word count, so an hour-long recording reads as a glance, not as a wall of text."""
     if not cues:
         return "(no speech: no cues)"
     def line(cue: Cue) -> str:
-        return f"{_timestamp(cue.start, '.')[:-4]} {cue.text.replace(chr(10), ' ')}"
+        who = f"[{speaker_name(cue.speaker, names)}] " if cue.speaker else ""
+        return f"{_timestamp(cue.start, '.')[:-4]} {who}{cue.text.replace(chr(10), ' ')}"
     shown = [line(c) for c in cues[:ends]]
     if len(cues) > 2 * ends:
         shown += [f"... {len(cues) - 2 * ends} more cue(s) ..."] + [line(c) for c in cues[-ends:]]

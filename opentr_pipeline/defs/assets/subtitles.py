@@ -1,6 +1,6 @@
 import dagster as dg
 
-from opentr_pipeline.defs.assets.speakers import speakers
+from opentr_pipeline.defs.assets.speakers import speakers, speakers_line
 from opentr_pipeline.defs.assets.transcripts import transcript
 from opentr_pipeline.defs.outcomes import finish_batch, record_success
 from opentr_pipeline.defs.partitions import media_files
@@ -48,7 +48,9 @@ def subtitles(context: dg.AssetExecutionContext, media: MediaStore) -> None:
             continue
         context.add_asset_metadata({
             "cues": len(cues),
-            "preview": dg.MetadataValue.text(preview(cues, int(doc.get("words") or len(doc["text"].split())))),
+            "preview": dg.MetadataValue.text(preview(cues, int(doc.get("words") or len(doc["text"].split())),
+                                                     names=speaker_names(doc))),
+            "speakers": speakers_line(doc),
             "srt": dg.MetadataValue.path(srt), "vtt": dg.MetadataValue.path(vtt), "txt": dg.MetadataValue.path(txt),
             "json": dg.MetadataValue.path(doc.get("uri") or store.uri(key_path("transcripts", key))),
         }, partition_key=key)
