@@ -300,10 +300,13 @@ def test_dev_lineage_and_backfill(server: DevServer, uploads: Path, store: Path,
     assert sorted(nodes) == sorted(ALL_ASSETS)
     upstream = {name: sorted(k["path"][-1] for k in n["dependencyKeys"]) for name, n in nodes.items()}
     downstream = {name: sorted(k["path"][-1] for k in n["dependedByKeys"]) for name, n in nodes.items()}
-    assert upstream == {"media_file": [], "transcript": ["media_file"], "subtitles": ["transcript"],
+    # Lineage shows where speakers come from: the transcript's voice prints, then the profiles.
+    assert upstream == {"media_file": [], "transcript": ["media_file"], "speakers": ["transcript"],
+                        "subtitles": ["speakers", "transcript"], "voice_profiles": ["speakers"],
                         "throughput_report": ["transcript"]}
-    assert downstream == {"media_file": ["transcript"], "transcript": ["subtitles", "throughput_report"],
-                          "subtitles": [], "throughput_report": []}
+    assert downstream == {"media_file": ["transcript"], "transcript": ["speakers", "subtitles", "throughput_report"],
+                          "speakers": ["subtitles", "voice_profiles"], "subtitles": [], "voice_profiles": [],
+                          "throughput_report": []}
     assert [name for name in ALL_ASSETS if nodes[name]["isPartitioned"]] == PIPELINE
     assert nodes["transcript"]["pools"] == ["gpu"]
     # The settings are part of the transcript's code version: a new model shows transcripts stale.
@@ -420,9 +423,9 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
     for partial, target in partials:
         partial.rename(target)
 
-    def all_transcribed() -> bool:
+    def all_transcribed() -> bool:  # and their speakers found (the step after the transcript)
         fail_on_failed_runs(server, runs_tagged(server, "dagster/sensor_name", UPLOAD_SENSOR))
-        return all(read_transcript(store, key) for key in expected)
+        return all("speakers" in (read_transcript(store, key) or {}) for key in expected)
 
     wait_or_fail(server, all_transcribed, timeout=240, what=f"transcripts of {sorted(expected)} from the sensor")
     print(f"sensor: {len(expected)} uploads transcribed {time.monotonic() - started:.1f} s after the drop "
