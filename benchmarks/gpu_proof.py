@@ -5,8 +5,9 @@ name `libcublas.so.12` it asks for), checks that CTranslate2 sees the GPU, then 
 as it goes and rewriting OUT/gpu-proof.json after every figure (a run cut short keeps what it had):
 
 1. tiny.en with its real weights on the long conversations: plain faster-whisper batching and
-   the project's engine (chunks of joined speech, the chunk guard), 1 and 4 workers sharing one
-   model: word error rate (mean, worst file) and x realtime;
+   the project's engine (chunks of joined speech, the chunk guard), without and with speakers
+   (CAM++ voice prints on the same device, in the same workers), 1 and 4 workers sharing one
+   model: word error rate (mean, worst file), x realtime, the speakers' share of the time;
 2. a model of large-v3-turbo's shape with RANDOM weights (built here with transformers, converted
    to float16): x realtime for 1, 2, 4 and 8 workers sharing one model at batch 8, 16 and 32, each
    decode pinned to the tokens real speech gives per 30-s window (end of text suppressed); peak
@@ -95,7 +96,7 @@ def child_env(kit: Path, site: Path) -> dict[str, str]:
     def path(*first: str, rest: str) -> str:  # no empty entry: it would put the working folder on the path
         return os.pathsep.join([*first, *filter(None, [env.get(rest)])])
 
-    env["PYTHONPATH"] = path(str(site), str(ROOT), str(ROOT / "benchmarks"), rest="PYTHONPATH")
+    env["PYTHONPATH"] = path(str(site), str(ROOT), str(ROOT / "benchmarks"), str(kit / "voices"), rest="PYTHONPATH")
     env["LD_LIBRARY_PATH"] = path(str(kit / "lib"), rest="LD_LIBRARY_PATH")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -202,14 +203,25 @@ def stage_real(kit: Path, device: str, decoding: str, workers: int) -> dict:
     model = WhisperModel(str(kit / "tiny.en"), device=device, compute_type=compute, num_workers=workers,
                          cpu_threads=1 if device == "cpu" else 4)
     items = files * max(1, (2 * workers + len(files) - 1) // len(files))  # every worker busy
-    if decoding == "engine":
+    shares = []  # of each transcription's time, the voice prints'
+    if decoding in ("engine", "engine+speakers"):
         from opentr_pipeline.engine.transcription import DecodedAudio, TranscriptionOptions, transcribe
 
-        options = TranscriptionOptions(batch_size=batch)  # the defaults of settings.py
+        speakers = decoding == "engine+speakers"
+        options = TranscriptionOptions(batch_size=batch, voices=speakers)  # the defaults of settings.py
+        embedder = None
+        if speakers:  # as the pipeline does: one voice model per device, shared by its workers
+            from opentr_pipeline.engine.voices import CamPlusPlus
+
+            embedder = CamPlusPlus(f"{device}:0" if device == "cuda" else "cpu", threads=1 if device == "cpu" else None)
 
         def decode(item):
             done = transcribe(model, DecodedAudio(item[1], ""), options, model_name="tiny.en", compute_type=compute,
-                              device=f"{device}:0", worker=0)
+                              device=f"{device}:0", worker=0, embedder=embedder)
+            if speakers:
+                if done.speakers_error:
+                    raise RuntimeError(done.speakers_error)
+                shares.append(done.speakers_s / max(done.wall_s, 1e-9))
             return done.text, len(done.decoded_again)
     else:
         def decode(item):
@@ -224,7 +236,8 @@ def stage_real(kit: Path, device: str, decoding: str, workers: int) -> dict:
     return {"stage": "real", "model": "tiny.en (real weights)", "decoding": decoding, "workers": workers,
             "compute_type": compute, "batch": batch, "audio_s": round(audio_s, 1), "x_realtime": round(audio_s / wall, 1),
             "wer_mean": round(sum(wer) / len(wer), 4), "wer_worst": round(max(wer), 4),
-            "decoded_again": sum(n for _, n in done), "peak_gib": memory.gib()}
+            "decoded_again": sum(n for _, n in done), "peak_gib": memory.gib(),
+            **({"speakers_share": round(sum(shares) / len(shares), 3)} if shares else {})}
 
 
 
@@ -356,7 +369,7 @@ def main() -> int:
                        limit_s=limit_s)
         return keep({"stage": name, **kwargs, **row})
 
-    for decoding in ("plain", "engine"):
+    for decoding in ("plain", "engine", "engine+speakers"):
         for workers in ((1,) if args.small else (1, 4)):
             stage("real", 240, decoding=decoding, workers=workers)
     shape = "small-random" if args.small else "large-v3-turbo"

