@@ -94,8 +94,8 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
             label = f"[{round_number}/{args.repeat}] " if args.repeat > 1 else ""
             # Every other round runs in the opposite order, so neither side always goes first.
             plain = ("raw", "sequential", "sequential, no VAD")
-            sides = {"in-process": (*plain, "pipeline"), "resident": (*plain, "resident"),
-                     "both": (*plain, "pipeline", "resident")}[args.engine]
+            sides = {"in-process": (*plain, "pipeline", "speakers"), "resident": (*plain, "resident"),
+                     "both": (*plain, "pipeline", "speakers", "resident")}[args.engine]
             steps = [(w, side) for w in worker_counts for side in sides]
             if plan.device == "cpu" and args.workers > 1:
                 steps.insert(0, (1, "one core"))
@@ -108,6 +108,14 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
                                                            vad=side != "sequential, no VAD"))
                     print(f"  {measurements[-1].x_realtime:.1f}x realtime, WER mean {measurements[-1].wer_mean:.3f}, "
                           f"worst {measurements[-1].wer_worst:.3f}", flush=True)
+                    continue
+                if side == "speakers":
+                    print(f"{label}opentr run, GPU_SCALE_WORKERS={workers}, with speakers ...", flush=True)
+                    measurements += pipeline_end_to_end(corpus, plan, workers, work_dir, speakers=True)
+                    found = measurements[-1].details
+                    print(f"  whole command {measurements[-1].x_realtime:.1f}x realtime, DER {found['der_mean']:.3f} "
+                          f"mean ({found['der_worst']:.3f} worst), WDER {found['wder_mean']:.3f}, voices right "
+                          f"{found['voices_right']}", flush=True)
                     continue
                 print(f"{label}opentr run, GPU_SCALE_WORKERS={workers}"
                       f"{' on a resident worker' if side == 'resident' else ''} ...", flush=True)
@@ -131,6 +139,9 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     print("command; unlike wall s, other people's load on the machine does not inflate it.")
     print("WER: word error rate against the recordings' reference text (mean, and the worst file); 'vs fastest")
     print("plain, same WER': against the fastest plain script whose worst-file WER is within 1.25x of the row's.")
+    print("DER / WDER / voices right: the pipeline with speakers (the default; the other pipeline rows run without,")
+    print("as the plain script finds none) against who truly speaks when: diarization error (0.25-s collar), the")
+    print("share of words on the wrong speaker, and the files whose number of voices was found right.")
     if args.repeat > 1:
         print(f"best of {args.repeat} interleaved repetitions per row; every repetition is in the JSON.")
     for name, value in figures["ratio_to_cores_x_one_core"].items():

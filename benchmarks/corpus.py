@@ -17,7 +17,7 @@ import os
 import random
 import re
 import wave
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -46,6 +46,7 @@ class CorpusFile:
     duration_s: float
     sha256: str
     reference: str  # what is said in it, for the word error rate
+    turns: list[tuple[float, float, str]] = field(default_factory=list)  # (start s, end s, clip name): who speaks when
 
 
 def fixtures_folder() -> Path:
@@ -101,7 +102,15 @@ def speech_clips(fixtures: Path, demo: Path = DEMO_MEDIA) -> list[Clip]:
 
 def conversation(clips: list[Clip], index: int, seconds: float, seed: int = 0) -> tuple[np.ndarray, str]:
     """Recording `index`: clips in shuffled turns with its pause style, at least `seconds` long."""
+    audio, reference, _ = conversation_with_turns(clips, index, seconds, seed)
+    return audio, reference
+
+
+def conversation_with_turns(clips: list[Clip], index: int, seconds: float,
+                            seed: int = 0) -> tuple[np.ndarray, str, list[tuple[float, float, str]]]:
+    """`conversation`, and who speaks when in it: each clip's span and name (its voice)."""
     rng = random.Random(f"{seed}-{index}")
+    turns: list[tuple[float, float, str]] = []
     pause = PAUSES[index % len(PAUSES)]
     pieces: list[np.ndarray] = []
     said: list[str] = []
@@ -111,11 +120,12 @@ def conversation(clips: list[Clip], index: int, seconds: float, seed: int = 0) -
             turn = list(clips)
             rng.shuffle(turn)
         clip = turn.pop()
+        turns.append((round(length / SAMPLE_RATE, 3), round((length + len(clip.samples)) / SAMPLE_RATE, 3), clip.name))
         pieces.append(clip.samples)
         said.append(clip.reference)
         length += len(clip.samples)
         if length >= seconds * SAMPLE_RATE:  # no pause after the last clip
-            return np.concatenate(pieces), " ".join(said)
+            return np.concatenate(pieces), " ".join(said), turns
         pieces.append(np.zeros(int(pause(rng) * SAMPLE_RATE), dtype=np.float32))
         length += len(pieces[-1])
 
@@ -138,11 +148,11 @@ def build_corpus(clips: list[Clip], out_dir: Path, files: int = 6, seconds: floa
     out_dir.mkdir(parents=True, exist_ok=True)
     corpus: list[CorpusFile] = []
     for index in range(files):
-        audio, reference = conversation(clips, index, seconds, seed)
+        audio, reference, turns = conversation_with_turns(clips, index, seconds, seed)
         path = out_dir / f"bench-{index + 1:03d}.wav"
         write_wav(path, audio)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        corpus.append(CorpusFile(path, round(len(audio) / SAMPLE_RATE, 3), digest, reference))
+        corpus.append(CorpusFile(path, round(len(audio) / SAMPLE_RATE, 3), digest, reference, turns))
     if len({c.sha256 for c in corpus}) != len(corpus):
         raise BenchError("corpus files are not distinct; the pipeline would reuse transcripts")
     return corpus

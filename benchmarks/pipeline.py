@@ -14,7 +14,8 @@ from pathlib import Path
 
 from corpus import CorpusFile, wer_by_file
 from plan import (
-    PIPELINE_SPAN, PIPELINE_WHOLE, RESIDENT_SPAN, RESIDENT_WHOLE, BenchError, BenchPlan, Measurement, _cpu_s,
+    PIPELINE_SPAN, PIPELINE_SPEAKERS, PIPELINE_WHOLE, RESIDENT_SPAN, RESIDENT_WHOLE, BenchError, BenchPlan, Measurement,
+    _cpu_s,
 )
 
 from opentr_pipeline.outputs.throughput import peak_overlap
@@ -25,12 +26,16 @@ def _seconds(stamp: str) -> float:
 
 
 def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
-                        work_dir: Path, resident: bool = False) -> list[Measurement]:
+                        work_dir: Path, resident: bool = False, speakers: bool = False) -> list[Measurement]:
     """`opentr run` on fresh folders: the whole command, and the span its transcripts record.
 
     `resident`: a resident worker with N slots is started first (Redis and `opentr worker`, its
     model loaded once, as under `make dev` or a cluster), and `opentr run` sends it the files.
+    `speakers`: with who spoke when, as by default: one row, the whole command, with DER and WDER.
     """
+    if speakers:
+        root = work_dir / f"speakers-{workers}w-{time.time_ns()}"
+        return [speakers_row(corpus, pipeline_end_to_end_on(corpus, plan, workers, root, {}, speakers=True)[1], root)]
     if resident:
         from opentr_pipeline.engine.local import local_engine
 
@@ -44,13 +49,13 @@ def pipeline_end_to_end(corpus: list[CorpusFile], plan: BenchPlan, workers: int,
 
 
 def pipeline_end_to_end_on(corpus: list[CorpusFile], plan: BenchPlan, workers: int, root: Path,
-                           extra_env: dict[str, str]) -> list[Measurement]:
+                           extra_env: dict[str, str], speakers: bool = False) -> list[Measurement]:
     resident = bool(extra_env)
     uploads, store, home = root / "uploads", root / "store", root / "home"
     uploads.mkdir(parents=True)
     for item in corpus:
         shutil.copy(item.path, uploads / item.path.name)
-    env = {**os.environ, **plan.pipeline_env(workers), **extra_env,
+    env = {**os.environ, **plan.pipeline_env(workers, speakers), **extra_env,
            "UPLOAD_URI": str(uploads), "STORAGE_URI": str(store), "DAGSTER_HOME": str(home)}
     log_path = root / "opentr-run.log"
     command = [sys.executable, "-m", "opentr_pipeline.cli", "run"]
@@ -98,3 +103,31 @@ def pipeline_end_to_end_on(corpus: list[CorpusFile], plan: BenchPlan, workers: i
                      "cpu_s": round(cpu_s, 2), "cores_busy": round(cpu_s / whole_s, 2)}, wer=wer,
         ),
     ]
+
+
+def speakers_row(corpus: list[CorpusFile], whole: Measurement, root: Path) -> Measurement:
+    """The whole-command row of a run with speakers, scored against who truly spoke when: DER
+    (0.25-s collar) from the speakers asset's turns, WDER over every word, voices counted right."""
+    from meetings import der, voice_of, wder
+
+    from opentr_pipeline.engine.speakers import SpeakerTurn
+
+    ders, wders, right, shares = [], [], 0, []
+    for item in corpus:
+        doc = json.loads((root / "store" / "transcripts" / f"{item.path.name}.json").read_text())
+        record = json.loads((root / "store" / "speakers" / f"{item.path.name}.json").read_text())
+        truth = [SpeakerTurn(start, end, voice_of(name)) for start, end, name in item.turns]
+        found = [SpeakerTurn(start, end, who) for start, end, who in record["turns"]]
+        words = [(w["start"], w["end"], w.get("speaker")) for s in doc["segments"] for w in s["words"]]
+        ders.append(der(truth, found, item.duration_s))
+        wders.append(wder(truth, words, item.duration_s, found))
+        right += len(record["speakers"]) == len({t.speaker for t in truth})
+        shares.append(doc["speakers_s"] / max(doc["wall_s"], 1e-9))
+    return Measurement(
+        configuration=PIPELINE_SPEAKERS, workers=whole.workers, files=whole.files, audio_s=whole.audio_s,
+        wall_s=whole.wall_s, includes=whole.includes + "; with speakers (OPENTR_DIARIZATION=embedded)",
+        details={**whole.details, "der_mean": round(sum(ders) / len(ders), 4), "der_worst": round(max(ders), 4),
+                 "wder_mean": round(sum(wders) / len(wders), 4), "voices_right": f"{right}/{len(corpus)}",
+                 "speakers_share_of_transcription": round(sum(shares) / len(shares), 3)},
+        wer=whole.wer,
+    )

@@ -22,6 +22,10 @@ PIPELINE_SPAN = "pipeline (transcription span)"
 PIPELINE_WHOLE = "pipeline (whole command)"
 RESIDENT_SPAN = "pipeline, resident worker (transcription span)"
 RESIDENT_WHOLE = "pipeline, resident worker (whole command)"
+# The pipeline as users get it by default: with who spoke when (the rows above run without, as the
+# plain script finds no speakers). Its row carries DER, WDER and whether the voices were counted right.
+PIPELINE_SPEAKERS = "pipeline with speakers (whole command)"
+SPEAKERS_TARGET = 0.75  # with speakers x realtime / without, whole command, same workers
 RESIDENT_TARGET = 0.95  # resident pipeline span x realtime / raw x realtime, same workers
 # On a CPU, how far N workers are from N x one core says whether the workers or the cores are
 # the limit: one worker with all the cores cannot keep them all busy (the beam search barely
@@ -99,13 +103,14 @@ class BenchPlan:
                               gpu_scale_device_id=self.device_index, gpu_device_id=self.device_index,
                               whisper_device=self.device)
 
-    def pipeline_env(self, workers: int) -> dict[str, str]:
+    def pipeline_env(self, workers: int, speakers: bool = False) -> dict[str, str]:
         """The settings' own variables (settings.py), so the pipeline runs exactly this plan. The
         plain script finds no speakers, so neither does the pipeline here: the same output on both
         sides (what speakers cost is benchmarks/speakers_cost.py's)."""
         decoding = DecodingSettings(whisper_model=self.model, whisper_compute_type=self.compute_type,
                                     beam_size=self.beam_size, batch_size=self.batch_size,
-                                    vad_filter=self.vad_filter, language=self.language, diarization="off")
+                                    vad_filter=self.vad_filter, language=self.language,
+                                    diarization="embedded" if speakers else "off")
         return {**self.devices(workers).to_env(), **decoding.to_env()}
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from corpus import CorpusFile
 from plan import (
-    PIPELINE_SPAN, PIPELINE_WHOLE, QUALITY_TARGET, RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, RAW_SEQUENTIAL_NO_VAD, RESIDENT_SPAN,
-    RESIDENT_TARGET, RESIDENT_WHOLE, SAME_QUALITY, SCALING_TARGET, SPAN_TARGET, BenchPlan, Measurement,
+    PIPELINE_SPAN, PIPELINE_SPEAKERS, PIPELINE_WHOLE, QUALITY_TARGET, RAW, RAW_ONE_CORE, RAW_SEQUENTIAL, RAW_SEQUENTIAL_NO_VAD, RESIDENT_SPAN,
+    RESIDENT_TARGET, RESIDENT_WHOLE, SAME_QUALITY, SCALING_TARGET, SPAN_TARGET, SPEAKERS_TARGET, BenchPlan, Measurement,
 )
 
 PLAIN = (RAW, RAW_SEQUENTIAL, RAW_SEQUENTIAL_NO_VAD)
@@ -25,8 +25,8 @@ def best_of(measurements: list[Measurement]) -> list[Measurement]:
         key = (m.configuration, m.workers)
         if key not in best or m.x_realtime > best[key].x_realtime:
             best[key] = m
-    order = {RAW_ONE_CORE: -3, RAW_SEQUENTIAL_NO_VAD: -2, RAW_SEQUENTIAL: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2, RESIDENT_SPAN: 3,
-             RESIDENT_WHOLE: 4}
+    order = {RAW_ONE_CORE: -3, RAW_SEQUENTIAL_NO_VAD: -2, RAW_SEQUENTIAL: -1, RAW: 0, PIPELINE_SPAN: 1, PIPELINE_WHOLE: 2,
+             PIPELINE_SPEAKERS: 2.5, RESIDENT_SPAN: 3, RESIDENT_WHOLE: 4}
     return sorted(best.values(), key=lambda m: (m.workers, order.get(m.configuration, 9)))
 
 
@@ -82,6 +82,14 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
             value = span.x_realtime / raw.x_realtime
             targets.append({"target": f"pipeline span >= {SPAN_TARGET} x raw, {n} worker(s)",
                             "value": round(value, 3), "pass": value >= SPAN_TARGET})
+        without, with_speakers = by.get((PIPELINE_WHOLE, n)), by.get((PIPELINE_SPEAKERS, n))
+        if without and with_speakers:
+            value = with_speakers.x_realtime / without.x_realtime
+            targets.append({"target": f"pipeline with speakers >= {SPEAKERS_TARGET} x without (whole command), "
+                                      f"{n} worker(s); DER {with_speakers.details['der_mean']:.3f} mean, WDER "
+                                      f"{with_speakers.details['wder_mean']:.3f}, voices right "
+                                      f"{with_speakers.details['voices_right']}",
+                            "value": round(value, 3), "pass": value >= SPEAKERS_TARGET})
         resident = by.get((RESIDENT_SPAN, n))
         if raw and resident:
             value = resident.x_realtime / raw.x_realtime
@@ -108,7 +116,7 @@ def comparisons(rows: list[Measurement], workers: int) -> dict:
 def format_table(rows: list[Measurement]) -> str:
     by = {(m.configuration, m.workers): m for m in rows}
     header = ("configuration", "workers", "audio s", "wall s", "x realtime", "WER mean", "WER worst",
-              "vs plain batched", "vs fastest plain, same WER", "N vs 1", "CPU s")
+              "vs plain batched", "vs fastest plain, same WER", "N vs 1", "CPU s", "DER / WDER / voices right")
     lines = []
     for m in rows:
         raw = by.get((RAW, m.workers))
@@ -120,8 +128,10 @@ def format_table(rows: list[Measurement]) -> str:
         cpu = f"{m.details['cpu_s']:.1f}" if "cpu_s" in m.details else "-"
         wer_mean = "-" if m.wer_mean is None else f"{m.wer_mean:.3f}"
         wer_worst = "-" if m.wer_worst is None else f"{m.wer_worst:.3f}"
+        who = (f"{m.details['der_mean']:.3f} / {m.details['wder_mean']:.3f} / {m.details['voices_right']}"
+               if "der_mean" in m.details else "-")
         lines.append((m.configuration, str(m.workers), f"{m.audio_s:.1f}", f"{m.wall_s:.1f}",
-                      f"{m.x_realtime:.1f}", wer_mean, wer_worst, vs_raw, vs_fair, vs_one, cpu))
+                      f"{m.x_realtime:.1f}", wer_mean, wer_worst, vs_raw, vs_fair, vs_one, cpu, who))
     widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
     render = lambda row: "| " + " | ".join(  # noqa: E731
         cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) + " |"

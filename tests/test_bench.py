@@ -167,15 +167,19 @@ def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, 
     one_core = [(plan.RAW_ONE_CORE, 1)] if doc["settings"]["device"] == "cpu" else []
     assert [(r["configuration"], r["workers"]) for r in doc["results"]] == [
         *one_core, (plan.RAW_SEQUENTIAL_NO_VAD, 1), (plan.RAW_SEQUENTIAL, 1), (plan.RAW, 1), (plan.PIPELINE_SPAN, 1),
-        (plan.PIPELINE_WHOLE, 1), (plan.RESIDENT_SPAN, 1), (plan.RESIDENT_WHOLE, 1),
+        (plan.PIPELINE_WHOLE, 1), (plan.PIPELINE_SPEAKERS, 1), (plan.RESIDENT_SPAN, 1), (plan.RESIDENT_WHOLE, 1),
         (plan.RAW_SEQUENTIAL_NO_VAD, 2), (plan.RAW_SEQUENTIAL, 2), (plan.RAW, 2), (plan.PIPELINE_SPAN, 2), (plan.PIPELINE_WHOLE, 2),
-        (plan.RESIDENT_SPAN, 2), (plan.RESIDENT_WHOLE, 2),
+        (plan.PIPELINE_SPEAKERS, 2), (plan.RESIDENT_SPAN, 2), (plan.RESIDENT_WHOLE, 2),
     ]
+    # who spoke when beside the speed, as the pipeline runs by default
+    with_speakers = [r for r in doc["results"] if r["configuration"] == plan.PIPELINE_SPEAKERS]
+    assert all(0 <= r["details"]["der_mean"] <= 1 and "/" in r["details"]["voices_right"] for r in with_speakers)
+    assert "DER / WDER / voices right" in printed
     assert all(r["wer_worst"] is not None and r["wer_worst"] < 0.3 for r in doc["results"]), "WER beside every speed"
     assert "WER mean" in printed and "vs fastest plain, same WER" in printed
     assert all(r["x_realtime"] > 0 and r["files"] == 2 for r in doc["results"])
     assert doc["machine"]["faster_whisper"] == "1.2.1"
-    assert len(doc["targets"]) == 14  # per worker count: 2 span ratios, 2 x (words, speed at those words); 2 scalings
+    assert len(doc["targets"]) == 16  # per worker count: 2 span ratios, 2 x (words, speed at those words), speakers; 2 scalings
     assert len(doc["ratio_to_cores_x_one_core"]) == (6 if one_core else 0)
     resident = [r for r in doc["results"] if r["configuration"] == plan.RESIDENT_SPAN]
     assert [r["details"]["peak_concurrency"] for r in resident] == [1, 2]  # the worker's slots, filled
