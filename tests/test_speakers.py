@@ -290,6 +290,7 @@ def test_opentr_run_finds_the_speakers_and_another_count_transcribes_nothing_aga
     done = subprocess.run([str(Path(sys.executable).with_name("opentr")), "run"], capture_output=True, text=True,
                           timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "meeting.wav: speakers SPEAKER_00 " in done.stdout, done.stdout  # said as it goes
     doc = json.loads((store / "transcripts" / "meeting.wav.json").read_text())
     assert doc["diarization"].startswith("cam++") and len(doc["speakers"]) == 4, doc["speakers"]
     assert sum(s["talk_s"] for s in doc["speakers"]) > 0.6 * meeting.duration_s

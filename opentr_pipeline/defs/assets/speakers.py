@@ -12,6 +12,7 @@ names it, without failing its neighbours or its other outputs.
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict
 
 import dagster as dg
@@ -24,6 +25,8 @@ from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.engine.speakers import SpeakerHints, VoicePrints, assign_word_speakers, find_speakers, talk_time
 from opentr_pipeline.engine.transcription import Segment, Word
 from opentr_pipeline.intake.keys import key_path
+
+log = logging.getLogger("opentr")  # `opentr run` prints these lines as it goes
 
 
 class SpeakerCount(dg.Config):
@@ -136,6 +139,7 @@ def speakers(context: dg.AssetExecutionContext, config: SpeakerCount, gpu: GpuEx
             context.log.warning(failure.reason)
         else:
             record_success(store, "speakers", key)
+            log.info(f"{key}: speakers {speakers_line(doc)}")
         context.add_asset_metadata({
             "speakers": error and f"failed: {error}" or speakers_line(doc),
             "count": len(doc.get("speakers") or []),
