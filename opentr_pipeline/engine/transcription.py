@@ -171,7 +171,7 @@ class Transcript:
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Transcript":
-        segments = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
+        segments = segments_of(doc)
         fields = {k: v for k, v in doc.items() if k in cls.__dataclass_fields__}
         return cls(**{**fields, "segments": segments})
 
@@ -419,6 +419,11 @@ def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: Trans
         carry, offset = buffer[cut:].copy(), offset + cut
         notes += upcoming.notes
         current, upcoming = upcoming.samples, next(windows, None)
+
+
+def segments_of(doc: dict) -> list[Segment]:
+    """A transcript record's segments (and their words) as ours."""
+    return [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
 
 
 def plain_segment(segment, offset: float = 0.0) -> Segment:

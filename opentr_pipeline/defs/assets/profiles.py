@@ -34,22 +34,22 @@ def read_names(store) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items() if isinstance(v, str) and v.strip()}
 
 
-def name_files(store, profiles: list[VoiceProfile], log) -> list[str]:
-    """Each member file's transcript record, speakers record and subtitles, where its speakers'
-    names or profiles changed; returns the files rewritten. One file that cannot be rewritten is
-    named in the log and leaves the others done."""
+def name_files(store, records: list[dict], profiles: list[VoiceProfile], log) -> list[str]:
+    """Each file's transcript record, speakers record and subtitles, where its speakers' names or
+    profiles changed (its speakers record, already read, says; the transcript is read only then);
+    returns the files rewritten. One file that cannot be rewritten is named in the log and leaves
+    the others done."""
     by_member = {member: profile for profile in profiles for member in profile.members}
-    files = sorted({member.rsplit("#", 1)[0] for member in by_member})
     changed = []
-    for key in files:
+    for record in records:
+        key = record["partition_key"]
         try:
-            doc = store.read_json_or_none(key_path("transcripts", key))
-            record = store.read_json_or_none(speakers_path(key))
-            if doc is None or record is None:
-                continue
             now = [{**s, "name": by_member[m].name if (m := f"{key}#{s['id']}") in by_member else None,
-                    "profile": by_member[m].id if m in by_member else None} for s in doc.get("speakers") or []]
-            if now == doc.get("speakers"):
+                    "profile": by_member[m].id if m in by_member else None} for s in record["speakers"]]
+            if now == record["speakers"]:
+                continue
+            doc = store.read_json_or_none(key_path("transcripts", key))
+            if doc is None:
                 continue
             doc = {**doc, "speakers": now}
             store.write_json(key_path("transcripts", key), doc)
@@ -85,7 +85,7 @@ def voice_profiles(context: dg.AssetExecutionContext, config: SpeakerNames, medi
                   for who, voice in record["voices"].items()]
     profiles = build_profiles(heard, names)
     store.write_json(PROFILES, {"profiles": [asdict(p) for p in profiles]})
-    renamed = name_files(store, profiles, context.log)
+    renamed = name_files(store, records, profiles, context.log)
     table = "\n".join(["| voice | name | files | talk |", "|---|---|---|---|"] + [
         f"| {p.id} | {p.name or '(not named)'} | {len({m.rsplit('#', 1)[0] for m in p.members})} | {p.talk_s / 60:.1f} min |"
         for p in profiles[:50]])

@@ -23,7 +23,7 @@ from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
 from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.engine.speakers import SpeakerHints, VoicePrints, assign_word_speakers, find_speakers, talk_time
-from opentr_pipeline.engine.transcription import Segment, Word
+from opentr_pipeline.engine.transcription import segments_of
 from opentr_pipeline.intake.keys import key_path
 
 log = logging.getLogger("opentr")  # `opentr run` prints these lines as it goes
@@ -59,8 +59,7 @@ def speakers_path(key: str) -> str:
 def label_transcript(doc: dict, prints: VoicePrints, hints: SpeakerHints) -> tuple[dict, dict]:
     """The transcript with every word and segment on its speaker, and the file's speakers record."""
     found = find_speakers(prints, hints)
-    segments = [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
-    labelled = assign_word_speakers(segments, found.turns)
+    labelled = assign_word_speakers(segments_of(doc), found.turns)
     # names come from the voice profiles (defs/assets/profiles.py), which follow this
     speakers = [{"id": who, "talk_s": seconds, "name": None} for who, seconds in talk_time(found.turns).items()]
     hints_record = asdict(hints)
@@ -137,6 +136,7 @@ def speakers(context: dg.AssetExecutionContext, config: SpeakerCount, gpu: GpuEx
             failure = FileFailure(f"{key}: {error}; its words and subtitles are kept", True)
             record_failure(store, "speakers", key, failure, context.run_id)
             context.log.warning(failure.reason)
+            log.warning(f"{key}: speakers failed: {error}")
         else:
             record_success(store, "speakers", key)
             log.info(f"{key}: speakers {speakers_line(doc)}")
