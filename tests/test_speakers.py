@@ -346,3 +346,128 @@ def test_opentr_run_finds_the_speakers_and_another_count_transcribes_nothing_aga
         assert doc["speakers"][0]["name"] == "John F. Kennedy" and doc["speakers"][0]["profile"] == jfk["id"]
     assert (store / "subtitles" / "jfk.mp3.txt").read_text().startswith("John F. Kennedy: ")
     assert "[John F. Kennedy] " in (store / "subtitles" / "jfk.mp3.srt").read_text()
+
+
+# -- a pyannote pipeline, the optional extra -------------------------------------------------------
+# pyannote.audio cannot run on this project's machines (PyPI has no torchaudio for torch 2.13's CPU
+# wheel, and no pyannote weights without the hub), so what is tested here is everything around it:
+# refusals at start, how its output is read (pyannote.core's real Annotation), and the speakers
+# step hearing the file again, with a stand-in for the loaded pipeline alone.
+
+
+def test_a_pyannote_pipeline_that_cannot_be_loaded_here_is_refused_at_start(tmp_path, monkeypatch):
+    import importlib.util
+
+    from opentr_pipeline.settings import Settings, SettingsError
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    refused = {
+        "pyannote:": "give a pipeline after pyannote:",
+        f"pyannote:{tmp_path}": "no pyannote pipeline in",  # a folder without its config.yaml
+        "pyannote:pyannote/speaker-diarization-community-1": "needs HF_TOKEN and a network",
+        "whisperx": "pyannote:<folder or hub id>",
+    }
+    for value, reason in refused.items():
+        with pytest.raises(SettingsError) as error:
+            Settings.from_env({"OPENTR_DIARIZATION": value})
+        assert "OPENTR_DIARIZATION" in str(error.value) and reason in str(error.value), str(error.value)
+    (tmp_path / "config.yaml").write_text("pipeline: {name: pyannote.audio.pipelines.SpeakerDiarization}\n")
+    if importlib.util.find_spec("pyannote.audio") is None:
+        with pytest.raises(SettingsError, match=r"pyannote.audio is not installed; pip install -e '.\[pyannote\]'"):
+            Settings.from_env({"OPENTR_DIARIZATION": f"PyAnnote:{tmp_path}/"})
+    else:
+        chosen = Settings.from_env({"OPENTR_DIARIZATION": f"PyAnnote:{tmp_path}/"}).decoding
+        assert chosen.diarization == f"pyannote:{tmp_path}" and not chosen.voice_prints
+
+
+def test_pyannotes_turns_are_named_in_order_heard_with_each_voice_kept():
+    from pyannote.core import Annotation, Segment as Span
+
+    from opentr_pipeline.engine.pyannote_diarizer import found_from
+
+    said = Annotation()
+    said[Span(0.0, 2.0)] = "SPEAKER_01"
+    said[Span(2.0, 3.5)] = "SPEAKER_01"  # one turn with the one before
+    said[Span(3.6, 5.0)] = "SPEAKER_00"
+    said[Span(5.0, 5.0)] = "SPEAKER_02"  # empty: nothing heard
+    found = found_from(said, ["SPEAKER_00", "SPEAKER_01", "SPEAKER_02"], np.eye(3, 4, dtype=np.float32))
+    assert [(t.start, t.end, t.speaker) for t in found.turns] == [(0.0, 3.5, A), (3.6, 5.0, B)]
+    # embeddings come in labels() order: SPEAKER_01 (first heard) has row 1
+    assert set(found.voices) == {A, B} and found.voices[A][1] == 1.0 and found.voices[B][0] == 1.0
+
+
+def test_the_speakers_step_hears_the_file_again_with_a_pyannote_pipeline(meeting, tmp_path):
+    """The speakers of a transcript decided by a pyannote pipeline (a stand-in for the loaded
+    pipeline, given the file's real decoded audio): words labelled, the record says which pipeline,
+    nothing decided twice, and a pipeline that fails costs the speakers only."""
+    import soundfile
+    from pyannote.core import Annotation, Segment as Span
+
+    from opentr_pipeline.defs.assets.speakers import file_speakers, speakers_line
+    from opentr_pipeline.engine import pyannote_diarizer
+    from opentr_pipeline.engine.pyannote_diarizer import found_from
+    from opentr_pipeline.storage import Storage
+
+    wav = tmp_path / "meeting.wav"
+    soundfile.write(wav, meeting.audio, 16000)
+    words = [Word(t.start, min(t.end, t.start + 0.4), " word", 0.9) for t in meeting.turns]
+    now = "2026-12-07T00:00:00.000+00:00"
+    doc = {"partition_key": "meeting.wav", "source_uri": str(wav), "sha256": "x", "diarization": "off",
+           "text": "", "language": "en", "duration_s": meeting.duration_s, "model": "tiny.en", "compute_type": "int8",
+           "device": "cpu:0", "worker": 0, "started_at": now, "finished_at": now, "wall_s": 1.0, "x_realtime": 90.0,
+           "words": len(words), "segments": [{"id": 0, "start": words[0].start, "end": words[-1].end, "text": "",
+                                               "words": [w.__dict__ for w in words]}]}
+    store = Storage(str(tmp_path / "out"))
+    store.write_json("transcripts/meeting.wav.json", doc)
+    setting, heard = "pyannote:/models/community-1", []
+
+    class LoadedPipeline:
+        def find(self, samples, hints):
+            heard.append((len(samples), hints.num_speakers))
+            said = Annotation()
+            for turn in meeting.turns:
+                said[Span(turn.start, turn.end)] = f"pyannote-{turn.speaker}"
+            return found_from(said, sorted(said.labels()), None)
+
+    pyannote_diarizer.LOADED[setting] = LoadedPipeline()
+    try:
+        labelled, error = file_speakers(store, "meeting.wav", SpeakerHints(num_speakers=4), setting)
+        assert not error and heard == [(len(meeting.audio), 4)]
+        assert labelled["speakers_by"] == setting and len(labelled["speakers"]) == len(set(meeting.voices))
+        record = store.read_json("speakers/meeting.wav.json")
+        assert record["model"] == setting and record["voices"] == {}
+        on = [w["speaker"] for s in labelled["segments"] for w in s["words"]]
+        first_speaker_of = {}
+        for turn in meeting.turns:
+            first_speaker_of.setdefault(turn.speaker, speaker_id_for(len(first_speaker_of)))
+        assert on == [first_speaker_of[t.speaker] for t in meeting.turns]
+        assert speakers_line(labelled).count(" s") == len(labelled["speakers"])
+        # decided already with these hints by this pipeline: not heard again
+        assert file_speakers(store, "meeting.wav", SpeakerHints(num_speakers=4), setting)[1] == ""
+        assert len(heard) == 1
+
+        class Broken:
+            def find(self, samples, hints):
+                raise RuntimeError("CUDA out of memory")
+
+        pyannote_diarizer.LOADED[setting] = Broken()
+        kept, error = file_speakers(store, "meeting.wav", SpeakerHints(num_speakers=2), setting)
+        assert "CUDA out of memory" in error and kept["segments"] == labelled["segments"]
+    finally:
+        pyannote_diarizer.LOADED.pop(setting, None)
+
+
+def speaker_id_for(index: int) -> str:
+    from opentr_pipeline.engine.speakers import speaker_id
+
+    return speaker_id(index)
+
+
+def test_voices_heard_by_different_speaker_models_are_never_one_profile():
+    from opentr_pipeline.engine.profiles import HeardVoice, build_profiles
+
+    voice = np.ones(8, np.float32)
+    profiles = build_profiles([HeardVoice(f"a.wav#{A}", voice, 10.0, "cam++"), HeardVoice(f"b.wav#{A}", voice, 10.0, "cam++"),
+                               HeardVoice(f"c.wav#{A}", voice, 10.0, "pyannote:/models/x")])
+    assert sorted(len(p.members) for p in profiles) == [1, 2]

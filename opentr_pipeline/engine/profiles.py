@@ -29,6 +29,7 @@ class HeardVoice:
     member: str
     embedding: np.ndarray
     talk_s: float = 0.0
+    model: str = ""  # the speaker model that heard it: another model's voices are not comparable
 
     @property
     def file(self) -> str:
@@ -65,13 +66,22 @@ def group_voices(heard: list[HeardVoice], distance: float = PROFILE_DISTANCE) ->
     return list(groups.values())
 
 
+def grouped_by_model(heard: list[HeardVoice], distance: float = PROFILE_DISTANCE) -> list[list[int]]:
+    """group_voices within each speaker model (a library diarized by CAM++ and then by pyannote)."""
+    groups = []
+    for model in sorted({h.model for h in heard}):
+        indexes = [i for i, h in enumerate(heard) if h.model == model]
+        groups += [[indexes[j] for j in group] for group in group_voices([heard[i] for i in indexes], distance)]
+    return groups
+
+
 def build_profiles(heard: list[HeardVoice], names: dict[str, str] | None = None,
                    distance: float = PROFILE_DISTANCE) -> list[VoiceProfile]:
     """Profiles, most talk first; `names` maps a member or a profile id to a person's name (a
     name given to a member wins over one given to an id that has since changed)."""
     names = names or {}
     profiles = []
-    for group in group_voices(heard, distance):
+    for group in grouped_by_model(heard, distance):
         members = sorted(heard[i].member for i in group)
         ident = profile_id(members)
         named = next((names[m] for m in members if names.get(m)), None) or names.get(ident)

@@ -120,7 +120,7 @@ class TranscriptionOptions:
     @classmethod
     def from_settings(cls, decoding: DecodingSettings, device: DevicePlan) -> "TranscriptionOptions":
         return cls(beam_size=decoding.beam_size, batch_size=resolve_batch_size(decoding.batch_size, device),
-                   vad_filter=decoding.vad_filter, language=decoding.language, voices=decoding.diarization != "off")
+                   vad_filter=decoding.vad_filter, language=decoding.language, voices=decoding.voice_prints)
 
 
 @dataclass

@@ -81,7 +81,8 @@ def voice_profiles(context: dg.AssetExecutionContext, config: SpeakerNames, medi
     heard = []
     for record in records:
         talk = {s["id"]: s.get("talk_s", 0.0) for s in record["speakers"]}
-        heard += [HeardVoice(f"{record['partition_key']}#{who}", np.asarray(voice, np.float32), talk.get(who, 0.0))
+        heard += [HeardVoice(f"{record['partition_key']}#{who}", np.asarray(voice, np.float32), talk.get(who, 0.0),
+                             record.get("model", ""))
                   for who, voice in record["voices"].items()]
     profiles = build_profiles(heard, names)
     store.write_json(PROFILES, {"profiles": [asdict(p) for p in profiles]})

@@ -22,9 +22,12 @@ from opentr_pipeline.defs.outcomes import finish_batch, record_failure, record_s
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import GpuExecutor, MediaStore
 from opentr_pipeline.engine.failures import FileFailure
-from opentr_pipeline.engine.speakers import SpeakerHints, VoicePrints, assign_word_speakers, find_speakers, talk_time
+from opentr_pipeline.engine.pyannote_diarizer import pyannote_speakers
+from opentr_pipeline.engine.speakers import (SpeakerHints, SpeakersFound, VoicePrints, assign_word_speakers,
+                                              find_speakers, talk_time)
 from opentr_pipeline.engine.transcription import segments_of
 from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.settings import PYANNOTE
 
 log = logging.getLogger("opentr")  # `opentr run` prints these lines as it goes
 
@@ -48,25 +51,27 @@ def hints_of(gpu: GpuExecutor, config: SpeakerCount | None = None) -> SpeakerHin
     return hints
 
 
-def hints_version(hints: SpeakerHints) -> str:
-    return hashlib.sha1(json.dumps(asdict(hints), sort_keys=True).encode()).hexdigest()[:8]
+def hints_version(hints: SpeakerHints, diarization: str = "embedded") -> str:
+    """What decides the speakers beside the transcript: the hints, and a pyannote pipeline if one."""
+    decisive = {**asdict(hints), **({"diarizer": diarization} if diarization.startswith(PYANNOTE) else {})}
+    return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def speakers_path(key: str) -> str:
     return key_path("speakers", key)
 
 
-def label_transcript(doc: dict, prints: VoicePrints, hints: SpeakerHints) -> tuple[dict, dict]:
+def label_transcript(doc: dict, found: SpeakersFound, hints: SpeakerHints, model: str) -> tuple[dict, dict]:
     """The transcript with every word and segment on its speaker, and the file's speakers record."""
-    found = find_speakers(prints, hints)
     labelled = assign_word_speakers(segments_of(doc), found.turns)
     # names come from the voice profiles (defs/assets/profiles.py), which follow this
     speakers = [{"id": who, "talk_s": seconds, "name": None} for who, seconds in talk_time(found.turns).items()]
     hints_record = asdict(hints)
-    labelled_doc = {**doc, "segments": [asdict(s) for s in labelled], "speakers": speakers, "speakers_hints": hints_record}
+    labelled_doc = {**doc, "segments": [asdict(s) for s in labelled], "speakers": speakers, "speakers_hints": hints_record,
+                    "speakers_by": model}
     record = {
         "partition_key": doc["partition_key"], "sha256": doc.get("sha256", ""), "hints": hints_record,
-        "model": prints.model, "speakers": speakers,
+        "model": model, "speakers": speakers,
         "turns": [[t.start, t.end, t.speaker] for t in found.turns],
         "voices": {who: [round(float(x), 5) for x in mean] for who, mean in found.voices.items()},
     }
@@ -78,32 +83,43 @@ def speakers_line(doc: dict) -> str:
     if doc.get("speakers_error"):
         return f"failed: {doc['speakers_error']}"
     found = doc.get("speakers") or []
-    if doc.get("diarization", "off") == "off":
+    if (doc.get("speakers_by") or doc.get("diarization", "off")) == "off":
         return "off (OPENTR_DIARIZATION=off)"
     if not found:
         return "none (no speech)"
     return ", ".join(f"{s.get('name') or s['id']} {s['talk_s']:.0f} s" for s in found)
 
 
-def file_speakers(store, key: str, hints: SpeakerHints) -> tuple[dict | None, str]:
+def file_speakers(store, key: str, hints: SpeakerHints, diarization: str = "embedded") -> tuple[dict | None, str]:
     """Decide one file's speakers; return its transcript as now written (None: not transcribed)
-    and, when its speakers could not be found, why."""
+    and, when its speakers could not be found, why. `diarization` is OPENTR_DIARIZATION: a
+    pyannote pipeline hears the file again; otherwise the voice prints its transcription kept
+    decide (none kept: diarization was off when it was transcribed)."""
     relative = key_path("transcripts", key)
     doc = store.read_json_or_none(relative)
     if doc is None:
         return None, ""
-    if doc.get("diarization", "off") == "off":
+    pyannote = diarization.startswith(PYANNOTE)
+    if not pyannote and doc.get("diarization", "off") == "off":
         return doc, ""
-    if doc.get("speakers_error"):
+    if not pyannote and doc.get("speakers_error"):
         return doc, doc["speakers_error"]
-    if doc.get("speakers_hints") == asdict(hints) and store.read_json_or_none(speakers_path(key)):
-        return doc, ""  # decided already, with these hints, for this transcript
-    prints_record = store.read_json_or_none(voiceprints_path(key))
-    if prints_record is None or prints_record.get("sha256") != doc.get("sha256"):
-        return doc, ("its voice prints are missing or belong to another version of the file "
-                     "(transcribe it again: run tag opentr/retranscribe=true)")
+    by = diarization if pyannote else doc["diarization"]
+    if (doc.get("speakers_hints") == asdict(hints) and doc.get("speakers_by", by) == by
+            and store.read_json_or_none(speakers_path(key))):
+        return doc, ""  # decided already, with these hints and this diarizer, for this transcript
     try:
-        labelled, record = label_transcript(doc, VoicePrints.from_record(prints_record), hints)
+        if pyannote:
+            with store.local_copy(doc["source_uri"]) as path:
+                found = pyannote_speakers(diarization, path, key, hints)
+        else:
+            prints_record = store.read_json_or_none(voiceprints_path(key))
+            if prints_record is None or prints_record.get("sha256") != doc.get("sha256"):
+                return doc, ("its voice prints are missing or belong to another version of the file "
+                             "(transcribe it again: run tag opentr/retranscribe=true)")
+            prints = VoicePrints.from_record(prints_record)
+            found, by = find_speakers(prints, hints), prints.model
+        labelled, record = label_transcript(doc, found, hints, by)
     except Exception as error:  # a fault here costs this file's speakers, never its words
         return doc, f"speakers could not be found: {type(error).__name__}: {error}"
     store.write_json(speakers_path(key), record)
@@ -128,7 +144,7 @@ def speakers(context: dg.AssetExecutionContext, config: SpeakerCount, gpu: GpuEx
     hints = hints_of(gpu, config)
     missing: dict[str, FileFailure] = {}
     for key in context.partition_keys:
-        doc, error = file_speakers(store, key, hints)
+        doc, error = file_speakers(store, key, hints, gpu.config.decoding.diarization)
         if doc is None:
             missing[key] = FileFailure(f"{key}: no transcript yet; materialize transcript first", False)
             continue

@@ -37,7 +37,7 @@ def settings_version(gpu: GpuExecutor) -> str:
         "chunk_guard": 2,
         # Voice prints are made with the words: switching them on redoes the transcripts. The
         # number of speakers is the speakers asset's alone (decided again without decoding).
-        **({} if decoding.diarization == "off" else {"voice_prints": decoding.diarization}),
+        **({"voice_prints": decoding.diarization} if decoding.voice_prints else {}),
     }
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
