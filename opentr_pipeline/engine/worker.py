@@ -165,7 +165,9 @@ def start_worker(settings: Settings, device: str | None = None, queues: list[str
     plan = worker_device(settings, device, cpu_threads)
     if plan.kind == "cuda":
         check_vram(plan, model_location(settings.decoding.whisper_model), resolve_batch_size(settings.decoding.batch_size, plan),
-                   free_bytes(plan.index), note=WORKER_NOTE, speakers=settings.decoding.voice_prints)
+                   free_bytes(plan.index), note=WORKER_NOTE, speakers=settings.decoding.voice_prints,
+                   multilingual=model_location(settings.decoding.multilingual_model)
+                   if settings.decoding.routes_languages else None)
     check_broker(settings.engine)  # before a model is loaded for nothing
     clock = time.perf_counter()
     MODELS.get(settings.decoding.whisper_model, plan,

@@ -123,15 +123,17 @@ def _vtt_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def to_vtt(cues: list[Cue], names: dict[str, str] | None = None) -> str:
-    """Every cue with a speaker carries a voice span, as players and screen readers expect."""
+def to_vtt(cues: list[Cue], names: dict[str, str] | None = None, language: str = "") -> str:
+    """Every cue with a speaker carries a voice span, as players and screen readers expect; the
+    header names the language (the one with the most speech), as YouTube's and others' do."""
     def text(c: Cue) -> str:
         if not c.speaker:
             return _vtt_escape(c.text)
         return f"<v {_vtt_escape(speaker_name(c.speaker, names))}>{_vtt_escape(c.text)}"
 
     blocks = [f"{_timestamp(c.start, '.')} --> {_timestamp(c.end, '.')}\n{text(c)}\n" for c in cues]
-    return "WEBVTT\n\n" + "\n".join(blocks)
+    header = f"WEBVTT\nLanguage: {language}\n\n" if language else "WEBVTT\n\n"
+    return header + "\n".join(blocks)
 
 
 def to_txt(segments: list[dict], names: dict[str, str] | None = None) -> str:

@@ -18,7 +18,7 @@ import pandas as pd
 
 COLUMNS = [
     "partition_key", "device", "worker", "audio_s", "wall_s", "x_realtime",
-    "started_at", "finished_at", "model", "compute_type", "words", "language",
+    "started_at", "finished_at", "model", "compute_type", "words", "language", "shares",
 ]
 
 
@@ -38,6 +38,9 @@ def transcripts_frame(transcripts: list[dict]) -> pd.DataFrame:
             "compute_type": t["compute_type"],
             "words": int(t.get("words", 0)),
             "language": t.get("language", ""),
+            # each language's share of the file's speech (older transcripts: all in `language`)
+            "shares": {e["language"]: float(e["share"]) for e in t.get("languages") or []}
+                      or {t.get("language", ""): 1.0},
         }
         for t in transcripts
         if not t.get("reused_from")  # a duplicate upload did no work: do not count it twice
@@ -178,6 +181,23 @@ def skipped_note(skipped: dict[str, str]) -> list[str]:
     return lines
 
 
+def hours_by_language(frame: pd.DataFrame) -> dict[str, tuple[int, float]]:
+    """Per language: the files that have any of it, and its audio hours (a file's duration shared
+    out by each language's share of its speech), most first."""
+    found: dict[str, list] = {}
+    for audio_s, shares in zip(frame["audio_s"], frame["shares"]):
+        for language, share in shares.items():
+            entry = found.setdefault(language or "unknown", [0, 0.0])
+            entry[0] += 1
+            entry[1] += audio_s * share / 3600
+    return {k: (v[0], round(v[1], 4)) for k, v in sorted(found.items(), key=lambda item: -item[1][1])}
+
+
+def language_table(frame: pd.DataFrame) -> list[str]:
+    rows = [f"| {language} | {files} | {hours:.3f} |" for language, (files, hours) in hours_by_language(frame).items()]
+    return ["| language | files | audio hours |", "|---|---|---|", *rows]
+
+
 def markdown_summary(frame: pd.DataFrame, limits: dict[str, int] | None = None,
                      skipped: dict[str, str] | None = None) -> str:
     limits = limits or {}
@@ -212,6 +232,7 @@ def markdown_summary(frame: pd.DataFrame, limits: dict[str, int] | None = None,
         lines.append(
             f"| {row.device} | {row.worker} | {row.files} | {row.audio_s:.1f} | {row.wall_s:.1f} | {speed:.1f} |"
         )
+    lines += ["", *language_table(frame)]
     shown = periods[-PERIODS_SHOWN:]
     lines += ["", f"Work periods{f' (the latest {len(shown)} of {len(periods)})' if len(shown) < len(periods) else ''}:",
               "", "| started (UTC) | span s | files | audio s | busy s | x realtime while busy |", "|---|---|---|---|---|---|"]

@@ -16,7 +16,7 @@ def write_subtitles(store, key: str, doc: dict) -> tuple[list, tuple[str, str, s
     cues = build_cues(doc["segments"])
     names = speaker_names(doc)
     return cues, (store.write_text(key_path("subtitles", key, ".srt"), to_srt(cues, names)),
-                  store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues, names)),
+                  store.write_text(key_path("subtitles", key, ".vtt"), to_vtt(cues, names, doc.get("language", ""))),
                   store.write_text(key_path("subtitles", key, ".txt"), to_txt(doc["segments"], names)))
 
 

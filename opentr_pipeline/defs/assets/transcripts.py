@@ -13,6 +13,7 @@ from opentr_pipeline.defs.outcomes import finish_batch, kept_verdict, record_suc
 from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import FileToTranscribe, GpuExecutor, MediaStore
 from opentr_pipeline.engine.failures import FileFailure, failure_of
+from opentr_pipeline.engine.languages import languages_line
 from opentr_pipeline.engine.transcription import SourceChanged, Transcript
 from opentr_pipeline.intake.keys import key_path, storage_name
 
@@ -38,6 +39,9 @@ def settings_version(gpu: GpuExecutor) -> str:
         # Voice prints are made with the words: switching them on redoes the transcripts. The
         # number of speakers is the speakers asset's alone (decided again without decoding).
         **({"voice_prints": decoding.diarization} if decoding.voice_prints else {}),
+        # Each chunk's language detected, and speech not in English decoded by this model.
+        **({"languages": decoding.multilingual_model} if decoding.routes_languages else {}),
+        **({"task": decoding.task} if decoding.task != "transcribe" else {}),
     }
     return hashlib.sha1(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -47,6 +51,7 @@ def _metadata(doc: dict) -> dict:
         "duration_s": doc["duration_s"],
         "x_realtime": doc["x_realtime"],
         "language": doc["language"],
+        "languages": languages_line(doc),
         "words": doc["words"],
         "device": doc["device"],
         "worker": doc["worker"],
