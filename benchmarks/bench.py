@@ -41,6 +41,8 @@ import time
 from pathlib import Path
 
 from corpus import build_corpus, fixtures_folder, speech_clips
+from languages import english_ratio
+from languages import table as language_table
 from pipeline import pipeline_end_to_end
 from plain import raw_faster_whisper
 from plan import BenchError, Measurement, make_plan
@@ -64,6 +66,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work-dir", default=None,
                         help="where the corpus and pipeline folders go (default: a fresh temp folder, removed after)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    parser.add_argument("--languages", default="de,fr",
+                        help="other languages, beside English, for the languages table (tiny.en alone, bundled-base "
+                             "alone, the default), comma-separated espeak-ng codes; none: no languages table")
+    parser.add_argument("--language-seconds", type=float, default=60.0, help="length of each recording of that table")
     parser.add_argument("--engine", choices=("in-process", "resident", "both"), default="both",
                         help="where the pipeline's model lives: in each run process, on a resident "
                              "worker (Redis + `opentr worker`, model loaded before the command), or both")
@@ -127,6 +133,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
         if own_dir and not args.keep:
             shutil.rmtree(work_dir, ignore_errors=True)
 
+    languages = measure_languages(args, plan) if args.languages != "none" else []
     rows = best_of(measurements)
     figures = comparisons(rows, args.workers)
     print()
@@ -151,12 +158,31 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     facts["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     print(f"load average (1, 5, 15 min): {facts['load_average_at_start']} at start, "
           f"{facts['load_average_at_end']} at end, on {facts['cpu_count']} CPU(s)")
+    if languages:
+        print("\nLanguages (benchmarks/languages.py): each recording through the engine, one worker, models loaded;")
+        print("language right: files whose language was detected right (switching: the share of speech put in the")
+        print("right language); WER after a normalisation that keeps every alphabet.\n")
+        print(language_table(languages))
     report = build_report(facts, plan, vars(args), corpus, [c.name for c in clips], measurements)
+    if languages:
+        report["languages"] = languages
+        report["languages_english_ratio"] = round(english_ratio(languages), 3)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nfigures: {out}")
     return 0
+
+
+def measure_languages(args: argparse.Namespace, plan) -> list[dict]:
+    """tiny.en alone, bundled-base alone and the default on English, the languages asked and
+    recordings that switch from English to them, side by side (benchmarks/languages.py)."""
+    from languages import build, rows, run
+
+    device = plan.device_for(1)
+    print(f"languages: English, {args.languages}, {args.language_seconds:.0f} s each, through tiny.en alone, "
+          "bundled-base alone and the default ...", flush=True)
+    return rows(run(build(args.language_seconds, 1, args.languages.split(",")), device.cpu_threads, device))
 
 
 def bench_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -68,9 +68,11 @@ def pipeline_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
     for name in list(os.environ):
         if name.startswith(("GPU_", "WHISPER_", "OPENTR_")) and name != "OPENTR_FIXTURES":
             monkeypatch.delenv(name)
-    # Speakers are on by default; the tests of everything else decode without them (CI's budget).
-    # tests/test_speakers.py and the `opentr dev` tests run with the default.
+    # Speakers and language detection are on by default; the tests of everything else decode
+    # without them (CI's budget). tests/test_speakers.py, tests/test_languages.py and the
+    # `opentr dev` tests run with the default.
     env["OPENTR_DIARIZATION"] = "off"
+    env["WHISPER_MULTILINGUAL_MODEL"] = "off"
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     return env

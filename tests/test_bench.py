@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import languages  # benchmarks/languages.py
 import bench  # benchmarks/ (conftest puts it on the path): the command and its parts
 import corpus
 import plain
@@ -157,7 +158,7 @@ def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, 
 
     out = tmp_path / "bench.json"
     done = subprocess.run([str(PROJECT_ROOT / ".venv" / "bin" / "opentr"), "bench", "--files", "2", "--seconds", "5",
-                           "--out", str(out), "--work-dir", str(tmp_path / "work")],
+                           "--languages", "de", "--language-seconds", "12", "--out", str(out), "--work-dir", str(tmp_path / "work")],
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     printed = done.stdout
@@ -183,6 +184,12 @@ def test_opentr_bench_end_to_end_writes_the_figures(fixtures_dir, pipeline_env, 
     assert len(doc["ratio_to_cores_x_one_core"]) == (6 if one_core else 0)
     resident = [r for r in doc["results"] if r["configuration"] == plan.RESIDENT_SPAN]
     assert [r["details"]["peak_concurrency"] for r in resident] == [1, 2]  # the worker's slots, filled
+    # the languages table: English and German, through tiny.en alone, bundled-base alone and the default
+    table = {(r["language"], r["configuration"]): r for r in doc["languages"]}
+    assert set(table) == {(language, config) for language in ("en", "de", "switching") for config in languages.CONFIGURATIONS}
+    assert table[("de", languages.DEFAULT)]["language_right"] == 1.0 and table[("de", languages.TINY_ALONE)]["language_right"] == 0.0
+    assert table[("de", languages.DEFAULT)]["wer"] < table[("de", languages.TINY_ALONE)]["wer"]
+    assert doc["languages_english_ratio"] > 0 and "English, default over tiny.en alone" in printed
     left = subprocess.run(["pgrep", "-f", str(tmp_path / "work")], capture_output=True, text=True).stdout
     assert left == "", f"processes left behind: {left}"
 

@@ -420,12 +420,21 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
         shutil.copy(fixtures_dir / name, partial)
         partials.append((partial, target))
         expected[key_for_path(relative)] = name
+    german = None
+    if shutil.which("espeak-ng"):  # a recording in German beside them: heard as German by default
+        from corpus import write_wav
+        from spoken_languages import one_language
+
+        german = key_for_path("sitzung/protokoll-de.wav")
+        (uploads / "sitzung").mkdir(exist_ok=True)
+        write_wav(uploads / "sitzung" / "protokoll-de.wav.part", one_language("de", 15.0).samples)
+        partials.append((uploads / "sitzung" / "protokoll-de.wav.part", uploads / "sitzung" / "protokoll-de.wav"))
     for partial, target in partials:
         partial.rename(target)
 
     def all_transcribed() -> bool:  # and their speakers found (the step after the transcript)
         fail_on_failed_runs(server, runs_tagged(server, "dagster/sensor_name", UPLOAD_SENSOR))
-        return all("speakers" in (read_transcript(store, key) or {}) for key in expected)
+        return all("speakers" in (read_transcript(store, key) or {}) for key in [*expected, *([german] if german else [])])
 
     wait_or_fail(server, all_transcribed, timeout=240, what=f"transcripts of {sorted(expected)} from the sensor")
     print(f"sensor: {len(expected)} uploads transcribed {time.monotonic() - started:.1f} s after the drop "
@@ -436,6 +445,11 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
         assert word_error_rate(SPEECH[name], doc["text"]) < 0.15, key
         # speakers are on by default: each of these one-voice recordings has its one speaker
         assert [s["id"] for s in doc["speakers"]] == ["SPEAKER_00"], (key, doc.get("speakers"), doc.get("speakers_error"))
+    if german:  # by the resident worker's second model, in German, and its subtitles say so
+        doc = read_transcript(store, german)
+        assert doc["language"] == "de" and [(e["language"], e["model"]) for e in doc["languages"]] == [("de", "bundled-base")]
+        vtt = next((store / "subtitles").rglob("*protokoll-de*.vtt")).read_text()
+        assert vtt.startswith("WEBVTT\nLanguage: de\n"), vtt[:80]
     sensor_runs = runs_tagged(server, "dagster/sensor_name", UPLOAD_SENSOR)
     assert sensor_runs, "the transcripts exist but no run carries the upload sensor's tag"
     assert len(sensor_runs) < len(expected), f"one run per file, not several files per run: {sensor_runs}"

@@ -184,7 +184,8 @@ class TranscriptRecorder:
                 self.failures[key] = failure_of(result, probed["source_uri"])
                 message = f"[{done}/{self.total}] {key}: FAILED: {self.failures[key].reason}"
             else:
-                message = (f"[{done}/{self.total}] {key}: {result.duration_s:.1f} s audio, "
+                message = (f"[{done}/{self.total}] {key}: {result.duration_s:.1f} s audio"
+                           f" ({languages_line({'languages': result.languages, 'language': result.language})}), "
                            f"{result.x_realtime}x realtime on {result.device} worker {result.worker}"
                            f"{decoded_again_note(result)}"
                            + "".join(f"; {note}" for note in result.audio_notes + result.warnings))
