@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     started = time.perf_counter()
-    spoken = build(args.seconds, args.per_language, args.languages.split(","))
+    spoken = build(args.seconds, args.per_language, [] if args.languages in ("", "none") else args.languages.split(","))
     print(f"{len(spoken)} recordings, {sum(s.duration_s for s in spoken) / 60:.1f} min, built in "
           f"{time.perf_counter() - started:.0f} s", file=sys.stderr)
     print(table(rows(run(spoken, args.threads))))

@@ -23,11 +23,12 @@ if TYPE_CHECKING:
 
 SAMPLE_RATE = 16000
 # Seconds of a chunk's speech heard first to tell its language (the encoder takes them unpadded,
-# at about a twentieth of the cost of decoding the chunk with tiny.en). English heard surely
-# there is settled; anything else is heard again over the whole chunk, as the 10 s alone took a
-# German opening for Latin (README, "Languages").
-DETECT_S = 10.0
+# at about a thirtieth of the cost of decoding the chunk with tiny.en; 10 s cost English 0.87 of
+# its throughput, README "Languages"). English heard surely there is settled; anything else is
+# heard again over the whole chunk, as a short excerpt alone took a German opening for Latin.
+DETECT_S = 5.0
 CHUNK_S = 30.0
+PIECE_S = 10.0  # the pieces a chunk short of words is cut into, each heard on its own
 SURE = 0.8
 ENGLISH = "en"
 
@@ -100,15 +101,15 @@ def decide(found: Sequence[dict[str, float]], window: dict[str, float]) -> list[
 
 def stretches_by_language(model: "WhisperModel", speech: np.ndarray, chunk,
                           window: dict[str, float]) -> list[tuple[int, int, str]]:
-    """A chunk the guard found short of words, cut at its pauses into pieces of at most DETECT_S
+    """A chunk the guard found short of words, cut at its pauses into pieces of at most PIECE_S
     and each piece's language heard (weighed with the window's): (start, end, language) in joined
     speech, neighbours of one language as one. A chunk that runs from English into German is
     decided English as a whole, and tiny.en drops the German half; its redo hears each half in
     its own language."""
     from opentr_pipeline.engine.chunks import chunk_speech
 
-    pieces = chunk_speech(chunk.spans, int(DETECT_S * SAMPLE_RATE))
-    heard = decide([detect_language(model, speech[p.start:p.end]) for p in pieces], window)
+    pieces = chunk_speech(chunk.spans, int(PIECE_S * SAMPLE_RATE))
+    heard = decide([detect_language(model, speech[p.start:p.end], PIECE_S) for p in pieces], window)
     stretches: list[tuple[int, int, str]] = []
     for piece, found in zip(pieces, heard):
         if stretches and stretches[-1][2] == found.language:
