@@ -7,6 +7,7 @@ import dagster as dg
 from opentr_pipeline.defs.assets.media import media_file
 from opentr_pipeline.defs.assets.profiles import voice_profiles
 from opentr_pipeline.defs.assets.reports import peak_within_worker_limit, throughput_report
+from opentr_pipeline.defs.assets.search import every_file_is_findable, search_index
 from opentr_pipeline.defs.assets.speakers import every_file_has_its_speakers, hints_of, hints_version, speakers
 from opentr_pipeline.defs.assets.subtitles import subtitles
 from opentr_pipeline.defs.assets.transcripts import settings_version, transcript
@@ -39,8 +40,9 @@ def build_defs(settings: Settings) -> dg.Definitions:
         lambda spec: spec.replace_attributes(code_version=f"speakers-1-{hints_version(hints_of(gpu), decoding.diarization)}")
     )
     return dg.Definitions(
-        assets=[media_file, versioned_transcript, versioned_speakers, subtitles, voice_profiles, throughput_report],
-        asset_checks=[peak_within_worker_limit, every_file_has_its_speakers],
+        assets=[media_file, versioned_transcript, versioned_speakers, subtitles, search_index, voice_profiles,
+                throughput_report],
+        asset_checks=[peak_within_worker_limit, every_file_has_its_speakers, every_file_is_findable],
         jobs=[transcribe_job, report_job],
         sensors=[build_upload_sensor(settings), build_rerun_sensor(settings),
                  report_freshness_sensor],

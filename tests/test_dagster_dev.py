@@ -29,7 +29,7 @@ from opentr_pipeline.defs.names import PARTITIONS
 pytestmark = pytest.mark.slow
 
 ARTIFACTS = PROJECT_ROOT / ".test-artifacts"
-PIPELINE = ["media_file", "transcript", "speakers", "subtitles"]
+PIPELINE = ["media_file", "transcript", "speakers", "subtitles", "search_index"]
 ALL_ASSETS = [*PIPELINE, "voice_profiles", "throughput_report"]
 UPLOAD_SENSOR = "upload_sensor"
 REPORT_SENSOR = "report_freshness_sensor"
@@ -300,13 +300,15 @@ def test_dev_lineage_and_backfill(server: DevServer, uploads: Path, store: Path,
     assert sorted(nodes) == sorted(ALL_ASSETS)
     upstream = {name: sorted(k["path"][-1] for k in n["dependencyKeys"]) for name, n in nodes.items()}
     downstream = {name: sorted(k["path"][-1] for k in n["dependedByKeys"]) for name, n in nodes.items()}
-    # Lineage shows where speakers come from: the transcript's voice prints, then the profiles.
+    # Lineage shows where speakers come from (the transcript's voice prints, then the profiles)
+    # and what the search index is made of.
     assert upstream == {"media_file": [], "transcript": ["media_file"], "speakers": ["transcript"],
-                        "subtitles": ["speakers", "transcript"], "voice_profiles": ["speakers"],
-                        "throughput_report": ["transcript"]}
-    assert downstream == {"media_file": ["transcript"], "transcript": ["speakers", "subtitles", "throughput_report"],
-                          "speakers": ["subtitles", "voice_profiles"], "subtitles": [], "voice_profiles": [],
-                          "throughput_report": []}
+                        "subtitles": ["speakers", "transcript"], "search_index": ["speakers", "transcript"],
+                        "voice_profiles": ["speakers"], "throughput_report": ["transcript"]}
+    assert downstream == {"media_file": ["transcript"],
+                          "transcript": ["search_index", "speakers", "subtitles", "throughput_report"],
+                          "speakers": ["search_index", "subtitles", "voice_profiles"], "subtitles": [],
+                          "search_index": [], "voice_profiles": [], "throughput_report": []}
     assert [name for name in ALL_ASSETS if nodes[name]["isPartitioned"]] == PIPELINE
     assert nodes["transcript"]["pools"] == ["gpu"]
     # The settings are part of the transcript's code version: a new model shows transcripts stale.
@@ -445,6 +447,17 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
         assert word_error_rate(SPEECH[name], doc["text"]) < 0.15, key
         # speakers are on by default: each of these one-voice recordings has its one speaker
         assert [s["id"] for s in doc["speakers"]] == ["SPEAKER_00"], (key, doc.get("speakers"), doc.get("speakers_error"))
+    # findable by what was said, seconds after (search_index runs in the same job)
+    from opentr_pipeline.outputs.search import SearchIndex
+
+    index = SearchIndex(store / "search" / "index.sqlite")
+
+    def all_findable() -> bool:
+        return all(any(h.key == key for h in index.search('"' + " ".join(read_transcript(store, key)["text"].split()[:3]) + '"',
+                                                           limit=50)) for key in expected)
+
+    wait_or_fail(server, all_findable, timeout=60, what="the new transcripts in the search index")
+    print(f"sensor: findable by `opentr search` {time.monotonic() - started:.1f} s after the drop")
     if german:  # by the resident worker's second model, in German, and its subtitles say so
         doc = read_transcript(store, german)
         assert doc["language"] == "de" and [(e["language"], e["model"]) for e in doc["languages"]] == [("de", "bundled-base")]

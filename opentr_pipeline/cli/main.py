@@ -16,6 +16,7 @@ from pathlib import Path
 
 from opentr_pipeline.cli.instance import monitoring_advice, prepare_instance, run_queue_advice, set_gpu_pool_limit
 from opentr_pipeline.cli.runner import run_pipeline, show_progress
+from opentr_pipeline.cli.search import add_search_parser, search_command
 from opentr_pipeline.engine.devices import DeviceMemoryError
 from opentr_pipeline.engine.transcription import ModelUnavailable
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
@@ -192,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--device", help="cpu:N or cuda:N (default: the plan's first device)")
     worker.add_argument("--queues", help="comma-separated queues to take files from (default OPENTR_QUEUE)")
     worker.add_argument("--cpu-threads", type=int, help="CTranslate2 threads per slot (default: cores / slots)")
+    add_search_parser(commands)
     # The benchmark is a tool, not pipeline: it lives in benchmarks/ (as faster-whisper's does).
     commands.add_parser("bench", add_help=False,
                         help="raw faster-whisper against the pipeline, 1 and N workers (benchmarks/bench.py)")
@@ -216,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(settings, args.device, args.queues.split(",") if args.queues else None, args.cpu_threads)
             return 0
+        if args.command == "search":
+            return search_command(settings, args)
         return print_report(settings)
     except SettingsError as error:
         print(f"opentr: configuration error: {error}", file=sys.stderr)

@@ -8,6 +8,7 @@ anything transcribed again.
 """
 
 from dataclasses import asdict
+from typing import Callable
 
 import dagster as dg
 import numpy as np
@@ -17,6 +18,7 @@ from opentr_pipeline.defs.assets.subtitles import write_subtitles
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.profiles import HeardVoice, VoiceProfile, build_profiles
 from opentr_pipeline.intake.keys import key_path
+from opentr_pipeline.outputs.search import SearchIndex, index_path
 
 NAMES = "speaker_names.json"  # {"<file>#SPEAKER_00" or "voice-1a2b3c4d": "Maria Lopez"}
 PROFILES = "voices/profiles.json"
@@ -34,8 +36,9 @@ def read_names(store) -> dict[str, str]:
     return {str(k): str(v) for k, v in found.items() if isinstance(v, str) and v.strip()}
 
 
-def name_files(store, records: list[dict], profiles: list[VoiceProfile], log) -> list[str]:
-    """Each file's transcript record, speakers record and subtitles, where its speakers' names or
+def name_files(store, records: list[dict], profiles: list[VoiceProfile], log,
+               reindex: Callable[[dict], object] | None = None) -> list[str]:
+    """Each file's transcript record, speakers record, subtitles and search entries, where its speakers' names or
     profiles changed (its speakers record, already read, says; the transcript is read only then);
     returns the files rewritten. One file that cannot be rewritten is named in the log and leaves
     the others done."""
@@ -55,6 +58,8 @@ def name_files(store, records: list[dict], profiles: list[VoiceProfile], log) ->
             store.write_json(key_path("transcripts", key), doc)
             store.write_json(speakers_path(key), {**record, "speakers": now})
             write_subtitles(store, key, doc)
+            if reindex is not None:  # a name searched for finds its turns at once
+                reindex(doc)
             changed.append(key)
         except Exception as error:  # noqa: BLE001 - one file's fault is that file's
             log.warning(f"{key}: its speakers' names could not be written: {type(error).__name__}: {error}")
@@ -86,7 +91,8 @@ def voice_profiles(context: dg.AssetExecutionContext, config: SpeakerNames, medi
                   for who, voice in record["voices"].items()]
     profiles = build_profiles(heard, names)
     store.write_json(PROFILES, {"profiles": [asdict(p) for p in profiles]})
-    renamed = name_files(store, records, profiles, context.log)
+    index = SearchIndex(index_path(media.storage_uri))
+    renamed = name_files(store, records, profiles, context.log, lambda doc: index.index(doc, media.upload_uri))
     table = "\n".join(["| voice | name | files | talk |", "|---|---|---|---|"] + [
         f"| {p.id} | {p.name or '(not named)'} | {len({m.rsplit('#', 1)[0] for m in p.members})} | {p.talk_s / 60:.1f} min |"
         for p in profiles[:50]])
