@@ -113,7 +113,7 @@ def test_a_speaker_filter_keeps_only_that_speakers_turns(library):
     speakers = {s["speaker"] for s in doc["segments"]}
     assert len(speakers) >= 2, speakers
     others_found, tried = False, 0
-    for speaker in speakers:  # words this speaker said, searched with and without the filter
+    for speaker in sorted(speakers):  # words this speaker said, searched with and without the filter
         said = sorted({w.strip(".,?!").lower() for s in doc["segments"] if s["speaker"] == speaker
                        for w in s["text"].split() if len(w.strip(".,?!")) > 2})[:12]
         if not said:
@@ -126,7 +126,8 @@ def test_a_speaker_filter_keeps_only_that_speakers_turns(library):
         assert len(theirs) == sum(h.speaker == speaker for h in everyone)
         others_found |= any(h.speaker != speaker for h in everyone)
     assert tried >= 2 and others_found, "the filter was never needed: no word was said by two speakers"
-    assert {h.path for h in index.search(words, Filters(file="team"), limit=200)} == {"team/meeting.wav"}
+    in_team = {h.path for h in index.search(words, Filters(file="team"), limit=200)}
+    assert "team/meeting.wav" in in_team and in_team <= {"team/meeting.wav", "team/talk.wav"}
     assert index.search(words, Filters(file="tea"), limit=200) == []  # a folder is a whole name
     assert index.search(words, Filters(language="de"), limit=200) == []
 

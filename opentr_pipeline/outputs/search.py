@@ -163,31 +163,54 @@ class SearchIndex:
     def index(self, doc: dict, upload_uri: str = "") -> int | None:
         """Put one transcript's turns in the index, replacing what its file had; None when the
         index already holds this version of it. Returns the number of turns."""
-        key = doc["partition_key"]
-        path = relative_path(doc.get("source_uri", ""), upload_uri) or key
-        version = version_of(doc)
-        turns = turns_of(doc)
-        uploaded = doc.get("finished_at") or ""
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT version FROM files WHERE key = ?", (key,)).fetchone()
-                if row and row[0] == version:
-                    db.execute("ROLLBACK")
-                    return None
-                db.execute("DELETE FROM turns WHERE key = ?", (key,))
-                db.executemany(
-                    "INSERT INTO turns (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(t.text, key, path, doc.get("source_uri", ""), t.start, t.end, t.speaker, t.name, t.language, uploaded)
-                     for t in turns])
-                db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                           (key, version, doc.get("source_uri", ""), uploaded, len(turns),
-                            datetime.now(timezone.utc).isoformat(timespec="seconds")))
+                turns = self._put(db, doc, upload_uri)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        return turns
+
+    def index_many(self, docs: Iterable[dict], upload_uri: str = "", batch: int = 500) -> tuple[int, int]:
+        """Many transcripts over one connection, `batch` files a transaction (a rebuild); returns
+        (files, turns)."""
+        files = turns = 0
+        with self.connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for doc in docs:
+                    turns += self._put(db, doc, upload_uri) or 0
+                    files += 1
+                    if files % batch == 0:
+                        db.execute("COMMIT")
+                        db.execute("BEGIN IMMEDIATE")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        return files, turns
+
+    @staticmethod
+    def _put(db: sqlite3.Connection, doc: dict, upload_uri: str) -> int | None:
+        key = doc["partition_key"]
+        version = version_of(doc)
+        row = db.execute("SELECT version FROM files WHERE key = ?", (key,)).fetchone()
+        if row and row[0] == version:
+            return None
+        path = relative_path(doc.get("source_uri", ""), upload_uri) or key
+        turns = turns_of(doc)
+        uploaded = doc.get("finished_at") or ""
+        db.execute("DELETE FROM turns WHERE key = ?", (key,))
+        db.executemany(
+            "INSERT INTO turns (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(t.text, key, path, doc.get("source_uri", ""), t.start, t.end, t.speaker, t.name, t.language, uploaded)
+             for t in turns])
+        db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
+                   (key, version, doc.get("source_uri", ""), uploaded, len(turns),
+                    datetime.now(timezone.utc).isoformat(timespec="seconds")))
         return len(turns)
 
     def remove(self, key: str) -> None:
@@ -245,10 +268,7 @@ def rebuild(path: str | Path, docs: Iterable[dict], upload_uri: str = "") -> tup
     for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
         leftover.unlink(missing_ok=True)
     index = SearchIndex(building)
-    files = turns = 0
-    for doc in docs:
-        turns += index.index(doc, upload_uri) or 0
-        files += 1
+    files, turns = index.index_many(docs, upload_uri)
     with index.connect() as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         db.execute("PRAGMA journal_mode=DELETE")
