@@ -285,6 +285,32 @@ def test_a_file_one_command_holds_is_not_transcribed_by_another(pipeline_env, fi
     assert not list(store.glob("inflight/*.json")), "a claim left behind"
 
 
+def test_partitions_another_command_registered_at_the_same_moment_are_not_an_error():
+    """The race behind a rare IntegrityError in the test below: both commands read the partitions,
+    both insert the same new keys, and the later insert breaks a UNIQUE constraint. The instance
+    here stands for the other command winning between the read and the insert."""
+    from opentr_pipeline.cli.runner import add_partitions
+
+    class Raced:
+        def __init__(self):
+            self.keys, self.raced = [], False
+
+        def get_dynamic_partitions(self, name):
+            return list(self.keys)
+
+        def add_dynamic_partitions(self, name, keys):
+            if not self.raced:  # the other command's insert lands first
+                self.raced = True
+                self.keys += ["a.wav"]
+                raise RuntimeError("(sqlite3.IntegrityError) UNIQUE constraint failed: dynamic_partitions.partition")
+            assert not set(keys) & set(self.keys), keys
+            self.keys += keys
+
+    instance = Raced()
+    add_partitions(instance, ["a.wav", "b.wav"])
+    assert sorted(instance.keys) == ["a.wav", "b.wav"]
+
+
 def test_two_commands_on_one_fresh_home_both_work(pipeline_env, demo_texts, monkeypatch):
     """Issue 16, item 8: two `opentr run` started together on a fresh DAGSTER_HOME used to crash
     one (`table alembic_version already exists`, or an IntegrityError on the pool's rows), and

@@ -233,6 +233,25 @@ def without_a_sound_transcript(store, keys: list[str]) -> list[str]:
     return those_where(lambda key: store.read_json_or_none(key_path("transcripts", key)) is None, keys)
 
 
+def add_partitions(instance, keys: list[str], attempts: int = 5) -> None:
+    """Register new partitions; a second `opentr run` started at the same moment may register
+    some of them between our read and our insert (a UNIQUE constraint), so read again and add
+    only what is still missing."""
+    from opentr_pipeline.defs.names import PARTITIONS
+
+    for attempt in range(attempts):
+        missing = [k for k in keys if k not in set(instance.get_dynamic_partitions(PARTITIONS))]
+        if not missing:
+            return
+        try:
+            instance.add_dynamic_partitions(PARTITIONS, missing)
+            return
+        except Exception as error:  # sqlalchemy's IntegrityError, without importing it here
+            if "UNIQUE constraint" not in str(error) and "IntegrityError" not in type(error).__name__ or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: bool = False) -> int:
     import uuid
 
@@ -273,7 +292,7 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
     changed = changed_since_probed(store, [u for u in uploads if u.key in known])
     register_sources(store, new + changed)
     if new:
-        instance.add_dynamic_partitions(PARTITIONS, [u.key for u in new])
+        add_partitions(instance, [u.key for u in new])
     all_keys = list(instance.get_dynamic_partitions(PARTITIONS))
     done = instance.get_materialized_partitions(dg.AssetKey("subtitles")) - {u.key for u in changed}
     if retranscribe:  # every file in the upload area, afresh
