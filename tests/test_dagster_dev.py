@@ -461,6 +461,9 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
     if german:  # by the resident worker's second model, in German, and its subtitles say so
         doc = read_transcript(store, german)
         assert doc["language"] == "de" and [(e["language"], e["model"]) for e in doc["languages"]] == [("de", "bundled-base")]
+        # its subtitles come in the same run, after its speakers: waited for, not assumed
+        wait_or_fail(server, lambda: next((store / "subtitles").rglob("*protokoll-de*.vtt"), None), timeout=60,
+                     what="the German file's WebVTT")
         vtt = next((store / "subtitles").rglob("*protokoll-de*.vtt")).read_text()
         assert vtt.startswith("WEBVTT\nLanguage: de\n"), vtt[:80]
     sensor_runs = runs_tagged(server, "dagster/sensor_name", UPLOAD_SENSOR)
