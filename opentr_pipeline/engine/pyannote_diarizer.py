@@ -39,10 +39,6 @@ class PyannoteSource:
         where = setting[len(PYANNOTE):]
         return cls(where, Path(where).is_dir())
 
-    @property
-    def name(self) -> str:
-        return PYANNOTE + self.where
-
 
 def hub_token() -> str | None:
     return os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
@@ -62,7 +58,6 @@ class PyannoteDiarizer:
         if pipeline is None:
             raise RuntimeError(f"{source.where}: pyannote could not load the pipeline (gated, or no access)")
         self.pipeline = pipeline.to(torch.device(device))
-        self.source = source
 
     def find(self, samples: np.ndarray, hints: SpeakerHints) -> SpeakersFound:
         import torch

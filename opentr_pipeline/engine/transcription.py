@@ -350,9 +350,8 @@ def decode_batched(decoders: Decoders, samples: np.ndarray, options: Transcripti
     info = None
     for language, indexes in groups.items():
         decoder = decoders.for_language(language) if language else model
-        task = options.task if decoder.model.is_multilingual else "transcribe"
         found, group_info = BatchedInferencePipeline(decoder).transcribe(  # one per call: it keeps per-call state
-            speech, batch_size=options.batch_size, vad_filter=False, language=language, task=task,
+            speech, batch_size=options.batch_size, vad_filter=False, language=language, task=task_for(decoder, options),
             clip_timestamps=[{"start": chunks[i].start / SAMPLE_RATE, "end": chunks[i].end / SAMPLE_RATE} for i in indexes],
             **common)
         info = info or group_info
@@ -391,7 +390,7 @@ def decode_batched(decoders: Decoders, samples: np.ndarray, options: Transcripti
             decoder = decoders.for_language(language)
             start, end = int(joined.to_recording(low)), int(joined.to_recording(high, is_end=True))
             decoded, _ = decoder.transcribe(samples[start:end], vad_filter=False, condition_on_previous_text=False,
-                                            task=options.task if decoder.model.is_multilingual else "transcribe",
+                                            task=task_for(decoder, options),
                                             **{**common, "language": language, "beam_size": options.redo_beam_size})
             in_place[index] += [plain_segment(s, offset_s + start / SAMPLE_RATE, language) for s in decoded]
         word_ends[index] = [word.end for segment in in_place[index] for word in segment.words]  # counted only
@@ -399,6 +398,12 @@ def decode_batched(decoders: Decoders, samples: np.ndarray, options: Transcripti
     rates += speaking_rates(chunks, word_ends, SAMPLE_RATE)
     segments = [s for decoded in in_place for s in decoded]
     return segments, info, decoded_again, len(speech) / SAMPLE_RATE
+
+
+def task_for(model: "WhisperModel", options: TranscriptionOptions) -> str:
+    """WHISPER_TASK where the model can do it; an English-only model only transcribes (its speech
+    is English already)."""
+    return options.task if model.model.is_multilingual else "transcribe"
 
 
 def main_language(chunks: Sequence, heard: Sequence[Heard]) -> SimpleNamespace:
@@ -419,7 +424,7 @@ def decode_piece(decoders: Decoders, samples: np.ndarray, options: Transcription
         return decode_batched(decoders, samples, options, spans, offset_s, rates)
     model = decoders.main
     found, info = model.transcribe(samples, beam_size=options.beam_size, language=options.language,
-                                   task=options.task if model.model.is_multilingual else "transcribe",
+                                   task=task_for(model, options),
                                    vad_filter=options.vad_filter, word_timestamps=True)
     segments = [plain_segment(s, offset_s, info.language) for s in found]  # the generator does the work here
     return segments, info, [], float(info.duration_after_vad or 0.0) if options.vad_filter else 0.0
