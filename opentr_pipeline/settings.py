@@ -296,6 +296,9 @@ class Settings(BaseSettings):
 
     upload_uri: str = env("UPLOAD_URI", "data/uploads")
     storage_uri: str = env("STORAGE_URI", "data/store")
+    # The search index: empty, SQLite beside the transcripts; a file path (SQLite); or
+    # postgresql://user@host:port/db (its password in PGPASSWORD or ~/.pgpass, never in the URL).
+    search_uri: str = env("SEARCH_URI", "")
     dagster_home: str = env("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
     files_per_run: int = env("OPENTR_FILES_PER_RUN", 16, ge=1)
     runs_at_once: int = env("OPENTR_RUNS_AT_ONCE", 0, ge=0)  # opentr run; 0: every worker a file, plus one
@@ -326,6 +329,21 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: str) -> str:
         return _uri(value)
+
+    @field_validator("search_uri")
+    @classmethod
+    def _search(cls, value: str) -> str:
+        if not value:
+            return value
+        if value.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
+            if mask_url(value) != value:
+                raise ValueError("a password in the URL would show in the Dagster UI and logs: put it in "
+                                 "PGPASSWORD or ~/.pgpass and give postgresql://user@host:port/db")
+            return value
+        if "://" in value and not value.startswith("sqlite://"):
+            raise ValueError("expected postgresql://user@host:port/db, a SQLite file's path, or empty "
+                             "(SQLite beside the transcripts)")
+        return _uri(value.removeprefix("sqlite://"))
 
     @model_validator(mode="after")
     def _places_that_work(self) -> "Settings":
@@ -390,4 +408,4 @@ def explain(error: ValidationError) -> str:
         return str(ctx["error"])
     else:
         reason = first["msg"].removeprefix("Value error, ")
-    return f"{variable}={first['input']!r}: {reason}"
+    return mask_url(f"{variable}={first['input']!r}: {reason}")  # a password given is never echoed

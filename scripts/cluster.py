@@ -125,6 +125,7 @@ def start_postgres(cluster: Cluster, env: dict[str, str]) -> str:
     connection = psycopg2.connect(host="127.0.0.1", port=PG_PORT, user="opentr", dbname="postgres")
     connection.autocommit = True
     connection.cursor().execute("CREATE DATABASE dagster")
+    connection.cursor().execute("CREATE DATABASE search")  # the search index (SEARCH_URI), beside the instance
     connection.close()
     # SQLAlchemy 2.1 takes a bare postgresql:// to mean psycopg 3; dagster-postgres brings psycopg2.
     return f"postgresql+psycopg2://opentr@127.0.0.1:{PG_PORT}/dagster"
@@ -163,6 +164,7 @@ def up() -> int:
         redis = Redis(port=REDIS_PORT)
         wait_for(redis.ping, 30, f"Redis on 127.0.0.1:{REDIS_PORT}", process, STATE_DIR / "redis.log")
         env["DAGSTER_PG_URL"] = start_postgres(cluster, env)
+        env["SEARCH_URI"] = f"postgresql://opentr@127.0.0.1:{PG_PORT}/search"
         use_postgres_instance(Path(settings.dagster_home))
         cluster.state.update(dagster_home=settings.dagster_home, broker=broker, pg_url=env["DAGSTER_PG_URL"])
         threads = max(1, (os.cpu_count() or 1) // len(DEVICES))  # rehearsal: the workers share this CPU

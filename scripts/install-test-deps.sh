@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Debian packages the test suite needs beyond the venv: Debian's chromium for the browser test
-# (Playwright drives it; no browser is ever downloaded), and espeak-ng, which reads the texts of
+# Debian packages the test suite needs beyond the venv: Debian's chromium for the browser tests
+# (Playwright drives it; no browser is ever downloaded), PostgreSQL, and espeak-ng, which reads the texts of
 # the other languages' recordings (benchmarks/spoken_languages.py). Idempotent: does nothing when present.
 set -euo pipefail
 
 missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+# PostgreSQL for the search index's second engine (tests/pg_server.py starts a throwaway server).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 # Fonts so the screenshot of the UI shows text rather than empty boxes.
 [ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || missing+=(fonts-dejavu-core)
 

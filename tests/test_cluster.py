@@ -175,6 +175,15 @@ def test_cluster_rehearsal_loses_nothing_when_a_worker_is_killed(tmp_path: Path,
             cursor = connection.cursor()
             cursor.execute("select pipeline_name, count(*) from runs group by pipeline_name")
             assert dict(cursor.fetchall())["transcribe_media"] == len(runs)
+
+        # The search index is PostgreSQL's full text too (SEARCH_URI), one entry per good file.
+        from opentr_pipeline.outputs.search_postgres import PostgresSearch
+
+        index = PostgresSearch(f"postgresql://opentr@127.0.0.1:{env['OPENTR_PG_PORT']}/search")
+        wait_for(lambda: len(index.files()) == FILES, 120, "every transcript in the search index")
+        assert {h.path for h in index.search("sufficient", limit=50)} == {
+            name for name, text in references.items() if "SUFFICIENT" in text.upper()}
+        index.close()
     finally:
         cluster("down", env)
     for name, pid in pids.items():

@@ -448,9 +448,9 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
         # speakers are on by default: each of these one-voice recordings has its one speaker
         assert [s["id"] for s in doc["speakers"]] == ["SPEAKER_00"], (key, doc.get("speakers"), doc.get("speakers_error"))
     # findable by what was said, seconds after (search_index runs in the same job)
-    from opentr_pipeline.outputs.search import SearchIndex
+    from opentr_pipeline.outputs.search_sqlite import SqliteSearch
 
-    index = SearchIndex(store / "search" / "index.sqlite")
+    index = SqliteSearch(store / "search" / "index.sqlite")
 
     def all_findable() -> bool:
         return all(any(h.key == key for h in index.search('"' + " ".join(read_transcript(store, key)["text"].split()[:3]) + '"',

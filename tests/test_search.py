@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from opentr_pipeline.outputs.search import Filters, QueryError, SearchIndex, fts_query, turns_of
+from opentr_pipeline.outputs.search import Filters, QueryError, turns_of
+from opentr_pipeline.outputs.search_sqlite import SqliteSearch, fts_query
 
 HOSTILE = ['"; DROP TABLE turns; --', "') OR 1=1 --", 'text: "budget', "NEAR(a b", "x OR OR", "*", "a AND",
            "speaker:SPEAKER_00", "\\\"'`", "%_", "ü\u0000x"]
@@ -73,8 +74,8 @@ def library(tmp_path_factory, fixtures_dir):
     shutil.copy(fixtures_dir / "librispeech_dev-clean_1272-128104-0000_mr_quilter.wav", root / "uploads" / "team" / "talk.wav")
     opentr = str(Path(sys.executable).with_name("opentr"))
 
-    def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([opentr, *args], capture_output=True, text=True, timeout=600, env=env)
+    def run(*args: str, **more_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([opentr, *args], capture_output=True, text=True, timeout=600, env={**env, **more_env})
 
     done = run("run")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -108,7 +109,7 @@ def test_a_spoken_phrase_is_found_in_its_file_at_its_second(library):
 
 def test_a_speaker_filter_keeps_only_that_speakers_turns(library):
     root, _run = library
-    index = SearchIndex(root / "store" / "search" / "index.sqlite")
+    index = SqliteSearch(root / "store" / "search" / "index.sqlite")
     doc = transcript(root, "team/meeting.wav")
     speakers = {s["speaker"] for s in doc["segments"]}
     assert len(speakers) >= 2, speakers
@@ -134,7 +135,7 @@ def test_a_speaker_filter_keeps_only_that_speakers_turns(library):
 
 def test_hostile_queries_find_nothing_and_break_nothing(library):
     root, run = library
-    index = SearchIndex(root / "store" / "search" / "index.sqlite")
+    index = SqliteSearch(root / "store" / "search" / "index.sqlite")
     for query in HOSTILE:  # through the index (a page would send these), then the command line
         try:
             assert index.search(query) == [] or query == "ü\u0000x", query
@@ -154,10 +155,80 @@ def test_a_replaced_file_is_found_by_its_new_words_only_and_the_index_can_be_mad
     assert done.returncode == 0, done.stdout + done.stderr
     assert json.loads(run("search", "apostle", "--json").stdout) == []
     assert [h["path"] for h in json.loads(run("search", "sufficient", "--json").stdout)] == ["team/talk.wav"]
-    index = SearchIndex(root / "store" / "search" / "index.sqlite")
+    index = SqliteSearch(root / "store" / "search" / "index.sqlite")
     before = index.files()
     assert len(before) == 3 and "jfk.flac" in before  # each file once
     (root / "store" / "search" / "index.sqlite").write_bytes(b"damaged")  # the index is derived:
     rebuilt = run("search", "--rebuild", "sufficient")
     assert rebuilt.returncode == 0 and "indexed 3 transcript(s)" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
     assert "team/talk.wav" in rebuilt.stdout and index.files() == before
+
+
+# -- PostgreSQL: the same queries, the same hits (after the replacement above) -----------------------
+
+SAME_QUERIES = [("country", Filters()), ('"what your country can do"', Filters()), ("countri*", Filters()),
+                ("sufficient OR country", Filters()), ("country NOT ask", Filters()), ("the", Filters()),
+                ("power", Filters(file="team")), ("country", Filters(speaker="SPEAKER_00")),
+                ("country", Filters(language="en", since="2020-01-01")), ("country", Filters(since="2999-01-01"))]
+
+
+@pytest.fixture(scope="module")
+def postgres(library):
+    from pg_server import postgres_server
+
+    from opentr_pipeline.outputs.search_postgres import PostgresSearch
+
+    with postgres_server() as url:
+        index = PostgresSearch(url)
+        yield url, index
+        index.close()
+
+
+def test_postgresql_finds_what_sqlite_finds_for_the_same_queries(library, postgres):
+    root, _run = library
+    url, index = postgres
+    from opentr_pipeline.storage import Storage
+
+    records, _ = Storage(str(root / "store")).list_records("transcripts")
+    files, _turns = index.rebuild(records, str(root / "uploads"))
+    sqlite = SqliteSearch(root / "store" / "search" / "index.sqlite")
+    assert files == 3 and index.files() == sqlite.files()
+    found = 0
+    for query, filters in SAME_QUERIES:
+        ours = {(h.key, h.start, h.speaker, h.text) for h in index.search(query, filters, limit=500)}
+        theirs = {(h.key, h.start, h.speaker, h.text) for h in sqlite.search(query, filters, limit=500)}
+        assert ours == theirs, (query, filters, ours ^ theirs)
+        found += bool(ours)
+    assert found >= 7, "the comparison found too little to mean anything"
+    hit = index.search('"what your country can do"', limit=1)[0]
+    assert "«what» «your» «country» «can» «do»" in hit.marked.lower() and hit.path in ("jfk.flac", "team/meeting.wav")
+    assert hit.to_dict().keys() == sqlite.search("country", limit=1)[0].to_dict().keys()
+    for query in HOSTILE:  # quoted words only: nothing PostgreSQL could read as anything else
+        try:
+            assert index.search(query) == [] or query == "ü\u0000x", query
+        except QueryError as error:
+            assert str(error), query
+    assert index.files() == sqlite.files()  # and nothing was dropped by them
+
+
+def test_search_uri_chooses_postgresql_for_the_asset_and_the_command(library, postgres, fixtures_dir):
+    root, run = library
+    url, index = postgres
+    (root / "uploads" / "extra").mkdir()
+    shutil.copy(fixtures_dir / "librispeech_test-clean_61-70968-0002.wav", root / "uploads" / "extra" / "fortune.wav")
+    done = run("run", SEARCH_URI=url)  # the search_index asset writes to PostgreSQL now
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "127.0.0.1" in done.stdout  # the runner names the index it wrote to
+    assert "extra/fortune.wav" in {h.path for h in index.search("golden fortune", limit=50)}
+    assert "extra/fortune.wav" not in {h.path for h in SqliteSearch(root / "store" / "search" / "index.sqlite")
+                                       .search("golden fortune", limit=50)}
+    index.remove(next(iter(index.files())))  # made again whole by the command
+    rebuilt = run("search", "--rebuild", SEARCH_URI=url)
+    assert rebuilt.returncode == 0 and "indexed 4 transcript(s)" in rebuilt.stdout, rebuilt.stdout + rebuilt.stderr
+    hits = json.loads(run("search", "sufficient", "--json", SEARCH_URI=url).stdout)
+    assert [h["path"] for h in hits] == ["team/talk.wav"] and "«sufficient»" in hits[0]["marked"].lower()
+    refused = run("search", "power", SEARCH_URI=url.replace("opentr@", "opentr:secret@"))
+    assert refused.returncode == 2 and "PGPASSWORD" in refused.stdout + refused.stderr
+    assert "secret" not in refused.stdout + refused.stderr
+    down = run("search", "power", SEARCH_URI="postgresql://opentr@127.0.0.1:9/none")
+    assert down.returncode == 2 and "cannot be used" in down.stdout and "Traceback" not in down.stderr, down.stdout

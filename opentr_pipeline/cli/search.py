@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from opentr_pipeline.outputs.search import Filters, QueryError, SearchIndex, index_path, rebuild
-from opentr_pipeline.settings import Settings
+from opentr_pipeline.outputs.search import Filters, QueryError, open_search
+from opentr_pipeline.settings import Settings, mask_url
 
 EPILOG = """query syntax: words (all must be there), "an exact phrase", prefix*, OR, NOT (upper case);
 case and accents do not matter, and English words match their other forms (agreed ~ agree).
@@ -44,13 +44,27 @@ def clock(seconds: float) -> str:
 
 
 def search_command(settings: Settings, args: argparse.Namespace) -> int:
+    index = open_search(settings.search_uri, settings.storage_uri)
+    try:
+        return answer(index, settings, args)
+    except QueryError as error:
+        print(f"opentr search: {error}")
+    except OSError as error:  # the index's file or server: named, never a traceback
+        print(f"opentr search: the index at {index.where} cannot be used: {error}")
+    except Exception as error:
+        if type(error).__module__.split(".")[0] != "psycopg2":
+            raise
+        print(f"opentr search: the index at {index.where} cannot be used: {mask_url(str(error)).strip()}")
+    return 2
+
+
+def answer(index, settings: Settings, args: argparse.Namespace) -> int:
     from opentr_pipeline.storage import Storage
 
-    path = index_path(settings.storage_uri)
     if args.rebuild:
         records, skipped = Storage(settings.storage_uri).list_records("transcripts")
-        files, turns = rebuild(path, records, settings.upload_uri)
-        print(f"indexed {files} transcript(s), {turns} speaker turn(s): {path}")
+        files, turns = index.rebuild(records, settings.upload_uri)
+        print(f"indexed {files} transcript(s), {turns} speaker turn(s): {index.where}")
         for uri, reason in skipped.items():
             print(f"  skipped {uri}: {reason}")
         if not args.query:
@@ -59,18 +73,13 @@ def search_command(settings: Settings, args: argparse.Namespace) -> int:
         print("opentr search: give something to search for (opentr search -h)")
         return 2
     query = " ".join(args.query)
-    index = SearchIndex(path)
-    try:
-        hits = index.search(query, Filters(args.speaker, args.file, args.language, args.since), args.limit)
-    except QueryError as error:
-        print(f"opentr search: {error}")
-        return 2
+    hits = index.search(query, Filters(args.speaker, args.file, args.language, args.since), args.limit)
     if args.json:
         print(json.dumps([hit.to_dict() for hit in hits], indent=2, ensure_ascii=False))
         return 0
     if not hits:
         empty = not index.files()
-        print(f"no hits for {query!r}" + (f" (the index at {path} is empty: opentr run, or opentr search --rebuild)"
+        print(f"no hits for {query!r}" + (f" (the index at {index.where} is empty: opentr run, or opentr search --rebuild)"
                                            if empty else ""))
         return 0
     print(f"{len(hits)} hit(s) for {query!r}{' (the first ' + str(args.limit) + ')' if len(hits) == args.limit else ''}:\n")

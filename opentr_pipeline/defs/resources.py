@@ -15,6 +15,7 @@ from opentr_pipeline.engine.in_process import FileToTranscribe, InProcessEngine,
 from opentr_pipeline.engine.isolation import DecodeLimits
 from opentr_pipeline.engine.slots import device_slots, total_slots
 from opentr_pipeline.engine.transcription import Transcript
+from opentr_pipeline.outputs.search import SearchEngine, open_search
 from opentr_pipeline.settings import MASK, Settings, mask_url
 from opentr_pipeline.storage import Storage
 
@@ -22,6 +23,7 @@ from opentr_pipeline.storage import Storage
 class MediaStore(dg.ConfigurableResource):
     upload_uri: str
     storage_uri: str
+    search_uri: str = ""
     max_duration_s: int = 4 * 3600
     max_file_bytes: int = 20 * 2**30
     settle_wait_s: int = 600
@@ -31,7 +33,7 @@ class MediaStore(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> "MediaStore":
         return cls(upload_uri=settings.upload_uri, storage_uri=settings.storage_uri,
-                   max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes,
+                   search_uri=settings.search_uri, max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes,
                    settle_wait_s=settings.settle_wait_s, decode_memory_mb=settings.decode_memory_mb,
                    decode_stall_s=settings.decode_stall_s)
 
@@ -40,6 +42,9 @@ class MediaStore(dg.ConfigurableResource):
 
     def outputs(self) -> Storage:
         return Storage(self.storage_uri)
+
+    def search(self) -> SearchEngine:
+        return open_search(self.search_uri, self.storage_uri)
 
 
 class GpuExecutor(dg.ConfigurableResource):

@@ -1,16 +1,20 @@
-"""Find it again: every transcript's speaker turns in a full-text index (SQLite FTS5, in Python's
-standard library: no server), searched by what was said, who said it, the language and the date.
+"""Find it again: every transcript's speaker turns in a full-text index, searched by what was
+said, who said it, the language and the date. Two engines behind one interface, chosen by
+SEARCH_URI as storage is by STORAGE_URI: SQLite's FTS5 (the embedded default, in Python's standard
+library: no server; search_sqlite.py) and PostgreSQL's full text (tsvector, GIN; the production
+shape's PostgreSQL; search_postgres.py). Same queries, same hits; ranks differ in detail (BM25
+against ts_rank_cd).
 
 A hit is one speaker turn (consecutive segments of one speaker, at most TURN_S long, so a hit
 points at a moment, not at a whole monologue): its file, start and end second, speaker (the name
 once given), language and text with the matched words marked. Queries take words, "exact
-phrases", prefix*, OR and NOT; case and accents are folded and words stemmed (Porter: English
-stems, other languages matched by their folded words). The query is always data, never SQL: it
-is rewritten into FTS5's own syntax token by token (`fts_query`), and anything it cannot mean is
-a QueryError with the reason.
+phrases", prefix*, OR and NOT; case and accents are folded and words stemmed (English stems,
+other languages matched by their folded words). The query is always data, never SQL: it is read
+into terms here (`parse_query`) and each engine writes them in its own syntax, every word quoted;
+anything it cannot mean is a QueryError with the reason.
 
-The index is derived: `rebuild` makes it again from the transcripts, into a new file that
-replaces the old one whole, so it is never the only copy of anything.
+The index is derived: `rebuild` makes it again from the transcripts and replaces the old one
+whole, so it is never the only copy of anything.
 """
 
 from __future__ import annotations
@@ -19,25 +23,12 @@ import hashlib
 import json
 import os
 import re
-import sqlite3
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Protocol, Union
 
 TURN_S = 30.0  # a turn longer than this is cut into hits of about this length
 MARK = ("«", "»")  # around each matched word in a hit's `marked` text
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    key TEXT PRIMARY KEY, version TEXT NOT NULL, source_uri TEXT, uploaded_at TEXT, turns INTEGER, indexed_at TEXT
-);
-CREATE VIRTUAL TABLE IF NOT EXISTS turns USING fts5(
-    text, key UNINDEXED, path UNINDEXED, source_uri UNINDEXED, start UNINDEXED, end UNINDEXED, speaker UNINDEXED,
-    name UNINDEXED, language UNINDEXED, uploaded_at UNINDEXED,
-    tokenize = 'porter unicode61 remove_diacritics 2'
-);
-"""
 
 
 class QueryError(ValueError):
@@ -65,7 +56,7 @@ class Hit:
     language: str
     text: str
     marked: str  # the text with each matched word between MARK
-    score: float  # BM25 (lower is better, as SQLite gives it)
+    score: float  # the engine's rank, lower is better: SQLite's BM25, PostgreSQL's ts_rank_cd negated
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,27 +95,35 @@ def version_of(doc: dict) -> str:
     return hashlib.sha1(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# -- queries: the person's syntax, rewritten into FTS5's -------------------------------------------
+# -- queries: the person's syntax, read into terms each engine writes in its own ------------------
+
+OPERATORS = ("OR", "NOT", "AND")
+
+
+@dataclass(frozen=True)
+class Term:
+    words: tuple[str, ...]  # one word, or the words of a "phrase", in order
+    prefix: bool = False  # word*: the last word is a prefix
+
+
+Part = Union[Term, str]  # a term, or one of OPERATORS
 
 _TOKEN = re.compile(r'"([^"]*)"?|(\S+)')
 _WORD = re.compile(r"[\w']+", re.UNICODE)
 
 
-def fts_query(text: str) -> str:
-    """A query as FTS5 MATCH text: every word and phrase quoted (so no character of it is FTS5
-    syntax), `word*` a prefix, OR and NOT (upper case) as operators, anything else a space."""
-    parts: list[str] = []
+def parse_query(text: str) -> list[Part]:
+    """A query as terms and operators: words and "phrases" (all of them must be there), `word*`
+    a prefix, OR and NOT (upper case) as operators; any other character only separates words."""
+    parts: list[Part] = []
     for phrase, bare in _TOKEN.findall(text or ""):
-        if bare in ("OR", "NOT", "AND"):
+        if bare in OPERATORS:
             parts.append(bare)
             continue
-        words = _WORD.findall(phrase if phrase else bare)
-        if not words:
-            continue
-        prefix = bool(bare) and bare.rstrip("\"')").endswith("*") and len(words) == 1
-        quoted = '"' + " ".join(words).replace('"', "") + '"'
-        parts.append(quoted + ("*" if prefix else ""))
-    while parts and parts[-1] in ("OR", "NOT", "AND"):
+        words = tuple(w.strip("'") for w in _WORD.findall(phrase if phrase else bare) if w.strip("'"))
+        if words:
+            parts.append(Term(words, bool(bare) and bare.rstrip("\"')").endswith("*") and len(words) == 1))
+    while parts and parts[-1] in OPERATORS:
         parts.pop()
     while parts and parts[0] in ("OR", "AND"):
         parts.pop(0)
@@ -132,124 +131,79 @@ def fts_query(text: str) -> str:
         raise QueryError(f"nothing to search for in {text!r}: give a word, a \"phrase\" or a prefix*")
     if parts[0] == "NOT":
         raise QueryError("NOT needs something before it: budget NOT travel")
-    cleaned: list[str] = []
+    cleaned: list[Part] = []
     for part in parts:  # "a OR OR b", "a NOT OR b": the second operator is dropped
-        if part in ("OR", "NOT", "AND") and cleaned and cleaned[-1] in ("OR", "NOT", "AND"):
+        if part in OPERATORS and cleaned and cleaned[-1] in OPERATORS:
             continue
         cleaned.append(part)
-    return " ".join(cleaned)
+    return cleaned
 
 
-# -- the index -----------------------------------------------------------------------------------
+# -- the interface both engines keep ------------------------------------------------------------
 
-class SearchIndex:
-    """One SQLite file; any number of processes may read and write it (WAL, waits for the lock)."""
-
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-
-    @contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            connection.execute("PRAGMA journal_mode=WAL")
-            connection.execute("PRAGMA busy_timeout=30000")
-            connection.executescript(SCHEMA)
-            yield connection
-        finally:
-            connection.close()
+class SearchEngine(Protocol):
+    where: str  # the index, as shown to people (a path, or a URL without its password)
 
     def index(self, doc: dict, upload_uri: str = "") -> int | None:
-        """Put one transcript's turns in the index, replacing what its file had; None when the
-        index already holds this version of it. Returns the number of turns."""
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                turns = self._put(db, doc, upload_uri)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return turns
+        """One transcript's turns in, replacing what its file had; None when this version is there."""
 
-    def index_many(self, docs: Iterable[dict], upload_uri: str = "", batch: int = 500) -> tuple[int, int]:
-        """Many transcripts over one connection, `batch` files a transaction (a rebuild); returns
-        (files, turns)."""
-        files = turns = 0
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for doc in docs:
-                    turns += self._put(db, doc, upload_uri) or 0
-                    files += 1
-                    if files % batch == 0:
-                        db.execute("COMMIT")
-                        db.execute("BEGIN IMMEDIATE")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        return files, turns
+    def index_many(self, docs: Iterable[dict], upload_uri: str = "") -> tuple[int, int]:
+        """Many transcripts (files, turns)."""
 
-    @staticmethod
-    def _put(db: sqlite3.Connection, doc: dict, upload_uri: str) -> int | None:
-        key = doc["partition_key"]
-        version = version_of(doc)
-        row = db.execute("SELECT version FROM files WHERE key = ?", (key,)).fetchone()
-        if row and row[0] == version:
-            return None
-        path = relative_path(doc.get("source_uri", ""), upload_uri) or key
-        turns = turns_of(doc)
-        uploaded = doc.get("finished_at") or ""
-        db.execute("DELETE FROM turns WHERE key = ?", (key,))
-        db.executemany(
-            "INSERT INTO turns (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(t.text, key, path, doc.get("source_uri", ""), t.start, t.end, t.speaker, t.name, t.language, uploaded)
-             for t in turns])
-        db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
-                   (key, version, doc.get("source_uri", ""), uploaded, len(turns),
-                    datetime.now(timezone.utc).isoformat(timespec="seconds")))
-        return len(turns)
-
-    def remove(self, key: str) -> None:
-        with self.connect() as db:
-            db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM turns WHERE key = ?", (key,))
-            db.execute("DELETE FROM files WHERE key = ?", (key,))
-            db.execute("COMMIT")
+    def remove(self, key: str) -> None: ...
 
     def files(self) -> dict[str, str]:
-        with self.connect() as db:
-            return dict(db.execute("SELECT key, version FROM files").fetchall())
+        """Every indexed file's partition key and the version of it indexed."""
 
-    def search(self, query: str, filters: Filters = Filters(), limit: int = 20) -> list[Hit]:
-        match = fts_query(query)
-        where, values = ["turns MATCH ?"], [match]
-        if filters.speaker:
-            where.append("(speaker = ? COLLATE NOCASE OR name = ? COLLATE NOCASE)")
-            values += [filters.speaker, filters.speaker]
-        if filters.file:
-            folder = filters.file.rstrip("/")
-            escaped = folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            where.append("(key = ? OR path = ? OR path LIKE ? ESCAPE '\\')")
-            values += [folder, folder, escaped + "/%"]
-        if filters.language:
-            where.append("language = ?")
-            values.append(filters.language.lower())
-        if filters.since:
-            where.append("uploaded_at >= ?")
-            values.append(filters.since)
-        sql = (f"SELECT key, path, source_uri, start, end, coalesce(name, speaker), language, text, "
-               f"highlight(turns, 0, ?, ?), bm25(turns) FROM turns WHERE {' AND '.join(where)} "
-               f"ORDER BY bm25(turns) LIMIT ?")
-        with self.connect() as db:
-            try:
-                rows = db.execute(sql, [*MARK, *values, max(1, int(limit))]).fetchall()
-            except sqlite3.OperationalError as error:
-                raise QueryError(f"cannot search for {query!r}: {error}") from None
-        return [Hit(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5], r[6], r[7], r[8], round(float(r[9]), 4)) for r in rows]
+    def search(self, query: str, filters: Filters = Filters(), limit: int = 20) -> list[Hit]: ...
+
+    def rebuild(self, docs: Iterable[dict], upload_uri: str = "") -> tuple[int, int]:
+        """The index made again from every transcript, replacing the old one whole."""
+
+
+def open_search(search_uri: str, storage_uri: str, dagster_home: str | None = None) -> SearchEngine:
+    """The engine SEARCH_URI names: postgresql://... or a SQLite file; empty, SQLite beside the
+    transcripts (`sqlite_path`)."""
+    if search_uri.startswith(("postgresql://", "postgres://")):
+        from opentr_pipeline.outputs.search_postgres import PostgresSearch
+
+        return PostgresSearch(search_uri)
+    from opentr_pipeline.outputs.search_sqlite import SqliteSearch
+
+    return SqliteSearch(Path(search_uri.removeprefix("sqlite://")) if search_uri
+                        else sqlite_path(storage_uri, dagster_home))
+
+
+def filter_sql(filters: Filters, param: str) -> tuple[list[str], list[str]]:
+    """The filters as SQL both engines read (`param` is their placeholder), and their values."""
+    where: list[str] = []
+    values: list[str] = []
+    if filters.speaker:
+        where.append(f"(lower(speaker) = lower({param}) OR lower(name) = lower({param}))")
+        values += [filters.speaker, filters.speaker]
+    if filters.file:  # the file itself, or every file under the folder (a whole folder name)
+        folder = filters.file.rstrip("/")
+        escaped = folder.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        where.append(f"(key = {param} OR path = {param} OR path LIKE {param} ESCAPE '\\')")
+        values += [folder, folder, escaped + "/%"]
+    if filters.language:
+        where.append(f"language = {param}")
+        values.append(filters.language.lower())
+    if filters.since:
+        where.append(f"uploaded_at >= {param}")
+        values.append(filters.since)
+    return where, values
+
+
+def rows_of(doc: dict, upload_uri: str) -> tuple[str, str, list[tuple]]:
+    """A transcript as (partition key, version, rows), one row per turn in the column order both
+    engines store: text, key, path, source_uri, start, end, speaker, name, language, uploaded_at."""
+    key = doc["partition_key"]
+    path = relative_path(doc.get("source_uri", ""), upload_uri) or key
+    uploaded = doc.get("finished_at") or ""
+    return key, version_of(doc), [
+        (t.text, key, path, doc.get("source_uri", ""), t.start, t.end, t.speaker, t.name, t.language, uploaded)
+        for t in turns_of(doc)]
 
 
 def relative_path(source_uri: str, upload_uri: str) -> str:
@@ -260,25 +214,7 @@ def relative_path(source_uri: str, upload_uri: str) -> str:
     return source_uri[len(base):] if upload_uri and source_uri.startswith(base) else ""
 
 
-def rebuild(path: str | Path, docs: Iterable[dict], upload_uri: str = "") -> tuple[int, int]:
-    """The index made again from `docs` (every transcript), into a new file that then replaces
-    the old one whole; returns (files, turns)."""
-    path = Path(path)
-    building = path.with_name(f".{path.name}.{os.getpid()}.building")
-    for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
-        leftover.unlink(missing_ok=True)
-    index = SearchIndex(building)
-    files, turns = index.index_many(docs, upload_uri)
-    with index.connect() as db:
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.execute("PRAGMA journal_mode=DELETE")
-    for stale in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-        stale.unlink(missing_ok=True)
-    os.replace(building, path)
-    return files, turns
-
-
-def index_path(storage_uri: str, dagster_home: str | None = None) -> Path:
+def sqlite_path(storage_uri: str, dagster_home: str | None = None) -> Path:
     """Where the index lives: beside the transcripts when they are local, else on this machine
     (SQLite needs a local file; `opentr search --rebuild` makes it from the transcripts)."""
     if "://" not in storage_uri or storage_uri.startswith("file://"):

@@ -18,7 +18,6 @@ from opentr_pipeline.defs.assets.subtitles import write_subtitles
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.profiles import HeardVoice, VoiceProfile, build_profiles
 from opentr_pipeline.intake.keys import key_path
-from opentr_pipeline.outputs.search import SearchIndex, index_path
 
 NAMES = "speaker_names.json"  # {"<file>#SPEAKER_00" or "voice-1a2b3c4d": "Maria Lopez"}
 PROFILES = "voices/profiles.json"
@@ -91,7 +90,7 @@ def voice_profiles(context: dg.AssetExecutionContext, config: SpeakerNames, medi
                   for who, voice in record["voices"].items()]
     profiles = build_profiles(heard, names)
     store.write_json(PROFILES, {"profiles": [asdict(p) for p in profiles]})
-    index = SearchIndex(index_path(media.storage_uri))
+    index = media.search()
     renamed = name_files(store, records, profiles, context.log, lambda doc: index.index(doc, media.upload_uri))
     table = "\n".join(["| voice | name | files | talk |", "|---|---|---|---|"] + [
         f"| {p.id} | {p.name or '(not named)'} | {len({m.rsplit('#', 1)[0] for m in p.members})} | {p.talk_s / 60:.1f} min |"

@@ -14,7 +14,6 @@ from opentr_pipeline.defs.partitions import media_files
 from opentr_pipeline.defs.resources import MediaStore
 from opentr_pipeline.engine.failures import FileFailure
 from opentr_pipeline.intake.keys import key_path
-from opentr_pipeline.outputs.search import SearchIndex, index_path
 
 log = logging.getLogger("opentr")
 
@@ -25,13 +24,13 @@ log = logging.getLogger("opentr")
     backfill_policy=dg.BackfillPolicy.multi_run(16),
     code_version="search-1",
     group_name="transcription",
-    kinds={"sqlite"},
+    kinds={"sqlite", "postgres"},
 )
 def search_index(context: dg.AssetExecutionContext, media: MediaStore) -> None:
     """Every file's speaker turns in the full-text index (`opentr search`): what was said, who
     said it, when, in which language."""
     store = media.outputs()
-    index = SearchIndex(index_path(media.storage_uri))
+    index = media.search()
     for key in context.partition_keys:
         doc = store.read_json_or_none(key_path("transcripts", key))
         if doc is None:
@@ -50,7 +49,7 @@ def search_index(context: dg.AssetExecutionContext, media: MediaStore) -> None:
         context.add_asset_metadata({
             "turns": turns if turns is not None else "unchanged",
             "indexed": "yes" if turns is not None else "already, this version",
-            "index": dg.MetadataValue.path(str(index.path)),
+            "index": index.where,
         }, partition_key=key)
 
 
