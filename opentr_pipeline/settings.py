@@ -299,6 +299,9 @@ class Settings(BaseSettings):
     # The search index: empty, SQLite beside the transcripts; a file path (SQLite); or
     # postgresql://user@host:port/db (its password in PGPASSWORD or ~/.pgpass, never in the URL).
     search_uri: str = env("SEARCH_URI", "")
+    # The search page `opentr dev` serves beside the UI; port 0: none.
+    search_page_host: str = env("OPENTR_SEARCH_HOST", "127.0.0.1")
+    search_page_port: int = env("OPENTR_SEARCH_PORT", 3030, ge=0, le=65535)
     dagster_home: str = env("DAGSTER_HOME", str(PROJECT_ROOT / ".dagster_home"))
     files_per_run: int = env("OPENTR_FILES_PER_RUN", 16, ge=1)
     runs_at_once: int = env("OPENTR_RUNS_AT_ONCE", 0, ge=0)  # opentr run; 0: every worker a file, plus one

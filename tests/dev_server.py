@@ -45,7 +45,7 @@ def dev_home(root: Path, drop: tuple[str, ...] = ("GPU_", "WHISPER_", "OPENTR_")
     shutil.copy(Path(__file__).resolve().parent.parent / "dagster.yaml", root / "home" / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(UPLOAD_URI=str(root / "uploads"), STORAGE_URI=str(root / "store"), DAGSTER_HOME=str(root / "home"),
-               PYTHONUNBUFFERED="1", **variables)
+               PYTHONUNBUFFERED="1", OPENTR_SEARCH_PORT="0", **variables)
     return env
 
 

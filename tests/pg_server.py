@@ -31,19 +31,23 @@ def free_port() -> int:
 
 
 @contextmanager
-def postgres_server(database: str = "opentr") -> Iterator[str]:
-    """Yields postgresql://opentr@127.0.0.1:PORT/DATABASE; as root the server runs as `postgres`."""
+def postgres_server(database: str = "opentr", keep: Path | None = None) -> Iterator[str]:
+    """Yields postgresql://opentr@127.0.0.1:PORT/DATABASE; as root the server runs as `postgres`.
+    With `keep`, its data lives there and outlives it (a benchmark's second run starts on it)."""
     folder = postgres_bin()
     if folder is None:
         pytest.skip("PostgreSQL is not installed: run scripts/install-test-deps.sh as root")
     user = "postgres" if os.geteuid() == 0 else None
-    data = Path(tempfile.mkdtemp(prefix="opentr-test-pg-"))
+    data = keep or Path(tempfile.mkdtemp(prefix="opentr-test-pg-"))
+    fresh = not (data / "data").exists()
+    data.mkdir(parents=True, exist_ok=True)
     if user:
         entry = pwd.getpwnam(user)
         os.chown(data, entry.pw_uid, entry.pw_gid)
     port = free_port()
-    subprocess.run([str(folder / "initdb"), "-D", str(data / "data"), "-U", "opentr", "--auth=trust", "-E", "UTF8",
-                    "--no-sync"], check=True, stdout=subprocess.DEVNULL, user=user, cwd=data)
+    if fresh:
+        subprocess.run([str(folder / "initdb"), "-D", str(data / "data"), "-U", "opentr", "--auth=trust", "-E", "UTF8",
+                        "--no-sync"], check=True, stdout=subprocess.DEVNULL, user=user, cwd=data)
     log = open(data / "postgres.log", "wb")
     server = subprocess.Popen([str(folder / "postgres"), "-D", str(data / "data"), "-p", str(port), "-c",
                                "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={data}", "-c", "fsync=off"],
@@ -61,7 +65,10 @@ def postgres_server(database: str = "opentr") -> Iterator[str]:
                     raise RuntimeError(f"PostgreSQL did not start: {(data / 'postgres.log').read_text()[-2000:]}")
                 time.sleep(0.2)
         connection.autocommit = True
-        connection.cursor().execute(f"CREATE DATABASE {database}")
+        cursor = connection.cursor()
+        cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+        if cursor.fetchone() is None:
+            cursor.execute(f"CREATE DATABASE {database}")
         connection.close()
         yield f"postgresql://opentr@127.0.0.1:{port}/{database}"
     finally:
@@ -71,4 +78,5 @@ def postgres_server(database: str = "opentr") -> Iterator[str]:
         except subprocess.TimeoutExpired:
             server.kill()
         log.close()
-        shutil.rmtree(data, ignore_errors=True)
+        if keep is None:
+            shutil.rmtree(data, ignore_errors=True)

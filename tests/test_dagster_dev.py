@@ -12,6 +12,8 @@ import os
 import re
 import shutil
 import time
+import urllib.parse
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -22,7 +24,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import sync_playwright
 
 from conftest import PROJECT_ROOT, SPEECH, word_error_rate
-from dev_server import DevServer, wait_for
+from dev_server import DevServer, free_port, wait_for
 from opentr_pipeline.intake.keys import key_for_path, storage_name
 from opentr_pipeline.defs.names import PARTITIONS
 
@@ -253,6 +255,7 @@ def dev_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "STORAGE_URI": str(root / "store"),
         "DAGSTER_HOME": str(root / "home"),
         "PYTHONUNBUFFERED": "1",
+        "OPENTR_SEARCH_PORT": str(free_port()),  # the search page opentr dev serves beside the UI
     })
     return env
 
@@ -458,6 +461,15 @@ def test_dev_sensor_picks_up_uploads(server: DevServer, uploads: Path, store: Pa
 
     wait_or_fail(server, all_findable, timeout=60, what="the new transcripts in the search index")
     print(f"sensor: findable by `opentr search` {time.monotonic() - started:.1f} s after the drop")
+    # and on the search page opentr dev serves beside the UI, each hit linked to its partition there
+    page = f"http://127.0.0.1:{server.env['OPENTR_SEARCH_PORT']}"
+    key, name = next(iter(expected.items()))
+    words = " ".join(read_transcript(store, key)["text"].split()[:3])
+    with urllib.request.urlopen(f"{page}/api/search?" + urllib.parse.urlencode({"q": f'"{words}"'}), timeout=30) as answer:
+        hit = next(h for h in json.load(answer)["hits"] if h["key"] == key)
+    assert hit["dagster_url"] == f"{server.url}/assets/transcript?view=partitions&partition={urllib.parse.quote(key)}"
+    with urllib.request.urlopen(page + hit["media_url"], timeout=30) as media:
+        assert media.read() == (uploads / hit["path"]).read_bytes()
     if german:  # by the resident worker's second model, in German, and its subtitles say so
         doc = read_transcript(store, german)
         assert doc["language"] == "de" and [(e["language"], e["model"]) for e in doc["languages"]] == [("de", "bundled-base")]

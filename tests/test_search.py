@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import http.client
 import subprocess
 import sys
+import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -76,6 +81,8 @@ def library(tmp_path_factory, fixtures_dir):
 
     def run(*args: str, **more_env: str) -> subprocess.CompletedProcess:
         return subprocess.run([opentr, *args], capture_output=True, text=True, timeout=600, env={**env, **more_env})
+
+    run.env = env
 
     done = run("run")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -146,6 +153,167 @@ def test_hostile_queries_find_nothing_and_break_nothing(library):
         assert done.returncode in (0, 2) and "Traceback" not in done.stderr + done.stdout, (query, done.stderr)
         assert done.returncode == 0 or done.stdout.startswith("opentr search: "), done.stdout
     assert json.loads(run("search", "apostle", "--json").stdout)[0]["path"] == "team/talk.wav"  # the index is whole
+
+
+# -- the search page: hits as you type, a click that plays the moment, nothing else readable ---------
+
+def start_page(env: dict[str, str], dagster_url: str = "http://127.0.0.1:3000") -> tuple[subprocess.Popen, str]:
+    from dev_server import free_port, wait_for
+
+    port = free_port()
+    page = subprocess.Popen([str(Path(sys.executable).with_name("opentr")), "search-page", "--port", str(port),
+                             "--dagster-url", dagster_url], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def answering() -> bool:
+        if page.poll() is not None:
+            raise RuntimeError(f"opentr search-page stopped: {page.stdout.read()}")
+        try:
+            return urllib.request.urlopen(f"{url}/api/status", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_for(answering, 60, f"the search page at {url}", interval=0.2)
+    return page, url
+
+
+@pytest.fixture(scope="module")
+def search_page(library):
+    root, run = library
+    page, url = start_page(run.env)
+    yield url
+    page.terminate()
+    page.wait(10)
+
+
+def raw_get(url: str, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+    """A GET with the path sent exactly as written (no client normalises it first)."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.putrequest("GET", path, skip_accept_encoding=True)
+    for name, value in (headers or {}).items():
+        connection.putheader(name, value)
+    connection.endheaders()
+    answer = connection.getresponse()
+    body = answer.read()
+    connection.close()
+    return answer.status, body, dict(answer.getheaders())
+
+
+def listening_addresses(port: int) -> set[str]:
+    """The local addresses a TCP port is listened on, from /proc (IPv4 and IPv6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:
+                found.add(address)
+    return found
+
+
+def test_the_search_page_serves_recordings_from_under_the_upload_folder_only(library, search_page):
+    root, _run = library
+    meeting = (root / "uploads" / "team" / "meeting.wav").read_bytes()
+    status, body, headers = raw_get(search_page, "/media/team/meeting.wav", {"Range": "bytes=1000-1999"})
+    assert status == 206 and body == meeting[1000:2000] and headers["content-range"].endswith(f"/{len(meeting)}")
+    secret = root / "store" / "secret.txt"
+    secret.write_text("not for the page")
+    (root / "uploads" / "team" / "link-out.wav").symlink_to(secret)
+    (root / "uploads" / "team" / "folder-out").symlink_to(root / "store", target_is_directory=True)
+    for path in ["/media/../store/secret.txt", "/media/team/../../store/secret.txt", "/media/%2e%2e/store/secret.txt",
+                 "/media/team%2f..%2f..%2fstore%2fsecret.txt", "/media/team%2Fmeeting.wav", "/media//etc/passwd",
+                 "/media/%2Fetc%2Fpasswd", f"/media/{root}/store/secret.txt", "/media/team/link-out.wav",
+                 "/media/team/folder-out/secret.txt", "/media/team\\..\\..\\store\\secret.txt", "/media/%00",
+                 "/media/team/meeting.wav%00.txt", "/media/", "/media/team", "/media/./team/meeting.wav",
+                 "/media/%252e%252e/store/secret.txt", "/../store/secret.txt", "/media/team/missing.wav"]:
+        status, body, _ = raw_get(search_page, path)
+        assert status in (400, 404) and b"not for the page" not in body and b"root:" not in body, (path, status, body[:80])
+    for query in HOSTILE:  # the page's API: a reason (400) or hits, never a server error
+        status, body, _ = raw_get(search_page, "/api/search?" + urllib.parse.urlencode({"q": query}))
+        assert status in (200, 400) and "error" in json.loads(body) or json.loads(body)["hits"] == [], (query, body)
+    port = int(search_page.rsplit(":", 1)[1])
+    assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1 alone: nothing off this machine reaches it
+
+
+def test_the_search_page_in_a_browser_plays_a_hit_from_its_second(library, search_page, tmp_path):
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    root, _run = library
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed: run scripts/install-test-deps.sh as root")
+    doc = transcript(root, "team/meeting.wav")
+    later = next(s for s in doc["segments"] if s["start"] > 5 and len(s["text"].split()) >= 4)
+    words = " ".join(w.strip(".,?!") for w in later["text"].split()[:4])
+    shots = Path(__file__).resolve().parent.parent / ".test-artifacts"
+    shots.mkdir(exist_ok=True)
+    with sync_playwright() as driver:
+        try:
+            browser = driver.chromium.launch(executable_path=chromium, headless=True, args=[
+                "--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"])
+        except PlaywrightError as error:
+            pytest.skip(f"chromium at {chromium} cannot start here: {error}")
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 800})
+            page.goto(search_page, wait_until="domcontentloaded")
+            page.get_by_text("transcribed files indexed").wait_for(timeout=30_000)
+            page.locator("#query").press_sequentially(f'"{words}"', delay=40)  # typed: hits come as it is typed
+            hit = page.locator(".hit").filter(has_text="team/meeting.wav").first
+            hit.wait_for(timeout=30_000)
+            start = float(hit.get_attribute("data-start"))
+            assert start > 5 and abs(start - later["start"]) < 31, (start, later)
+            marked = re.findall(r"[\w']+", " ".join(hit.locator("mark").all_inner_texts()).lower())
+            assert marked == re.findall(r"[\w']+", words.lower()), marked  # the typed words marked
+            assert hit.locator("a", has_text="open in Dagster").get_attribute("href") == (
+                f"http://127.0.0.1:3000/assets/transcript?view=partitions&partition={urllib.parse.quote(doc['partition_key'])}")
+            hit.click()
+            page.wait_for_function("() => document.querySelector('#player').currentTime > 0", timeout=30_000)
+            at = page.evaluate("() => document.querySelector('#player').currentTime")
+            assert start - 0.05 <= at < start + 5, (at, start)  # playing from the hit's second
+            assert page.evaluate("() => document.querySelector('#player').error") is None
+            page.screenshot(path=shots / "search-page.png")
+            page.locator("#query").fill('((( "')  # a query it cannot read says why
+            page.get_by_text("nothing to search for").wait_for(timeout=10_000)
+        except PlaywrightError:
+            page.screenshot(path=shots / "search-page-failure.png")
+            raise
+        finally:
+            browser.close()
+
+
+def test_the_search_page_links_s3_recordings_for_minutes_only(library):
+    from s3_server import moto_s3_server, new_bucket
+
+    root, run = library
+    with moto_s3_server() as endpoint:
+        import s3fs
+
+        bucket = new_bucket()
+        data = (root / "uploads" / "jfk.flac").read_bytes()
+        s3fs.S3FileSystem().pipe(f"{bucket}/uploads/team/jfk.flac", data)
+        s3fs.S3FileSystem().pipe(f"{bucket}/private/secret.txt", b"not for the page")
+        env = {**run.env, **{k: v for k, v in os.environ.items() if k.startswith("AWS_")},
+               "UPLOAD_URI": f"s3://{bucket}/uploads", "SEARCH_URI": str(root / "s3-index.sqlite")}
+        page, url = start_page(env)
+        try:
+            status, _body, headers = raw_get(url, "/media/team/jfk.flac")
+            assert status == 307 and headers["location"].startswith(endpoint), headers
+            signed = urllib.parse.parse_qs(urllib.parse.urlsplit(headers["location"]).query)
+            lasts = (int(signed["X-Amz-Expires"][0]) if "X-Amz-Expires" in signed  # signature v4, or v2's deadline
+                     else int(signed["Expires"][0]) - time.time())
+            assert 200 < lasts <= 300, signed  # five minutes
+            with urllib.request.urlopen(headers["location"], timeout=30) as answer:
+                assert answer.read() == data
+            for path in ["/media/../private/secret.txt", "/media/%2e%2e/private/secret.txt",
+                         "/media/team%2f..%2f..%2fprivate%2fsecret.txt", "/media/team/missing.flac"]:
+                status, body, headers = raw_get(url, path)
+                assert status == 404 and "location" not in headers, (path, status)
+        finally:
+            page.terminate()
+            page.wait(10)
 
 
 def test_a_replaced_file_is_found_by_its_new_words_only_and_the_index_can_be_made_again(library, fixtures_dir):

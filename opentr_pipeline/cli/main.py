@@ -16,7 +16,7 @@ from pathlib import Path
 
 from opentr_pipeline.cli.instance import monitoring_advice, prepare_instance, run_queue_advice, set_gpu_pool_limit
 from opentr_pipeline.cli.runner import run_pipeline, show_progress
-from opentr_pipeline.cli.search import add_search_parser, search_command
+from opentr_pipeline.cli.search import add_search_parser, search_command, serve_search_page
 from opentr_pipeline.engine.devices import DeviceMemoryError
 from opentr_pipeline.engine.transcription import ModelUnavailable
 from opentr_pipeline.settings import PROJECT_ROOT, Settings, SettingsError
@@ -101,9 +101,20 @@ def serve_ui(settings: Settings, extra_args: list[str]) -> int:
     # dg's project scaffolding, so its supersession notice is filtered out.
     env = {**os.environ, **settings.to_env(),
            "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), QUIET_SUPERSESSION]))}
+    page = start_search_page(settings, extra_args, env)
     # A child, not exec: dagster dev on SIGTERM leaves its webserver, daemon and code server running.
     started = time.time()
-    process = subprocess.Popen(command, cwd=settings.dagster_home, env=env)
+    try:
+        code = wait_for_dagster(subprocess.Popen(command, cwd=settings.dagster_home, env=env))
+    finally:
+        if page is not None and page.poll() is None:
+            page.terminate()
+            page.wait(10)
+    cancel_report_runs_a_stop_interrupted(instance, started)
+    return code
+
+
+def wait_for_dagster(process: subprocess.Popen) -> int:
     while True:  # Ctrl-C reaches dagster dev too (same process group): wait for it to stop
         try:
             code = process.wait()
@@ -113,8 +124,28 @@ def serve_ui(settings: Settings, extra_args: list[str]) -> int:
                 TERMINATED.clear()
                 process.send_signal(signal.SIGINT)
             continue
-    cancel_report_runs_a_stop_interrupted(instance, started)
     return code
+
+
+def dagster_ui_url(extra_args: list[str]) -> str:
+    """Where dagster dev's UI will be, from the options passed on to it (-h/--host, -p/--port); a
+    wildcard host is written {host}, for the page to fill in with the name its visitor used."""
+    host, port = "127.0.0.1", "3000"
+    for i, arg in enumerate(extra_args):
+        for names, setter in ((("-h", "--host"), "host"), (("-p", "--port"), "port")):
+            value = (extra_args[i + 1] if arg in names and i + 1 < len(extra_args)
+                     else arg.split("=", 1)[1] if arg.startswith(tuple(n + "=" for n in names)) else None)
+            if value is not None:
+                host, port = (value, port) if setter == "host" else (host, value)
+    return f"http://{'{host}' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+
+def start_search_page(settings: Settings, extra_args: list[str], env: dict[str, str]) -> subprocess.Popen | None:
+    """The search page beside the UI (`opentr search-page`), unless OPENTR_SEARCH_PORT=0."""
+    if not settings.search_page_port:
+        return None
+    opentr = Path(sys.executable).with_name("opentr")
+    return subprocess.Popen([str(opentr), "search-page", "--dagster-url", dagster_ui_url(extra_args)], env=env)
 
 
 def cancel_report_runs_a_stop_interrupted(instance, since: float) -> None:
@@ -220,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "search":
             return search_command(settings, args)
+        if args.command == "search-page":
+            return serve_search_page(settings, args)
         return print_report(settings)
     except SettingsError as error:
         print(f"opentr: configuration error: {error}", file=sys.stderr)

@@ -35,6 +35,15 @@ def add_search_parser(commands) -> None:
     search.add_argument("--json", action="store_true",
                         help="print a JSON list of hits (source_uri, start, end, speaker, text, ...)")
     search.add_argument("--rebuild", action="store_true", help="make the index again from every transcript")
+    page = commands.add_parser(
+        "search-page", help="serve the search page (opentr dev starts it beside the UI)",
+        description="The search page: hits as you type, a click plays the recording from that second (files "
+                    "from under UPLOAD_URI only; S3 through links that expire in minutes).",
+        epilog="settings: OPENTR_SEARCH_HOST (default 127.0.0.1: this machine only), OPENTR_SEARCH_PORT "
+               "(default 3030), SEARCH_URI, UPLOAD_URI")
+    page.add_argument("--host", help="address to listen on (default OPENTR_SEARCH_HOST)")
+    page.add_argument("--port", type=int, help="port (default OPENTR_SEARCH_PORT)")
+    page.add_argument("--dagster-url", default="", help="the Dagster UI, for each hit's link to its partition")
 
 
 def clock(seconds: float) -> str:
@@ -87,4 +96,12 @@ def answer(index, settings: Settings, args: argparse.Namespace) -> int:
         print(f"{hit.path}  {clock(hit.start)}-{clock(hit.end)}  {hit.speaker or '(speakers off)'}  [{hit.language}]")
         print(f"    {hit.marked}")
         print(f"    {hit.source_uri}#t={hit.start:.1f}\n")
+    return 0
+
+
+def serve_search_page(settings: Settings, args: argparse.Namespace) -> int:
+    from opentr_pipeline.outputs.search_page import serve
+
+    port = args.port if args.port is not None else settings.search_page_port
+    serve(settings, args.host or settings.search_page_host, port or 3030, args.dagster_url)
     return 0

@@ -1,8 +1,14 @@
 """The embedded search engine: SQLite's FTS5 in one file (Python's standard library, no server).
-Any number of processes may read and write it (WAL; a writer waits for the lock)."""
+Any number of processes may read and write it (WAL; a writer waits for the lock).
+
+An external-content FTS5 table: the turns live in an ordinary table (`turn_rows`, indexed by file,
+so replacing a file's turns touches those rows only), the full-text index beside it, kept in step
+by triggers. A file of the first layout (one FTS5 table holding everything) is dropped on first
+use: the index is derived, `opentr search --rebuild` makes it again."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -10,25 +16,42 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from opentr_pipeline.outputs.search import (MARK, Filters, Hit, Part, QueryError, Term, filter_sql, parse_query,
+from opentr_pipeline.outputs.search import (MARK, RANK_WINDOW, Filters, Hit, Part, QueryError, Term, filter_sql, parse_query,
                                            rows_of)
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    key TEXT PRIMARY KEY, version TEXT NOT NULL, source_uri TEXT, uploaded_at TEXT, turns INTEGER, indexed_at TEXT
-);
-CREATE VIRTUAL TABLE IF NOT EXISTS turns USING fts5(
-    text, key UNINDEXED, path UNINDEXED, source_uri UNINDEXED, start UNINDEXED, end UNINDEXED, speaker UNINDEXED,
-    name UNINDEXED, language UNINDEXED, uploaded_at UNINDEXED,
-    tokenize = 'porter unicode61 remove_diacritics 2'
-);
-"""
+LAYOUT = 4  # PRAGMA user_version of this layout
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS files (
+        key TEXT PRIMARY KEY, version TEXT NOT NULL, source_uri TEXT, uploaded_at TEXT, turns INTEGER, indexed_at TEXT)""",
+    """CREATE TABLE IF NOT EXISTS turn_rows (
+        id INTEGER PRIMARY KEY, text TEXT NOT NULL, key TEXT NOT NULL, path TEXT, source_uri TEXT, start REAL,
+        end REAL, speaker TEXT, name TEXT, language TEXT, uploaded_at TEXT, scope TEXT)""",
+    "CREATE INDEX IF NOT EXISTS turn_rows_key ON turn_rows (key)",
+    """CREATE VIRTUAL TABLE IF NOT EXISTS turns USING fts5(
+        text, scope, content = 'turn_rows', content_rowid = 'id', tokenize = 'porter unicode61 remove_diacritics 2')""",
+    """CREATE TRIGGER IF NOT EXISTS turn_rows_added AFTER INSERT ON turn_rows BEGIN
+        INSERT INTO turns (rowid, text, scope) VALUES (new.id, new.text, new.scope); END""",
+    """CREATE TRIGGER IF NOT EXISTS turn_rows_removed AFTER DELETE ON turn_rows BEGIN
+        INSERT INTO turns (turns, rowid, text, scope) VALUES ('delete', old.id, old.text, old.scope); END""",
+]
 
 
 def fts_query(text: str) -> str:
     """A query as FTS5 MATCH text: every word and phrase quoted (so no character of it is FTS5
     syntax), a prefix's star after its quotes, OR and NOT as FTS5's operators."""
     return " ".join(fts_part(part) for part in parse_query(text))
+
+
+def scope_token(kind: str, name: str) -> str:
+    """One word standing for a file's key, its path or a folder above it (letters and digits only,
+    so the tokenizer keeps it whole): a file filter becomes a term the full-text index intersects
+    with the query's, rather than a condition checked on every match."""
+    return kind + hashlib.sha1(name.encode()).hexdigest()[:16]
+
+
+def scope_of(key: str, path: str) -> str:
+    parts = path.split("/")
+    return " ".join([scope_token("k", key)] + [scope_token("p", "/".join(parts[:n])) for n in range(1, len(parts) + 1)])
 
 
 def fts_part(part: Part) -> str:
@@ -49,10 +72,26 @@ class SqliteSearch:
         try:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA busy_timeout=30000")
-            connection.executescript(SCHEMA)
+            if connection.execute("PRAGMA user_version").fetchone()[0] != LAYOUT:
+                self._lay_out(connection)
             yield connection
         finally:
             connection.close()
+
+    @staticmethod
+    def _lay_out(db: sqlite3.Connection) -> None:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != LAYOUT:  # another process may have done it
+                for table in ("turns", "turn_rows", "files"):  # an earlier layout's, if there
+                    db.execute(f"DROP TABLE IF EXISTS {table}")
+                for statement in SCHEMA:
+                    db.execute(statement)
+                db.execute(f"PRAGMA user_version = {LAYOUT}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def index(self, doc: dict, upload_uri: str = "") -> int | None:
         with self.connect() as db:
@@ -89,10 +128,10 @@ class SqliteSearch:
         row = db.execute("SELECT version FROM files WHERE key = ?", (key,)).fetchone()
         if row and row[0] == version:
             return None
-        db.execute("DELETE FROM turns WHERE key = ?", (key,))
+        db.execute("DELETE FROM turn_rows WHERE key = ?", (key,))
         db.executemany(
-            "INSERT INTO turns (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            "INSERT INTO turn_rows (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at, scope)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(*row, scope_of(row[1], row[2])) for row in rows])
         db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                    (key, version, doc.get("source_uri", ""), doc.get("finished_at") or "", len(rows),
                     datetime.now(timezone.utc).isoformat(timespec="seconds")))
@@ -101,7 +140,7 @@ class SqliteSearch:
     def remove(self, key: str) -> None:
         with self.connect() as db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute("DELETE FROM turns WHERE key = ?", (key,))
+            db.execute("DELETE FROM turn_rows WHERE key = ?", (key,))
             db.execute("DELETE FROM files WHERE key = ?", (key,))
             db.execute("COMMIT")
 
@@ -111,13 +150,21 @@ class SqliteSearch:
 
     def search(self, query: str, filters: Filters = Filters(), limit: int = 20) -> list[Hit]:
         where, values = filter_sql(filters, "?")
-        where, values = ["turns MATCH ?", *where], [fts_query(query), *values]
-        sql = (f"SELECT key, path, source_uri, start, end, coalesce(name, speaker), language, text, "
-               f"highlight(turns, 0, ?, ?), bm25(turns) FROM turns WHERE {' AND '.join(where)} "
-               f"ORDER BY bm25(turns) LIMIT ?")
+        match = fts_query(query)
+        if filters.file:  # the file's or folder's word, then the exact condition on the rows found
+            folder = filters.file.rstrip("/")
+            match = f'({match}) AND scope : ("{scope_token("k", folder)}" OR "{scope_token("p", folder)}")'
+        where, values = ["turns MATCH ?", *where], [match, *values]
+        matching = f"FROM turns JOIN turn_rows ON turn_rows.id = turns.rowid WHERE {' AND '.join(where)}"
         with self.connect() as db:
-            try:
-                rows = db.execute(sql, [*MARK, *values, max(1, int(limit))]).fetchall()
+            try:  # the newest RANK_WINDOW matches (walked in rowid order: no ranking), then ranked
+                floor = db.execute(f"SELECT turns.rowid {matching} ORDER BY turns.rowid DESC LIMIT 1 OFFSET ?",
+                                   [*values, RANK_WINDOW - 1]).fetchone()
+                rows = db.execute(
+                    f"SELECT key, path, source_uri, start, end, coalesce(name, speaker), language, turn_rows.text, "
+                    f"highlight(turns, 0, ?, ?), bm25(turns, 1.0, 0.0) {matching} AND turns.rowid >= ? "
+                    f"ORDER BY bm25(turns, 1.0, 0.0) LIMIT ?", [*MARK, *values, floor[0] if floor else 0, max(1, int(limit))],
+                ).fetchall()
             except sqlite3.OperationalError as error:
                 raise QueryError(f"cannot search for {query!r}: {error}") from None
         return [Hit(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5], r[6], r[7], r[8], round(float(r[9]), 4))

@@ -22,7 +22,7 @@ log = logging.getLogger("opentr")
     partitions_def=media_files,
     deps=[transcript, speakers],
     backfill_policy=dg.BackfillPolicy.multi_run(16),
-    code_version="search-1",
+    code_version="search-2",  # 2: the index file's second layout (outputs/search_sqlite.py)
     group_name="transcription",
     kinds={"sqlite", "postgres"},
 )
