@@ -379,6 +379,24 @@ def test_postgresql_finds_what_sqlite_finds_for_the_same_queries(library, postgr
     assert index.files() == sqlite.files()  # and nothing was dropped by them
 
 
+def test_a_question_in_other_words_finds_the_moment_by_meaning_in_both_engines(library, postgres):
+    root, run = library
+    url, index = postgres
+    sqlite = SqliteSearch(root / "store" / "search" / "index.sqlite")
+    question = "what could citizens do for the nation"  # JFK's words are "ask what you can do for your country"
+    assert sqlite.search(f'"{question}"') == []  # its words are not there together
+    hits = sqlite.search(question, limit=5)
+    assert hits and all(h.found_by == "meaning" and -h.score >= 0.2 for h in hits), hits
+    assert "country" in hits[0].text.lower(), hits[0]
+    assert [(h.key, h.start) for h in index.search(question, limit=5)] == [(h.key, h.start) for h in hits]
+    assert all(h.speaker == "SPEAKER_00" for h in sqlite.search(question, Filters(speaker="SPEAKER_00"), limit=5))
+    assert sqlite.search(question, Filters(language="de")) == []  # filters hold for the meaning leg too
+    printed = run("search", question)
+    assert "closest in meaning" in printed.stdout and "country" in printed.stdout.lower(), printed.stdout
+    # search syntax asks for exact words: nothing by meaning; nor with the leg turned off
+    assert sqlite.search(f"{question} NOT zebra") == [] and SqliteSearch(sqlite.path, meaning=False).search(question) == []
+
+
 def test_search_uri_chooses_postgresql_for_the_asset_and_the_command(library, postgres, fixtures_dir):
     root, run = library
     url, index = postgres

@@ -346,7 +346,7 @@ def run_pipeline(settings: Settings, retranscribe: bool = False, retry_failed: b
     print(f"\n{len(pending) - len(not_done)} of {len(pending)} file(s) done in {elapsed:.1f} s")
     print(f"transcripts: {store.uri('transcripts')}\nsubtitles:   {store.uri('subtitles')}")
     print(f"report:      {store.uri('reports/throughput.md')}")
-    print(f"search:      opentr search WORDS (index {open_search(settings.search_uri, settings.storage_uri).where})")
+    print(f"search:      opentr search WORDS (index {open_search(settings.search_uri, settings.storage_uri, meaning=False).where})")
     if report_failed:
         print(f"\nthe throughput report could not be updated (run {report_failed}); the report on disk "
               "is older than these transcripts")

@@ -9,7 +9,8 @@ from opentr_pipeline.outputs.search import Filters, QueryError, open_search
 from opentr_pipeline.settings import Settings, mask_url
 
 EPILOG = """query syntax: words (all must be there), "an exact phrase", prefix*, OR, NOT (upper case);
-case and accents do not matter, and English words match their other forms (agreed ~ agree).
+case and accents do not matter, and English words match their other forms (agreed ~ agree). A plain
+question whose words are found nowhere gets the turns closest in meaning (SEARCH_MEANING=false: not).
 
 examples:
   opentr search budget launch
@@ -53,7 +54,7 @@ def clock(seconds: float) -> str:
 
 
 def search_command(settings: Settings, args: argparse.Namespace) -> int:
-    index = open_search(settings.search_uri, settings.storage_uri)
+    index = open_search(settings.search_uri, settings.storage_uri, meaning=settings.search_meaning)
     try:
         return answer(index, settings, args)
     except QueryError as error:
@@ -92,6 +93,8 @@ def answer(index, settings: Settings, args: argparse.Namespace) -> int:
                                            if empty else ""))
         return 0
     print(f"{len(hits)} hit(s) for {query!r}{' (the first ' + str(args.limit) + ')' if len(hits) == args.limit else ''}:\n")
+    if hits[0].found_by == "meaning":
+        print("none of these words was found; the turns closest in meaning:\n")
     for hit in hits:
         print(f"{hit.path}  {clock(hit.start)}-{clock(hit.end)}  {hit.speaker or '(speakers off)'}  [{hit.language}]")
         print(f"    {hit.marked}")

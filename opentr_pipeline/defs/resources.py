@@ -24,6 +24,7 @@ class MediaStore(dg.ConfigurableResource):
     upload_uri: str
     storage_uri: str
     search_uri: str = ""
+    search_meaning: bool = True
     max_duration_s: int = 4 * 3600
     max_file_bytes: int = 20 * 2**30
     settle_wait_s: int = 600
@@ -33,7 +34,7 @@ class MediaStore(dg.ConfigurableResource):
     @classmethod
     def from_settings(cls, settings: Settings) -> "MediaStore":
         return cls(upload_uri=settings.upload_uri, storage_uri=settings.storage_uri,
-                   search_uri=settings.search_uri, max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes,
+                   search_uri=settings.search_uri, search_meaning=settings.search_meaning, max_duration_s=settings.max_duration_s, max_file_bytes=settings.max_file_bytes,
                    settle_wait_s=settings.settle_wait_s, decode_memory_mb=settings.decode_memory_mb,
                    decode_stall_s=settings.decode_stall_s)
 
@@ -44,7 +45,7 @@ class MediaStore(dg.ConfigurableResource):
         return Storage(self.storage_uri)
 
     def search(self) -> SearchEngine:
-        return open_search(self.search_uri, self.storage_uri)
+        return open_search(self.search_uri, self.storage_uri, meaning=self.search_meaning)
 
 
 class GpuExecutor(dg.ConfigurableResource):

@@ -61,6 +61,7 @@ class Hit:
     text: str
     marked: str  # the text with each matched word between MARK
     score: float  # the engine's rank, lower is better: SQLite's BM25, PostgreSQL's ts_rank_cd negated
+    found_by: str = "words"  # or "meaning": none of the words was found; this turn is closest in meaning
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -165,17 +166,34 @@ class SearchEngine(Protocol):
         """The index made again from every transcript, replacing the old one whole."""
 
 
-def open_search(search_uri: str, storage_uri: str, dagster_home: str | None = None) -> SearchEngine:
+def open_search(search_uri: str, storage_uri: str, dagster_home: str | None = None,
+                meaning: bool = True) -> SearchEngine:
     """The engine SEARCH_URI names: postgresql://... or a SQLite file; empty, SQLite beside the
-    transcripts (`sqlite_path`)."""
-    if search_uri.startswith(("postgresql://", "postgres://")):
+    transcripts (`sqlite_path`). `meaning`: keep each turn's vector, for the meaning leg."""
+    if search_uri.startswith(("postgresql://", "postgres://", "postgresql+psycopg2://")):
         from opentr_pipeline.outputs.search_postgres import PostgresSearch
 
-        return PostgresSearch(search_uri)
+        return PostgresSearch(search_uri, meaning)
     from opentr_pipeline.outputs.search_sqlite import SqliteSearch
 
     return SqliteSearch(Path(search_uri.removeprefix("sqlite://")) if search_uri
-                        else sqlite_path(storage_uri, dagster_home))
+                        else sqlite_path(storage_uri, dagster_home), meaning)
+
+
+def by_meaning(engine, query: str, filters: Filters, limit: int) -> list[Hit]:
+    """The meaning leg (search_meaning.py), for an engine whose words found nothing: its
+    `_newer_vectors(after_id)` and `_rows_by_ids(ids, filters)` give what it needs."""
+    from opentr_pipeline.outputs.search_meaning import plain_question
+
+    question = plain_question(query)
+    if not engine.meanings or question is None:
+        return []
+    near = engine.meanings.nearest(question, engine._newer_vectors, max(50, 4 * limit))
+    closeness = dict(near)
+    rows = engine._rows_by_ids(list(closeness), filters)  # key, path, source_uri, start, end, speaker, language, text, id
+    rows.sort(key=lambda r: -closeness[r[8]])
+    return [Hit(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5], r[6], r[7], r[7], -round(closeness[r[8]], 4), "meaning")
+            for r in rows[:limit]]
 
 
 def filter_sql(filters: Filters, param: str, collate: str = "") -> tuple[list[str], list[str]]:

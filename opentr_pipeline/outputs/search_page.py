@@ -65,7 +65,7 @@ def make_app(settings: Settings, dagster_url: str = "", index: SearchEngine | No
     from starlette.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
     from starlette.routing import Route
 
-    index = index or open_search(settings.search_uri, settings.storage_uri, settings.dagster_home)
+    index = index or open_search(settings.search_uri, settings.storage_uri, settings.dagster_home, settings.search_meaning)
     upload_uri = settings.upload_uri
     remote = "://" in upload_uri
 
@@ -120,6 +120,6 @@ def presigned(upload_uri: str, relative: str) -> str:
 def serve(settings: Settings, host: str, port: int, dagster_url: str = "") -> None:
     import uvicorn
 
-    print(f"search page: http://{host}:{port}  (index {open_search(settings.search_uri, settings.storage_uri).where})",
-          flush=True)
+    where = open_search(settings.search_uri, settings.storage_uri, meaning=False).where
+    print(f"search page: http://{host}:{port}  (index {where})", flush=True)
     uvicorn.run(make_app(settings, dagster_url), host=host, port=port, log_level="warning")

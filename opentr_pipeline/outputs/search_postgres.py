@@ -14,10 +14,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterable, Iterator
 
-from opentr_pipeline.outputs.search import (MARK, RANK_WINDOW, Filters, Hit, QueryError, Term, filter_sql, parse_query,
-                                           rows_of)
+from opentr_pipeline.outputs.search import (MARK, RANK_WINDOW, Filters, Hit, QueryError, Term, by_meaning, filter_sql,
+                                           parse_query, rows_of)
+from opentr_pipeline.outputs.search_meaning import WINDOW, Meanings
 
-COLUMNS = "text, key, path, source_uri, start, \"end\", speaker, name, language, uploaded_at"
+COLUMNS = "text, key, path, source_uri, start, \"end\", speaker, name, language, uploaded_at, vector"
 FILES = "opentr_search_files"
 TURNS = "opentr_search_turns"
 RECENT_ROWS = 50_000  # where a query's newest matches are looked for first, walked newest first
@@ -44,7 +45,7 @@ CREATE TABLE IF NOT EXISTS {files} (
 CREATE TABLE IF NOT EXISTS {turns} (
     id bigserial PRIMARY KEY, text text NOT NULL, key text NOT NULL, path text, source_uri text,
     start double precision, "end" double precision, speaker text, name text, language text, uploaded_at text,
-    tsv tsvector GENERATED ALWAYS AS (to_tsvector('opentr'::regconfig, text)) STORED
+    vector bytea, tsv tsvector GENERATED ALWAYS AS (to_tsvector('opentr'::regconfig, text)) STORED
 );
 CREATE INDEX IF NOT EXISTS {turns}_key ON {turns} (key);
 CREATE INDEX IF NOT EXISTS {turns}_path ON {turns} (path COLLATE "C");
@@ -78,7 +79,8 @@ def ts_term(term: Term) -> str:
 
 
 class PostgresSearch:
-    def __init__(self, url: str):
+    def __init__(self, url: str, meaning: bool = True):
+        self.meanings = Meanings() if meaning else None
         self.url = url.replace("postgresql+psycopg2://", "postgresql://", 1)
         from opentr_pipeline.settings import mask_url
 
@@ -153,7 +155,8 @@ class PostgresSearch:
             buffer = io.StringIO()
             writer = csv.writer(buffer)
             for _, (_, _, rows) in fresh:
-                writer.writerows(rows)
+                vectors = self._vectors(rows)
+                writer.writerows((*row, "\\x" + vector.hex() if vector else None) for row, vector in zip(rows, vectors))
             buffer.seek(0)
             cursor.copy_expert(f"COPY {turns_table} ({COLUMNS}) FROM STDIN WITH (FORMAT csv)", buffer)
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -173,9 +176,12 @@ class PostgresSearch:
             return None
         cursor.execute(f"DELETE FROM {turns_table} WHERE key = %s", (key,))
         if rows:
+            from psycopg2 import Binary
             from psycopg2.extras import execute_values
 
-            execute_values(cursor, f"INSERT INTO {turns_table} ({COLUMNS}) VALUES %s", rows)
+            vectors = self._vectors(rows)
+            execute_values(cursor, f"INSERT INTO {turns_table} ({COLUMNS}) VALUES %s",
+                           [(*row, Binary(vector) if vector else None) for row, vector in zip(rows, vectors)])
         cursor.execute(
             f"INSERT INTO {files_table} VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET "
             "version = EXCLUDED.version, source_uri = EXCLUDED.source_uri, uploaded_at = EXCLUDED.uploaded_at, "
@@ -183,6 +189,22 @@ class PostgresSearch:
             (key, version, doc.get("source_uri", ""), doc.get("finished_at") or "", len(rows),
              datetime.now(timezone.utc).isoformat(timespec="seconds")))
         return len(rows)
+
+    def _vectors(self, rows: list[tuple]) -> list[bytes | None]:
+        return Meanings.vectors([row[0] for row in rows]) if self.meanings else [None] * len(rows)
+
+    def _newer_vectors(self, after: int) -> list[tuple[int, bytes]]:
+        with self.connect() as cursor:
+            cursor.execute(f"SELECT id, vector FROM {TURNS} WHERE id > %s AND vector IS NOT NULL "
+                           f"ORDER BY id DESC LIMIT {WINDOW}", (after,))
+            return [(i, bytes(v)) for i, v in cursor.fetchall()]
+
+    def _rows_by_ids(self, ids: list[int], filters: Filters) -> list[tuple]:
+        where, values = filter_sql(filters, "%s", ' COLLATE "C"')
+        with self.connect() as cursor:
+            cursor.execute(f"SELECT key, path, source_uri, start, \"end\", coalesce(name, speaker), language, text, id "
+                           f"FROM {TURNS} WHERE id = ANY(%s) {''.join(' AND ' + w for w in where)}", [ids, *values])
+            return [list(r) for r in cursor.fetchall()]
 
     def remove(self, key: str) -> None:
         with self.connect() as cursor:
@@ -229,7 +251,7 @@ class PostgresSearch:
         except psycopg2.DataError as error:  # a tsquery PostgreSQL will not read (never seen: words are quoted)
             raise QueryError(f"cannot search for {query!r}: {str(error).strip()}") from None
         return [Hit(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5], r[6], r[7], r[8], -round(float(r[9]), 4))
-                for r in rows]
+                for r in rows] or by_meaning(self, query, filters, limit)
 
     def rebuild(self, docs: Iterable[dict], upload_uri: str = "") -> tuple[int, int]:
         """Into new tables, GIN index built once at the end (faster than kept row by row), which

@@ -16,16 +16,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from opentr_pipeline.outputs.search import (MARK, RANK_WINDOW, Filters, Hit, Part, QueryError, Term, filter_sql, parse_query,
-                                           rows_of)
+from opentr_pipeline.outputs.search import (MARK, RANK_WINDOW, Filters, Hit, Part, QueryError, Term, by_meaning,
+                                           filter_sql, parse_query, rows_of)
+from opentr_pipeline.outputs.search_meaning import WINDOW, Meanings
 
-LAYOUT = 4  # PRAGMA user_version of this layout
+LAYOUT = 5  # PRAGMA user_version of this layout
 SCHEMA = [
     """CREATE TABLE IF NOT EXISTS files (
         key TEXT PRIMARY KEY, version TEXT NOT NULL, source_uri TEXT, uploaded_at TEXT, turns INTEGER, indexed_at TEXT)""",
     """CREATE TABLE IF NOT EXISTS turn_rows (
         id INTEGER PRIMARY KEY, text TEXT NOT NULL, key TEXT NOT NULL, path TEXT, source_uri TEXT, start REAL,
-        end REAL, speaker TEXT, name TEXT, language TEXT, uploaded_at TEXT, scope TEXT)""",
+        end REAL, speaker TEXT, name TEXT, language TEXT, uploaded_at TEXT, scope TEXT, vector BLOB)""",
     "CREATE INDEX IF NOT EXISTS turn_rows_key ON turn_rows (key)",
     """CREATE VIRTUAL TABLE IF NOT EXISTS turns USING fts5(
         text, scope, content = 'turn_rows', content_rowid = 'id', tokenize = 'porter unicode61 remove_diacritics 2')""",
@@ -61,9 +62,10 @@ def fts_part(part: Part) -> str:
 
 
 class SqliteSearch:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, meaning: bool = True):
         self.path = Path(path)
         self.where = str(self.path)
+        self.meanings = Meanings() if meaning else None
 
     @contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
@@ -122,16 +124,17 @@ class SqliteSearch:
                 raise
         return files, turns
 
-    @staticmethod
-    def _put(db: sqlite3.Connection, doc: dict, upload_uri: str) -> int | None:
+    def _put(self, db: sqlite3.Connection, doc: dict, upload_uri: str) -> int | None:
         key, version, rows = rows_of(doc, upload_uri)
         row = db.execute("SELECT version FROM files WHERE key = ?", (key,)).fetchone()
         if row and row[0] == version:
             return None
         db.execute("DELETE FROM turn_rows WHERE key = ?", (key,))
+        vectors = Meanings.vectors([row[0] for row in rows]) if self.meanings else [None] * len(rows)
         db.executemany(
-            "INSERT INTO turn_rows (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at, scope)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", [(*row, scope_of(row[1], row[2])) for row in rows])
+            "INSERT INTO turn_rows (text, key, path, source_uri, start, end, speaker, name, language, uploaded_at, scope,"
+            " vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(*row, scope_of(row[1], row[2]), vector) for row, vector in zip(rows, vectors)])
         db.execute("INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?)",
                    (key, version, doc.get("source_uri", ""), doc.get("finished_at") or "", len(rows),
                     datetime.now(timezone.utc).isoformat(timespec="seconds")))
@@ -168,14 +171,27 @@ class SqliteSearch:
             except sqlite3.OperationalError as error:
                 raise QueryError(f"cannot search for {query!r}: {error}") from None
         return [Hit(r[0], r[1], r[2], float(r[3]), float(r[4]), r[5], r[6], r[7], r[8], round(float(r[9]), 4))
-                for r in rows]
+                for r in rows] or by_meaning(self, query, filters, limit)
+
+    def _newer_vectors(self, after: int) -> list[tuple[int, bytes]]:
+        with self.connect() as db:
+            return db.execute("SELECT id, vector FROM turn_rows WHERE id > ? AND vector IS NOT NULL "
+                              f"ORDER BY id DESC LIMIT {WINDOW}", (after,)).fetchall()
+
+    def _rows_by_ids(self, ids: list[int], filters: Filters) -> list[tuple]:
+        where, values = filter_sql(filters, "?")
+        marks = ", ".join("?" * len(ids))
+        with self.connect() as db:
+            return [list(r) for r in db.execute(
+                "SELECT key, path, source_uri, start, end, coalesce(name, speaker), language, text, id FROM turn_rows "
+                f"WHERE id IN ({marks}) {''.join(' AND ' + w for w in where)}", [*ids, *values]).fetchall()]
 
     def rebuild(self, docs: Iterable[dict], upload_uri: str = "") -> tuple[int, int]:
         """Into a new file beside the index, which then replaces the old one whole."""
         building = self.path.with_name(f".{self.path.name}.{os.getpid()}.building")
         for leftover in (building, Path(f"{building}-wal"), Path(f"{building}-shm")):
             leftover.unlink(missing_ok=True)
-        fresh = SqliteSearch(building)
+        fresh = SqliteSearch(building, self.meanings is not None)
         files, turns = fresh.index_many(docs, upload_uri)
         with fresh.connect() as db:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
