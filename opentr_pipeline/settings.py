@@ -299,7 +299,7 @@ class Settings(BaseSettings):
     # The search index: empty, SQLite beside the transcripts; a file path (SQLite); or
     # postgresql://user@host:port/db (its password in PGPASSWORD or ~/.pgpass, never in the URL).
     search_uri: str = env("SEARCH_URI", "")
-    # A question whose words are found nowhere gets the turns closest in meaning (outputs/search_meaning.py).
+    # A question whose words no turn holds together gets the turns closest in meaning (outputs/search_meaning.py).
     search_meaning: bool = env("SEARCH_MEANING", True)
     # The search page `opentr dev` serves beside the UI; port 0: none.
     search_page_host: str = env("OPENTR_SEARCH_HOST", "127.0.0.1")

@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh || echo "warning: test dependencies not installed; the browser test will skip" >&2
 # The layering contracts (pyproject.toml): the engine imports no Dagster, nothing imports the CLI.
 .venv/bin/lint-imports --no-cache
-exec .venv/bin/python -m pytest -ra "$@"
+exec .venv/bin/python -m pytest -ra --durations=20 "$@"

@@ -45,6 +45,19 @@ def test_a_query_is_rewritten_into_quoted_words_and_operators_only():
             fts_query(query)
 
 
+def test_the_page_links_to_the_ui_opentr_dev_starts_and_reads_media_paths_strictly():
+    from opentr_pipeline.cli.main import dagster_ui_url
+    from opentr_pipeline.outputs.search_page import Refused, checked_relative
+
+    assert dagster_ui_url([]) == "http://127.0.0.1:3000"
+    assert dagster_ui_url(["-p", "3001", "-h", "0.0.0.0"]) == "http://{host}:3001"  # the page fills in its host
+    assert dagster_ui_url(["--port=4000", "--host=10.0.0.5"]) == "http://10.0.0.5:4000"
+    assert checked_relative("team/weekly%20call.m4a") == "team/weekly call.m4a"
+    for raw in ["", "/etc/passwd", "../x", "team/../../x", "team/./x", "team//x", "team%2fx", "team%5Cx", "a\\b", "x%00"]:
+        with pytest.raises(Refused):
+            checked_relative(raw)
+
+
 def test_turns_join_one_speakers_segments_and_cut_long_ones():
     doc = {"language": "en", "speakers": [{"id": "SPEAKER_00", "name": "Maria"}], "segments": [
         {"start": 0.0, "end": 5.0, "text": "one", "speaker": "SPEAKER_00"},
@@ -275,6 +288,10 @@ def test_the_search_page_in_a_browser_plays_a_hit_from_its_second(library, searc
             assert start - 0.05 <= at < start + 5, (at, start)  # playing from the hit's second
             assert page.evaluate("() => document.querySelector('#player').error") is None
             page.screenshot(path=shots / "search-page.png")
+            page.locator("#query").fill("what could citizens do for the nation")  # a question in other words
+            page.get_by_text("closest in meaning").wait_for(timeout=30_000)
+            assert page.locator(".hit .meaning").count() >= 1
+            page.screenshot(path=shots / "search-page-meaning.png")
             page.locator("#query").fill('((( "')  # a query it cannot read says why
             page.get_by_text("nothing to search for").wait_for(timeout=10_000)
         except PlaywrightError:

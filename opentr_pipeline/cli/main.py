@@ -144,6 +144,14 @@ def start_search_page(settings: Settings, extra_args: list[str], env: dict[str, 
     """The search page beside the UI (`opentr search-page`), unless OPENTR_SEARCH_PORT=0."""
     if not settings.search_page_port:
         return None
+    import socket
+
+    with socket.socket() as probe:
+        if probe.connect_ex((settings.search_page_host if settings.search_page_host not in ("0.0.0.0", "::")
+                             else "127.0.0.1", settings.search_page_port)) == 0:
+            print(f"search page: not started, {settings.search_page_host}:{settings.search_page_port} is taken "
+                  "(set OPENTR_SEARCH_PORT to a free port, or 0 for no page)", flush=True)
+            return None
     opentr = Path(sys.executable).with_name("opentr")
     return subprocess.Popen([str(opentr), "search-page", "--dagster-url", dagster_ui_url(extra_args)], env=env)
 

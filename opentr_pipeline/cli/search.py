@@ -10,7 +10,7 @@ from opentr_pipeline.settings import Settings, mask_url
 
 EPILOG = """query syntax: words (all must be there), "an exact phrase", prefix*, OR, NOT (upper case);
 case and accents do not matter, and English words match their other forms (agreed ~ agree). A plain
-question whose words are found nowhere gets the turns closest in meaning (SEARCH_MEANING=false: not).
+question whose words no turn holds together gets the turns closest in meaning (SEARCH_MEANING=false: not).
 
 examples:
   opentr search budget launch
@@ -94,7 +94,7 @@ def answer(index, settings: Settings, args: argparse.Namespace) -> int:
         return 0
     print(f"{len(hits)} hit(s) for {query!r}{' (the first ' + str(args.limit) + ')' if len(hits) == args.limit else ''}:\n")
     if hits[0].found_by == "meaning":
-        print("none of these words was found; the turns closest in meaning:\n")
+        print("no turn has all of these words; the turns closest in meaning:\n")
     for hit in hits:
         print(f"{hit.path}  {clock(hit.start)}-{clock(hit.end)}  {hit.speaker or '(speakers off)'}  [{hit.language}]")
         print(f"    {hit.marked}")

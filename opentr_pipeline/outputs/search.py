@@ -61,7 +61,7 @@ class Hit:
     text: str
     marked: str  # the text with each matched word between MARK
     score: float  # the engine's rank, lower is better: SQLite's BM25, PostgreSQL's ts_rank_cd negated
-    found_by: str = "words"  # or "meaning": none of the words was found; this turn is closest in meaning
+    found_by: str = "words"  # or "meaning": no turn held all the words; this one is closest in meaning
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,11 +1,11 @@
-"""The meaning leg of search: where a question's words are found nowhere ("how long may we keep
+"""The meaning leg of search: where no turn holds all of a question's words ("how long may we keep
 customer audio"), the turns closest to it in meaning, from wordllama's static embeddings
 (l2_supercat_256, MIT, 16 MB, shipped in its wheel: no download).
 
 Measured before it was kept (benchmarks/search_recall.py, README "Search"): merged with keyword
 hits by rank fusion it answered every query, nonsense included, with 50 hits, because static
 embeddings do not separate an answer from noise well (cosine of answers 0.13-0.57, of the best
-wrong turn 0.15-0.37); used where the words find nothing, with a floor, it found 0.47 of the
+wrong turn 0.15-0.37); used where the words find no turn, with a floor, it found 0.47 of the
 questions asked in other words at 5 hits (keyword search: 0.00), lost none of those typed as
 keywords, and answered 1 nonsense query of 8. So: plain questions only (no search syntax), when
 the words found nothing, cosine >= FLOOR, newest WINDOW turns; hits say they were found by meaning.
