@@ -92,6 +92,7 @@ def query_mix() -> list[tuple[str, str, Filters]]:
         ("NOT", f"{NAMES[10]} NOT renewal", Filters()), ("German word", "Renovierung", Filters(language="de")),
         ("speaker", NAMES[5], Filters(speaker="Maria")), ("folder", "budget", Filters(file="team-0001")),
         ("since", NAMES[30], Filters(since="2026-11-01")),
+        ("question, by meaning", "when do we look at the agreement with our vendor", Filters()),
     ]
 
 

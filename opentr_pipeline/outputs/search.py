@@ -32,7 +32,7 @@ MARK = ("«", "»")  # around each matched word in a hit's `marked` text
 # Hits are ranked among the newest RANK_WINDOW turns that match (all of them, for every query but
 # the commonest words): ranking every match of "budget" in a library of millions of turns is what
 # made such a query slow, and the newest of them are what a person looks for first.
-RANK_WINDOW = 2000
+RANK_WINDOW = 500
 
 
 class QueryError(ValueError):
