@@ -21,7 +21,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 FLOOR = 0.2
-WINDOW = 200_000  # the newest turns looked through (about 5,000 ten-minute meetings; 200 MB)
+WINDOW = 200_000  # the newest turns looked through (about 5,000 ten-minute meetings; 100 MB)
 DIMENSIONS = 256
 _PLAIN = re.compile(r"^[\w\s',.?!-]+$", re.UNICODE)
 
