@@ -38,7 +38,7 @@ def test_run_transcribes_reports_failures_and_does_no_work_twice(pipeline_env, d
     first = opentr("run")
     assert first.returncode == 1, first.stdout + first.stderr
     assert "broken.mp3" in first.stdout and "not a readable media file" in first.stdout
-    assert "device plan: 1 worker(s): cpu:0" in first.stdout
+    assert f"device plan: {os.cpu_count()} worker(s): cpu:0" in first.stdout and "one worker per core" in first.stdout
     assert "readme.txt" in first.stdout  # said to be skipped
     transcripts = {p.name: read_json(p) for p in (store / "transcripts").glob("*.json")}
     assert len(transcripts) == 4

@@ -26,6 +26,7 @@ from opentr_pipeline.engine.devices import (
     DeviceMemoryError,
     DevicePlan,
     check_vram,
+    describe_plan,
     model_bytes,
     plan_devices,
     workers_that_fit,
@@ -42,11 +43,22 @@ def settings(**env: str) -> Settings:
 
 # -- the plan --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cuda_count", [0, 1, 2])
-def test_scaling_off_is_one_worker_on_the_default_device(cuda_count):
+@pytest.mark.parametrize("cuda_count", [1, 2])
+def test_scaling_off_is_one_worker_on_the_default_gpu(cuda_count):
     plan = plan_devices(settings(GPU_SCALE_WORKERS="4").devices, cuda_count=cuda_count, cpu_count=8)
-    kind = "cuda" if cuda_count else "cpu"
-    assert [(p.kind, p.index, p.workers) for p in plan] == [(kind, 0, 1)]
+    assert [(p.kind, p.index, p.workers) for p in plan] == [("cuda", 0, 1)]  # as OpenTranscribe's, until told
+    assert "per core" not in describe_plan(plan)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_the_default_plan_on_a_cpu_is_a_one_thread_worker_per_core(cores):
+    plan = plan_devices(settings(GPU_SCALE_WORKERS="4").devices, cuda_count=0, cpu_count=cores)
+    assert [(p.kind, p.index, p.workers, p.cpu_threads) for p in plan] == [("cpu", 0, cores, 1)]
+    assert describe_plan(plan).startswith(f"{cores} worker(s): cpu:0 x{cores} worker(s), 1 thread(s) each (no GPU: one "
+                                          "worker per core, the default")
+    told = plan_devices(settings(GPU_SCALE_ENABLED="true", GPU_SCALE_WORKERS="1").devices, cuda_count=0, cpu_count=cores)
+    assert [(p.workers, p.cpu_threads) for p in told] == [(1, cores)] and "per core" not in describe_plan(told)
+    assert [p.workers for p in plan_devices(settings(WHISPER_DEVICE="cpu").devices, cuda_count=2, cpu_count=cores)] == [cores]
 
 
 @pytest.mark.parametrize("cuda_count", [0, 2])
@@ -79,7 +91,7 @@ def test_cpu_threads_split_the_cores():
     assert plan[0].cpu_threads == 1  # never zero
 
 
-def test_default_worker_flag_does_nothing_when_scaling_is_off():
+def test_default_worker_flag_does_nothing_when_scaling_is_off():  # on a GPU
     plan = plan_devices(settings(GPU_SCALE_DEFAULT_WORKER="true", GPU_SCALE_WORKERS="5").devices, cuda_count=2, cpu_count=8)
     assert [(p.index, p.workers) for p in plan] == [(0, 1)]
 

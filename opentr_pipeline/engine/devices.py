@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from opentr_pipeline.settings import DeviceSettings, SettingsError
+from opentr_pipeline.settings import MAX_WORKERS_PER_DEVICE, DeviceSettings, SettingsError
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class DevicePlan:
     index: int
     workers: int
     cpu_threads: int  # CTranslate2 intra-op threads per worker
+    per_core: bool = False  # the CPU default: one one-thread worker per core, GPU_SCALE_* unset
 
     @property
     def label(self) -> str:
@@ -62,7 +63,9 @@ def plan_devices(
             index = settings.gpu_device_id
             workers_by_index[index] = workers_by_index.get(index, 0) + 1
     else:
-        workers_by_index[settings.gpu_device_id] = 1
+        # No GPU: every core a one-thread worker (`make bench`: 1.65-1.82x one worker holding every
+        # thread, for a pile and for a single file alike). A GPU: one worker until GPU_SCALE_* says more.
+        workers_by_index[settings.gpu_device_id] = min(cpu_count, MAX_WORKERS_PER_DEVICE) if kind == "cpu" else 1
 
     if kind == "cuda":
         variables = {settings.gpu_device_id: "GPU_DEVICE_ID"}
@@ -80,12 +83,15 @@ def plan_devices(
                             f"which has {cpu_count} core(s); use at most {CPU_WORKERS_PER_CORE * cpu_count} "
                             f"(about {cpu_count} is fastest: more only queue behind each other)")
     threads = max(1, cpu_count // total) if kind == "cpu" else max(1, min(4, cpu_count // total))
-    return [DevicePlan(kind, index, n, threads) for index, n in sorted(workers_by_index.items())]
+    per_core = kind == "cpu" and not settings.gpu_scale_enabled
+    return [DevicePlan(kind, index, n, threads, per_core) for index, n in sorted(workers_by_index.items())]
 
 
 def describe_plan(plan: Sequence[DevicePlan]) -> str:
     parts = [f"{p.label} x{p.workers} worker(s), {p.cpu_threads} thread(s) each" for p in plan]
-    return f"{sum(p.workers for p in plan)} worker(s): " + "; ".join(parts)
+    why = (" (no GPU: one worker per core, the default; GPU_SCALE_ENABLED=true with GPU_SCALE_WORKERS sets another)"
+           if any(p.per_core for p in plan) else "")
+    return f"{sum(p.workers for p in plan)} worker(s): " + "; ".join(parts) + why
 
 
 @dataclass(frozen=True)
