@@ -368,7 +368,7 @@ def test_decoded_audio_held_at_once_is_bounded_by_the_workers(monkeypatch, fixtu
 
     monkeypatch.setattr(in_process, "load_audio", counting_load)
     monkeypatch.setattr(transcription, "transcribe", releasing_transcribe)
-    gpu = GpuExecutor.from_env({}, lock_dir=str(tmp_path))  # one worker
+    gpu = GpuExecutor.from_env({"GPU_SCALE_ENABLED": "true", "GPU_SCALE_WORKERS": "1"}, lock_dir=str(tmp_path))  # one worker
     names = [n for n in SPEECH if n.startswith("librispeech")]
     runs = [[FileToTranscribe(f"{r}-{n}", str(fixtures_dir / n)) for n in names] for r in range(2)]
     results = {}
