@@ -122,8 +122,8 @@ class PostgresSearch:
             self._connection.close()
 
     def index(self, doc: dict, upload_uri: str = "") -> int | None:
-        with self.connect() as cursor:
-            return self._put(cursor, doc, upload_uri, FILES, TURNS)
+        files, turns = self._put_many([doc], upload_uri, FILES, TURNS)
+        return turns if files else None
 
     def index_many(self, docs: Iterable[dict], upload_uri: str = "", batch: int = 500) -> tuple[int, int]:
         return self._fill(docs, upload_uri, FILES, TURNS, batch)
@@ -135,22 +135,26 @@ class PostgresSearch:
         for doc in docs:
             pending.append(doc)
             if len(pending) == batch:
-                turns += self._put_many(pending, upload_uri, files_table, turns_table)
+                turns += self._put_many(pending, upload_uri, files_table, turns_table)[1]
                 files, pending = files + len(pending), []
         if pending:
-            turns += self._put_many(pending, upload_uri, files_table, turns_table)
+            turns += self._put_many(pending, upload_uri, files_table, turns_table)[1]
             files += len(pending)
         return files, turns
 
-    def _put_many(self, docs: list[dict], upload_uri: str, files_table: str, turns_table: str) -> int:
-        """Files not yet there in this version, their rows sent with COPY, in one transaction."""
+    def _put_many(self, docs: list[dict], upload_uri: str, files_table: str, turns_table: str) -> tuple[int, int]:
+        """Files not yet there in this version, their rows sent with COPY, in one transaction;
+        (files changed, their turns). Each file's key is locked first, so two processes indexing
+        the same file one after the other never leave its turns twice."""
         with self.connect() as cursor:
             shaped = [rows_of(doc, upload_uri) for doc in docs]
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext(k)) FROM unnest(%s::text[]) AS k ORDER BY k",
+                           ([s[0] for s in shaped],))
             cursor.execute(f"SELECT key, version FROM {files_table} WHERE key = ANY(%s)", ([s[0] for s in shaped],))
             have = dict(cursor.fetchall())
             fresh = [(doc, s) for doc, s in zip(docs, shaped) if have.get(s[0]) != s[1]]
             if not fresh:
-                return 0
+                return 0, 0
             cursor.execute(f"DELETE FROM {turns_table} WHERE key = ANY(%s)", ([s[0] for _, s in fresh],))
             buffer = io.StringIO()
             writer = csv.writer(buffer)
@@ -166,29 +170,7 @@ class PostgresSearch:
                 "turns = EXCLUDED.turns, indexed_at = EXCLUDED.indexed_at",
                 [(key, version, doc.get("source_uri", ""), doc.get("finished_at") or "", len(rows), now)
                  for doc, (key, version, rows) in fresh])
-            return sum(len(rows) for _, (_, _, rows) in fresh)
-
-    def _put(self, cursor, doc: dict, upload_uri: str, files_table: str, turns_table: str) -> int | None:
-        key, version, rows = rows_of(doc, upload_uri)
-        cursor.execute(f"SELECT version FROM {files_table} WHERE key = %s FOR UPDATE", (key,))
-        row = cursor.fetchone()
-        if row and row[0] == version:
-            return None
-        cursor.execute(f"DELETE FROM {turns_table} WHERE key = %s", (key,))
-        if rows:
-            from psycopg2 import Binary
-            from psycopg2.extras import execute_values
-
-            vectors = self._vectors(rows)
-            execute_values(cursor, f"INSERT INTO {turns_table} ({COLUMNS}) VALUES %s",
-                           [(*row, Binary(vector) if vector else None) for row, vector in zip(rows, vectors)])
-        cursor.execute(
-            f"INSERT INTO {files_table} VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (key) DO UPDATE SET "
-            "version = EXCLUDED.version, source_uri = EXCLUDED.source_uri, uploaded_at = EXCLUDED.uploaded_at, "
-            "turns = EXCLUDED.turns, indexed_at = EXCLUDED.indexed_at",
-            (key, version, doc.get("source_uri", ""), doc.get("finished_at") or "", len(rows),
-             datetime.now(timezone.utc).isoformat(timespec="seconds")))
-        return len(rows)
+            return len(fresh), sum(len(rows) for _, (_, _, rows) in fresh)
 
     def _vectors(self, rows: list[tuple]) -> list[bytes | None]:
         return Meanings.vectors([row[0] for row in rows]) if self.meanings else [None] * len(rows)
