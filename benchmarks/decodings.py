@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from corpus import conversation, fixtures_folder, speech_clips, word_error_rate
+from corpus import fixtures_folder, speech_clips, word_error_rate
+from held_apart import CORPORA, in_memory
 
 from opentr_pipeline.engine.devices import plan_devices
 from opentr_pipeline.engine.transcription import (
@@ -76,15 +77,17 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=240)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--corpus", choices=CORPORA, default="conversations",
+                        help="corpus.py's conversations, or a split of the held-apart meetings (held_apart.py)")
     parser.add_argument("--only", default="", help="decodings whose name contains this text (or any of a|b|c)")
     parser.add_argument("--out", default="bench-results/decodings.json")
     args = parser.parse_args()
     clips = speech_clips(fixtures_folder())
-    corpus = [conversation(clips, index, args.seconds) for index in range(args.files)]
+    corpus = in_memory(args.corpus, clips, args.files, args.seconds)
     audio_s = sum(len(audio) for audio, _ in corpus) / 16000
     (device,) = plan_devices(DeviceSettings(gpu_scale_enabled=True, gpu_scale_workers=args.workers, whisper_device="cpu"))
     model = MODELS.get(BUNDLED_MODEL, device, "int8")
-    print(f"{args.files} conversations, {audio_s:.0f} s of audio; {args.workers} workers sharing one model, "
+    print(f"{args.files} files of {args.corpus}, {audio_s:.0f} s of audio; {args.workers} workers sharing one model, "
           f"{device.cpu_threads} thread(s) each (WHISPER_BATCH_SIZE=auto: "
           f"{resolve_batch_size('auto', device)})", flush=True)
     # Warm-up: the first decode of a process pays one-off costs that would fall on the first row.
@@ -108,7 +111,7 @@ def main() -> int:
               f"| {row['decoded_again']} |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"files": args.files, "seconds": args.seconds, "workers": args.workers,
+    out.write_text(json.dumps({"corpus": args.corpus, "files": args.files, "seconds": args.seconds, "workers": args.workers,
                                "audio_s": audio_s, "rows": rows}, indent=2) + "\n")
     print(f"\nfigures: {out}")
     return 0

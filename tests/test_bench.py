@@ -15,6 +15,7 @@ import pytest
 import languages  # benchmarks/languages.py
 import bench  # benchmarks/ (conftest puts it on the path): the command and its parts
 import corpus
+import held_apart
 import plain
 import plan
 import report
@@ -66,6 +67,45 @@ def test_corpus_is_the_same_for_the_same_seed(fixtures_dir, tmp_path):
     again = corpus.build_corpus(clips, tmp_path / "b", files=2, seconds=5)
     assert [c.sha256 for c in first] == [c.sha256 for c in again]
     assert [c.reference for c in first] == [c.reference for c in again]
+
+
+needs_espeak = pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None,
+                                  reason="espeak-ng is not installed (scripts/install-test-deps.sh installs it)")
+
+
+@needs_espeak
+def test_held_apart_meetings_are_built_otherwise_and_their_splits_never_meet(fixtures_dir, tmp_path):
+    """Judged on speech it was not tuned on: the held-apart builder makes turns of one to three
+    utterances of one voice (fixture and espeak-ng voices mixed), long and short utterances,
+    its own pauses; its two splits and corpus.py's conversations share no file."""
+    clips = corpus.speech_clips(fixtures_dir)
+    tune = held_apart.build_held_apart(clips, tmp_path / "tune", "tune", files=2, seconds=90)
+    report_split = held_apart.build_held_apart(clips, tmp_path / "report", "report", files=2, seconds=90)
+    again = held_apart.build_held_apart(clips, tmp_path / "again", "tune", files=2, seconds=90)
+    plain_corpus = corpus.build_corpus(clips, tmp_path / "plain", files=2, seconds=90)
+    assert [c.sha256 for c in tune] == [c.sha256 for c in again], "the same split, the same files"
+    digests = [c.sha256 for c in (*tune, *report_split, *plain_corpus)]
+    assert len(set(digests)) == len(digests), "no file in two corpora"
+    synthetic = {name for name, _, _ in held_apart.SYNTHETIC_VOICES}
+    for item in (*tune, *report_split):
+        assert item.duration_s >= 90
+        voices = [voice for _, _, voice in item.turns]
+        assert set(voices) & synthetic and set(voices) - synthetic, "fixture and espeak-ng voices mixed"
+        runs, run = [], 1
+        for before, after in zip(voices, voices[1:]):
+            if after == before:
+                run += 1
+            else:
+                runs.append(run)
+                run = 1
+        assert max(runs) <= 3, "a turn is one to three utterances of one voice"
+        assert len(corpus.normalise(item.reference).split()) > 150
+    lengths = [end - start for item in (*tune, *report_split) for start, end, _ in item.turns]
+    assert min(lengths) < 2.0 and max(lengths) > 12.0, "short and long utterances"
+    pauses = [b[0] - a[1] for item in (*tune, *report_split) for a, b in zip(item.turns, item.turns[1:])]
+    assert min(pauses) < 0.3 and max(pauses) > 2.5, "quick hand-overs and long silences"
+    with pytest.raises(plan.BenchError, match="held-apart split"):
+        held_apart.held_apart_conversation(clips, "test", 0, 10)
 
 
 def test_missing_fixtures_folder_is_a_clear_error(tmp_path):
