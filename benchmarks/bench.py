@@ -40,7 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from corpus import build_corpus, fixtures_folder, speech_clips
+from corpus import fixtures_folder, speech_clips
+from held_apart import CORPORA, build_named
 from languages import english_ratio
 from languages import table as language_table
 from pipeline import pipeline_end_to_end
@@ -56,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--files", type=int, default=6, help="recordings in the corpus (default 6)")
     parser.add_argument("--seconds", type=float, default=240.0,
                         help="length of each recording, several speakers taking turns (default 240)")
+    parser.add_argument("--corpus", choices=CORPORA, default="conversations",
+                        help="corpus.py's conversations (default) or a split of the held-apart meetings (held_apart.py)")
     parser.add_argument("--out", default="bench-results/bench.json", help="where the figures go as JSON")
     parser.add_argument("--repeat", type=int, default=1,
                         help="measure every configuration this many times, interleaved; the table shows the best")
@@ -91,7 +94,7 @@ def run_bench(args: argparse.Namespace, settings: Settings) -> int:
     try:
         clock = time.perf_counter()
         clips = speech_clips(fixtures_folder())
-        corpus = build_corpus(clips, work_dir / "corpus", args.files, args.seconds)
+        corpus = build_named(args.corpus, clips, work_dir / "corpus", args.files, args.seconds)
         audio_s = sum(c.duration_s for c in corpus)
         print(f"corpus: {len(corpus)} distinct conversations, {audio_s:.1f} s of audio with reference text, "
               f"{len(clips)} clips in shuffled turns ({time.perf_counter() - clock:.1f} s to build)", flush=True)

@@ -1,10 +1,12 @@
 """A pile of long recordings dropped at once under a real `make dev`, against the best plain
 script at the same quality on the same files, in one run.
 
-Builds --files conversations of --seconds each with their reference text (corpus.py), then:
+Builds --files recordings of --seconds each with their reference text (--corpus: corpus.py's
+conversations, or a split of the held-apart meetings, held_apart.py), then:
 
 - plain faster-whisper, batched and sequential, --workers threads sharing one model (plain.py):
   x realtime and word error rate of each;
+- `opentr run` on the same files, timed as the whole command;
 - `opentr dev` as `make dev` starts it (OPENTR_BROKER_URL=embedded: a private Redis and a
   resident worker with GPU_SCALE_WORKERS=--workers), every file copied into the upload folder at
   once, timed from the first copy to the last transcript, and the WER of what it wrote.
@@ -12,9 +14,11 @@ Builds --files conversations of --seconds each with their reference text (corpus
 Prints the rows side by side, the fastest plain script whose worst-file WER is as good as the
 pipeline's (plan.SAME_QUALITY) if any is, and the pile (drop to last transcript) against plain
 batched (at the pipeline's batch, and at faster-whisper's default of 8 where that differs) and
-plain sequential decoding, each timed as a whole command, with their WER beside.
+plain sequential decoding, each timed as a whole command, with their WER beside, and `opentr run`
+against the same commands.
 
     .venv/bin/python benchmarks/bulk_drop.py --files 8 --seconds 120 --workers 2
+    .venv/bin/python benchmarks/bulk_drop.py --corpus held-apart-report --files 6 --seconds 240
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from corpus import build_corpus, fixtures_folder, speech_clips, wer_by_file
+from corpus import fixtures_folder, speech_clips, wer_by_file
+from held_apart import CORPORA, build_named
+from pipeline import pipeline_end_to_end
 from plain import plain_command, raw_faster_whisper
 from plan import Measurement, make_plan
 from report import best_plain_of_same_quality, format_table
@@ -132,11 +138,13 @@ def main() -> int:
     parser.add_argument("--files", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--corpus", choices=CORPORA, default="conversations",
+                        help="corpus.py's conversations (default) or a split of the held-apart meetings (held_apart.py)")
     parser.add_argument("--out", default="bench-results/bulk_drop.json")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="opentr-bulk-"))
     try:
-        corpus = build_corpus(speech_clips(fixtures_folder()), work / "corpus", args.files, args.seconds)
+        corpus = build_named(args.corpus, speech_clips(fixtures_folder()), work / "corpus", args.files, args.seconds)
         print(f"{len(corpus)} conversations, {sum(c.duration_s for c in corpus):.0f} s of audio", flush=True)
         plan = make_plan(Settings.from_env(), "cpu", None, None)
         rows = []
@@ -161,6 +169,10 @@ def main() -> int:
                 print(f"{command.configuration}, {when}: {command.wall_s:.1f} s, WER worst {command.wer_worst:.3f}", flush=True)
 
         time_commands("before")
+        # `opentr run` on the same files, the whole command (start-up, model load, Dagster, the
+        # report): what a person times on a pile without a server.
+        (run,) = [m for m in pipeline_end_to_end(corpus, plan, args.workers, work) if "whole command" in m.configuration]
+        print(f"{run.configuration}: {run.wall_s:.1f} s, {run.x_realtime:.1f}x, WER worst {run.wer_worst:.3f}", flush=True)
         rows.append(pipeline_drop(corpus, args.workers, work / "dev", plan.pipeline_env(args.workers)))
         print(f"{rows[-1].configuration}: {rows[-1].x_realtime:.1f}x, WER worst {rows[-1].wer_worst:.3f}", flush=True)
         time_commands("after")
@@ -170,7 +182,7 @@ def main() -> int:
     before, after = [pair[0] for pair in commands.values()], [pair[-1] for pair in commands.values()]
     timed = [*before, *after]
     print()
-    print(format_table([*rows[:-1], *before, pipeline, *after]))
+    print(format_table([*rows[:-1], *before, run, pipeline, *after]))
     yardstick = best_plain_of_same_quality(rows, pipeline)
     if yardstick:
         print(f"\n{PIPELINE_DROP} / {yardstick.configuration}: {pipeline.x_realtime / yardstick.x_realtime:.2f} (target 0.95)")
@@ -186,11 +198,19 @@ def main() -> int:
         worst = max(c.wer_worst for c in pair)
         print(f"  {name}: {pair[0].wall_s:.1f} s before, {pair[-1].wall_s:.1f} s after (WER worst up to "
               f"{worst:.3f}, pile {pipeline.wer_worst:.3f}); pile {pipeline.wall_s:.1f} s: {ratios[name]:.2f} (target 0.95)")
+    print("`opentr run` (whole command) against each plain script as a whole command, start to exit:")
+    run_ratios = {}
+    for name, pair in commands.items():
+        mean_s = sum(c.wall_s for c in pair) / len(pair)
+        run_ratios[name] = round(mean_s / run.wall_s, 3)
+        print(f"  {name}: {mean_s:.1f} s (WER worst up to {max(c.wer_worst for c in pair):.3f}); opentr run "
+              f"{run.wall_s:.1f} s (WER worst {run.wer_worst:.3f}): {run_ratios[name]:.2f} (target 0.9 of batching)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": [r.to_dict() for r in rows], "plain_commands": [c.to_dict() for c in timed],
                                "same_quality_yardstick": yardstick.configuration if yardstick else None,
-                               "ratio_to_whole_commands": ratios}, indent=2) + "\n")
+                               "ratio_to_whole_commands": ratios,
+                               "opentr_run": run.to_dict(), "opentr_run_ratio_to_whole_commands": run_ratios}, indent=2) + "\n")
     print(f"figures: {out}")
     return 0
 

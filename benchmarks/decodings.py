@@ -31,24 +31,27 @@ from opentr_pipeline.engine.transcription import (
 from opentr_pipeline.settings import BUNDLED_MODEL, DeviceSettings
 
 
-def plain_batched(model, audio: np.ndarray, batch: int, chunk_s: int, beam: int = 5) -> tuple[str, int]:
+def plain_batched(model, audio: np.ndarray, batch: int, chunk_s: int, beam: int = 5) -> tuple[str, tuple[int, float]]:
     from faster_whisper import BatchedInferencePipeline
 
     segments, _ = BatchedInferencePipeline(model).transcribe(
         audio, batch_size=batch, chunk_length=chunk_s, beam_size=beam, vad_filter=True, word_timestamps=True)
-    return " ".join(s.text for s in segments), 0
+    return " ".join(s.text for s in segments), (0, 0.0)
 
 
-def plain_sequential(model, audio: np.ndarray, vad: bool, beam: int = 5) -> tuple[str, int]:
+def plain_sequential(model, audio: np.ndarray, vad: bool, beam: int = 5) -> tuple[str, tuple[int, float]]:
     segments, _ = model.transcribe(audio, beam_size=beam, vad_filter=vad, word_timestamps=True)
-    return " ".join(s.text for s in segments), 0
+    return " ".join(s.text for s in segments), (0, 0.0)
 
 
-def engine(model, audio: np.ndarray, options: TranscriptionOptions) -> tuple[str, int]:
+def engine(model, audio: np.ndarray, options: TranscriptionOptions) -> tuple[str, tuple[int, float]]:
     done = transcribe(model, DecodedAudio(audio, ""), options, model_name=BUNDLED_MODEL, compute_type="int8",
                       device="cpu:0", worker=0)
-    return done.text, len(done.decoded_again)
+    return done.text, (len(done.decoded_again), sum(end - start for start, end in done.decoded_again))
 
+
+# The engine before this table: text tokens only in chunks of up to 30 s of speech, suspect chunks redone whole.
+TEXT_ONLY = dict(batch_timestamps=False, chunk_speech_s=30.0)
 
 DECODINGS: dict[str, Callable] = {
     "plain batched, batch 8, 30-s chunks (faster-whisper's default)": lambda m, a: plain_batched(m, a, 8, 30),
@@ -58,16 +61,26 @@ DECODINGS: dict[str, Callable] = {
     "plain batched, batch 1, 30-s chunks": lambda m, a: plain_batched(m, a, 1, 30),
     "plain sequential, VAD": lambda m, a: plain_sequential(m, a, True),
     "plain sequential, no VAD": lambda m, a: plain_sequential(m, a, False),
-    "engine batched, batch 8, joined speech, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
-    "engine batched, batch 8, chunk guard, redone chunks at beam 5":
+    "engine batched, batch 8, text tokens only, 30-s chunks, no guard":
+        lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False, **TEXT_ONLY)),
+    "engine batched, batch 1, text tokens only, 30-s chunks, suspect chunks redone whole (the default before)":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, **TEXT_ONLY)),
+    "engine batched, batch 1, text tokens only, 25-s chunks, suspect chunks redone whole":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, batch_timestamps=False)),
+    "engine batched, batch 1, timestamps, 30-s chunks, no guard":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, chunk_speech_s=30.0, chunk_guard=False)),
+    "engine batched, batch 1, timestamps, 30-s chunks, holes redone":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, chunk_speech_s=30.0)),
+    "engine batched, batch 8, timestamps, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
+    "engine batched, batch 8, timestamps, holes redone at beam 5":
         lambda m, a: engine(m, a, TranscriptionOptions(redo_beam_size=5)),
-    "engine batched, batch 8, chunk guard, redone chunks greedy (the default on a GPU, or CPU workers of several threads)":
+    "engine batched, batch 8, timestamps, holes redone greedy (the default on a GPU, or CPU workers of several threads)":
         lambda m, a: engine(m, a, TranscriptionOptions()),
-    "engine batched, batch 1, chunk guard (the default on CPU workers of one thread)":
+    "engine batched, batch 1, timestamps, holes redone greedy (the default on CPU workers of one thread)":
         lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1)),
-    "engine batched, batch 16, chunk guard": lambda m, a: engine(m, a, TranscriptionOptions(batch_size=16)),
-    "engine batched, batch 8, chunk guard, greedy (beam 1)": lambda m, a: engine(m, a, TranscriptionOptions(beam_size=1)),
-    "engine batched, batch 1, chunk guard, greedy (beam 1)":
+    "engine batched, batch 16, timestamps, holes redone": lambda m, a: engine(m, a, TranscriptionOptions(batch_size=16)),
+    "engine batched, batch 8, greedy (beam 1) throughout": lambda m, a: engine(m, a, TranscriptionOptions(beam_size=1)),
+    "engine batched, batch 1, greedy (beam 1) throughout":
         lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, beam_size=1)),
 }
 
@@ -102,13 +115,14 @@ def main() -> int:
         wall = time.perf_counter() - clock
         wer = [word_error_rate(reference, text) for (_, reference), (text, _) in zip(corpus, done)]
         rows.append({"decoding": name, "wer_mean": round(sum(wer) / len(wer), 3), "wer_worst": round(max(wer), 3),
-                     "x_realtime": round(audio_s / wall, 1), "decoded_again": sum(n for _, n in done),
+                     "x_realtime": round(audio_s / wall, 1), "decoded_again": sum(n for _, (n, _) in done),
+                     "seconds_decoded_again": round(sum(s for _, (_, s) in done), 1),
                      "wer_by_file": [round(w, 3) for w in wer]})
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| decoding | WER mean | WER worst | x realtime | chunks decoded again |\n|---|---|---|---|---|")
+    print("\n| decoding | WER mean | WER worst | x realtime | stretches decoded again (s) |\n|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['decoding']} | {row['wer_mean']:.3f} | {row['wer_worst']:.3f} | {row['x_realtime']} "
-              f"| {row['decoded_again']} |")
+              f"| {row['decoded_again']} ({row['seconds_decoded_again']:.0f} s) |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"corpus": args.corpus, "files": args.files, "seconds": args.seconds, "workers": args.workers,

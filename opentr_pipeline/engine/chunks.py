@@ -1,16 +1,20 @@
 """Batched decoding that keeps the words: speech chunks, and the guard that catches dropped ones.
 
-faster-whisper's batched pipeline decodes each chunk of up to 30 s without timestamps, and the
+faster-whisper's batched pipeline decodes each chunk of up to 30 s of speech in one pass, and the
 model sometimes ends a chunk early or skips a stretch of it: its speech is gone, silently
 (faster-whisper #1179). Chunks are made of the speech alone, joined end to end with the pauses
 between turns cut out, as faster-whisper's own batching does: chunks that kept their pauses lost
 words in 16 of 80 chunks of the benchmark conversations, joined speech in 1 of 68 (README,
-"Measured"). Every decoded chunk is then checked against its own speech: a chunk whose text is
-too short for the speech the VAD found in it, or whose last word ends well before its speech
-does, is decoded again on its own, sequentially, with timestamps (greedily: see
-TranscriptionOptions.redo_beam_size).
+"Measured"). The chunks are decoded with timestamp tokens, which faster-whisper's batching leaves
+out: text alone, the decoder ended chunks of meetings early (8 tokens for 30 s of speech) or skipped
+their first turns, losing 232 of 1,833 words of the held-apart tune meetings, against 59 with
+timestamps (benchmarks/early_ends.py). Timestamps also say where a decode stopped: the guard
+decodes again only the holes no segment covers, sequentially, with timestamps, greedily (see
+TranscriptionOptions.redo_beam_size), and a whole chunk only where its words fall far short of its
+speech with no hole to show where. Decoded as text alone, a chunk whose words are too few for its
+speech, or whose last word ends well before its speech does, is decoded again whole.
 
-All of it is pure: spans and word times in, chunks, verdicts and recording times out.
+All of it is pure: spans, segment and word times in, chunks, verdicts and recording times out.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ class Chunk:
 
     def speech_end_s(self, rate: int) -> float:
         return self.spans[-1][1] / rate
+
+    def part(self, start: int, end: int) -> "Chunk":
+        """The stretch [start, end) of this chunk, with its speech spans cut to it."""
+        return Chunk(start, end, [(max(a, start), min(b, end)) for a, b in self.spans if a < end and b > start])
 
 
 class JoinedSpeech:
@@ -121,6 +129,47 @@ def chunks_to_decode_again(chunks: Sequence[Chunk], word_ends: Sequence[Sequence
         if too_few or max(ends) < chunk.speech_end_s(rate) - EARLY_END_S:
             suspect.append(index)
     return suspect
+
+
+# With timestamp tokens the decoder says where it stopped: the stretch of a chunk that no
+# segment covers is what it lost, and only that is decoded again. On the held-apart tune meetings
+# (benchmarks/early_ends.py) every chunk that lost its last words left 2.3-5.0 s uncovered at its
+# end, every other chunk 0.7 s or less; between two segments 1.2 s at most was left uncovered.
+HOLE_S = 2.0  # uncovered between two segments
+# A chunk covered end to end whose words still fall this far below the file's rate skipped words
+# inside its segments: decoded again whole. Lower than MIN_RATE_SHARE since holes catch the rest:
+# chunks that lost nothing came out as low as 0.83 on the tune meetings (a slow voice's turns).
+MIN_RATE_SHARE_TIMED = 0.7
+
+
+def stretches_to_decode_again(chunks: Sequence[Chunk], segments: Sequence[Sequence[tuple[float, float]]],
+                              word_ends: Sequence[Sequence[float]], rate: int,
+                              earlier_rates: Sequence[float] = ()) -> dict[int, list[tuple[int, int]]]:
+    """What to decode again of chunks decoded with timestamps: chunk index -> stretches (samples
+    of joined speech, as the chunks'): the holes no segment covers, or, where there is none, the
+    whole chunk if its words fall far short of its speech.
+
+    `segments[i]`: (start, end) seconds of joined speech of chunk i's decoded segments, in order;
+    `word_ends` and `earlier_rates` as for `chunks_to_decode_again`.
+    """
+    rates = [*earlier_rates, *speaking_rates(chunks, word_ends, rate)]
+    typical = statistics.median(rates) if rates else None
+    again: dict[int, list[tuple[int, int]]] = {}
+    for index, (chunk, times, ends) in enumerate(zip(chunks, segments, word_ends)):
+        speech = chunk.speech_s(rate)
+        if speech < MIN_SPEECH_S:
+            continue
+        edges = [chunk.start / rate, *(t for pair in times for t in pair), chunk.speech_end_s(rate)]
+        holes = []
+        for number, (covered_to, next_from) in enumerate(zip(edges[::2], edges[1::2])):
+            at_edge = number == 0 or number == len(times)
+            if next_from - covered_to >= (EARLY_END_S if at_edge else HOLE_S):
+                holes.append((max(chunk.start, int(covered_to * rate)), min(chunk.end, int(next_from * rate))))
+        if holes:
+            again[index] = holes
+        elif not ends or (typical is not None and len(ends) / speech < MIN_RATE_SHARE_TIMED * typical):
+            again[index] = [(chunk.start, chunk.end)]
+    return again
 
 
 # Where a window of a long recording may end: in a pause the detector found, or after this much

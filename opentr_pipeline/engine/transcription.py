@@ -28,6 +28,7 @@ from opentr_pipeline.engine.chunks import (
     chunk_speech,
     chunks_to_decode_again,
     speaking_rates,
+    stretches_to_decode_again,
     window_cut,
 )
 from opentr_pipeline.engine.devices import DevicePlan
@@ -35,6 +36,8 @@ from opentr_pipeline.engine.isolation import DecodeLimits, decode_windows_isolat
 from opentr_pipeline.engine.languages import (Decoders, Heard, by_language, detect_chunks, language_shares,
                                                stretches_by_language)
 from opentr_pipeline.engine.media import Decoded, MediaError
+from opentr_pipeline.engine.redo import Lost, decode_again
+from opentr_pipeline.engine.segments import Segment, Word, in_recording, plain_segment
 from opentr_pipeline.engine.speakers import SpeechVoices
 from opentr_pipeline.settings import BUNDLED_MODELS, DecodingSettings
 
@@ -46,6 +49,12 @@ log = logging.getLogger("opentr")
 # never loads it (nor torch), and starts seconds sooner.
 SAMPLE_RATE = 16000
 CHUNK_S = 30  # the longest window batched decoding is given: Whisper's own
+# The most speech in a chunk. Decoding with timestamps, Whisper leaves a last sentence that runs
+# up to its window's edge for the next window (sequential decoding's seek), and a batched chunk
+# has no next window: chunks of 28.4-30 s of joined speech lost their last turn in 11 of 19 on the
+# benchmark conversations, chunks of up to 27.9 s in none (benchmarks/early_ends.py). A few seconds
+# of silence before the window's edge show the decoder where the speech ends.
+CHUNK_SPEECH_S = 25.0
 EMPTY_WITH_SPEECH_S = 1.0  # an empty transcript of a file with this much detected speech is flagged
 # A recording longer than this is decoded and transcribed a window at a time (cut in a pause), so
 # a worker's memory is bounded whatever the duration (README, "What is guaranteed").
@@ -125,6 +134,11 @@ class TranscriptionOptions:
     vad_filter: bool = True
     language: str | None = None
     chunk_guard: bool = True  # off only to measure what it saves (benchmarks)
+    # Batched chunks decoded with timestamp tokens (faster-whisper's batched default is text only):
+    # without them the decoder ends a chunk of joined speech early or skips its first turns far
+    # more often (benchmarks/early_ends.py: 232 against 59 of 1,833 words lost, README "Measured").
+    batch_timestamps: bool = True
+    chunk_speech_s: float = CHUNK_SPEECH_S  # the most speech in a batched chunk (at most CHUNK_S)
     # A chunk the guard redoes is decoded greedily (temperature fallback kept): on the benchmark
     # conversations as accurate as beam 5 or more, in half the time (README, "Measured").
     redo_beam_size: int = 1
@@ -136,26 +150,6 @@ class TranscriptionOptions:
         return cls(beam_size=decoding.beam_size, batch_size=resolve_batch_size(decoding.batch_size, device),
                    vad_filter=decoding.vad_filter, language=decoding.language, voices=decoding.voice_prints,
                    task=decoding.task)
-
-
-@dataclass
-class Word:
-    start: float
-    end: float
-    word: str
-    probability: float
-    speaker: str | None = None  # engine/speakers.py: None where speakers are off
-
-
-@dataclass
-class Segment:
-    id: int
-    start: float
-    end: float
-    text: str
-    words: list[Word] = field(default_factory=list)
-    speaker: str | None = None  # one per segment: a change of speaker splits it
-    language: str = ""  # the language its chunk was detected in and decoded as (engine/languages.py)
 
 
 @dataclass
@@ -175,7 +169,7 @@ class Transcript:
     sha256: str = ""  # of the bytes this transcript was made from
     host: str = ""
     engine: str = ""  # the process that held the model: one id per model load
-    decoded_again: list[list[float]] = field(default_factory=list)  # [start, end] s of chunks the guard redid
+    decoded_again: list[list[float]] = field(default_factory=list)  # [start, end] s of stretches the guard decoded again
     audio_notes: list[str] = field(default_factory=list)  # which stream, how channels were mixed
     warnings: list[str] = field(default_factory=list)  # what a person should look at (an empty text with speech)
     # Who spoke when is decided from these by the speakers asset (defs/assets/speakers.py), which
@@ -310,11 +304,11 @@ class ModelCache:
         return len(self._models)
 
 
-def speech_spans(samples: np.ndarray) -> list[tuple[int, int]]:
-    """Speech, in samples: faster-whisper's own batched VAD settings, so the speech is the same."""
+def speech_spans(samples: np.ndarray, longest_s: float = CHUNK_SPEECH_S) -> list[tuple[int, int]]:
+    """Speech, in samples: faster-whisper's own batched VAD settings (spans of at most `longest_s`)."""
     from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-    found = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=CHUNK_S, min_silence_duration_ms=160))
+    found = get_speech_timestamps(samples, VadOptions(max_speech_duration_s=longest_s, min_silence_duration_ms=160))
     return [(span["start"], span["end"]) for span in found]
 
 
@@ -334,14 +328,14 @@ def decode_batched(decoders: Decoders, samples: np.ndarray, options: Transcripti
 
     model = decoders.main
     common = dict(beam_size=options.beam_size, word_timestamps=True)
-    spans = speech_spans(samples) if spans is None else spans
+    spans = speech_spans(samples, options.chunk_speech_s) if spans is None else spans
     if not spans:  # no speech: the pipeline's own path says so (and detects the language)
         found, info = BatchedInferencePipeline(model).transcribe(
             samples, batch_size=options.batch_size, vad_filter=True, language=options.language, **common)
         return [plain_segment(s, offset_s, info.language) for s in found], info, [], 0.0
     joined = JoinedSpeech(spans)
     speech = np.concatenate([samples[start:end] for start, end in spans])
-    chunks = chunk_speech(joined.joined_spans(), CHUNK_S * SAMPLE_RATE)
+    chunks = chunk_speech(joined.joined_spans(), int(options.chunk_speech_s * SAMPLE_RATE))
     detector = decoders.detector if options.language is None else None
     heard, window = detect_chunks(detector, speech, chunks) if detector is not None else (None, {})
     groups = by_language(heard) if heard is not None else {options.language: list(range(len(chunks)))}
@@ -352,6 +346,7 @@ def decode_batched(decoders: Decoders, samples: np.ndarray, options: Transcripti
         decoder = decoders.for_language(language) if language else model
         found, group_info = BatchedInferencePipeline(decoder).transcribe(  # one per call: it keeps per-call state
             speech, batch_size=options.batch_size, vad_filter=False, language=language, task=task_for(decoder, options),
+            without_timestamps=not options.batch_timestamps,
             clip_timestamps=[{"start": chunks[i].start / SAMPLE_RATE, "end": chunks[i].end / SAMPLE_RATE} for i in indexes],
             **common)
         info = info or group_info
@@ -364,40 +359,47 @@ def decode_batched(decoders: Decoders, samples: np.ndarray, options: Transcripti
         info = main_language(chunks, heard)
     word_ends = [[word.end for segment in decoded for word in segment.words] for decoded in by_chunk]
     rates = [] if rates is None else rates
-    again = chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE, rates) if options.chunk_guard else []
+    again = stretches_lost(chunks, by_chunk, word_ends, rates, options)
 
-    def at(sample: float) -> float:  # a sample of `samples` in recording seconds
-        return round(offset_s + sample / SAMPLE_RATE, 3)
-
-    def word_in_recording(word: Word) -> Word:
-        start, end = joined.word_to_recording(word.start * SAMPLE_RATE, word.end * SAMPLE_RATE)
-        return replace(word, start=at(start), end=at(end))
-
-    in_place = [[replace(s, start=at(joined.to_recording(s.start * SAMPLE_RATE)),
-                         end=at(joined.to_recording(s.end * SAMPLE_RATE, is_end=True)),
-                         words=[word_in_recording(w) for w in s.words], language=chunk_language[index]) for s in decoded]
+    in_place = [[in_recording(s, joined, offset_s, chunk_language[index]) for s in decoded]
                 for index, decoded in enumerate(by_chunk)]
-    decoded_again = []
-    for index in again:
-        # Decoded again as the stretch of the recording it came from, pauses and all: sequential
-        # decoding with timestamps finds its way through the turns, and its times need no map.
-        # Where languages are detected, each language in the chunk is its own stretch.
+    # A whole chunk redone replaces what it gave; a hole adds to it. Where languages are detected,
+    # each language in what is redone is its own stretch: a chunk that ran from English into
+    # German was decoded as English, and the German is what it lost.
+    lost = []
+    for index, stretches in again.items():
         chunk = chunks[index]
-        stretches = (stretches_by_language(detector, speech, chunk, window) if heard is not None
-                     else [(chunk.start, chunk.end, chunk_language[index])])
-        in_place[index] = []
-        for low, high, language in stretches:
-            decoder = decoders.for_language(language)
-            start, end = int(joined.to_recording(low)), int(joined.to_recording(high, is_end=True))
-            decoded, _ = decoder.transcribe(samples[start:end], vad_filter=False, condition_on_previous_text=False,
-                                            task=task_for(decoder, options),
-                                            **{**common, "language": language, "beam_size": options.redo_beam_size})
-            in_place[index] += [plain_segment(s, offset_s + start / SAMPLE_RATE, language) for s in decoded]
+        if stretches == [(chunk.start, chunk.end)]:
+            in_place[index] = []
+        for part in (chunk.part(low, high) for low, high in stretches):
+            lost += [Lost(index, low, high, language) for low, high, language in (
+                stretches_by_language(detector, speech, part, window) if heard is not None
+                else [(part.start, part.end, chunk_language[index])])]
+    redone = decode_again(decoders.for_language, samples, speech, joined, lost, batch_size=options.batch_size,
+                          beam_size=options.redo_beam_size, task_for=lambda decoder: task_for(decoder, options),
+                          offset_s=offset_s)
+    for index, found in redone.segments.items():
+        in_place[index] = sorted(in_place[index] + found, key=lambda segment: segment.start)
         word_ends[index] = [word.end for segment in in_place[index] for word in segment.words]  # counted only
-        decoded_again.append([at(joined.to_recording(chunk.start)), at(joined.to_recording(chunk.end, is_end=True))])
     rates += speaking_rates(chunks, word_ends, SAMPLE_RATE)
     segments = [s for decoded in in_place for s in decoded]
-    return segments, info, decoded_again, len(speech) / SAMPLE_RATE
+    return segments, info, redone.stretches, len(speech) / SAMPLE_RATE
+
+
+def stretches_lost(chunks: Sequence, by_chunk: Sequence[Sequence[Segment]], word_ends: Sequence[Sequence[float]],
+                   rates: list[float], options: TranscriptionOptions) -> dict[int, list[tuple[int, int]]]:
+    """The chunk guard's verdict: chunk index -> the stretches of it (samples of joined speech)
+    to decode again. With timestamps, the holes the decoder left (or the whole chunk where its words
+    fall short with no hole); with text alone, every suspect chunk whole (engine/chunks.py)."""
+    if not options.chunk_guard:
+        return {}
+    if options.batch_timestamps:
+        times = [[(segment.start, segment.end) for segment in decoded] for decoded in by_chunk]
+        return stretches_to_decode_again(chunks, times, word_ends, SAMPLE_RATE, rates)
+    # Text alone says nothing of where a decode stopped (holes by the words' aligned times were
+    # tried: they missed losses and doubled words, worst file 0.071 against 0.015 whole).
+    return {index: [(chunks[index].start, chunks[index].end)]
+            for index in chunks_to_decode_again(chunks, word_ends, SAMPLE_RATE, rates)}
 
 
 def task_for(model: "WhisperModel", options: TranscriptionOptions) -> str:
@@ -449,7 +451,7 @@ def decode_windows_of(decoders: Decoders, audio: DecodedAudio, options: Transcri
     while True:
         last = upcoming is None
         buffer = np.concatenate([carry, current]) if carry.size else current
-        spans = speech_spans(buffer) if options.vad_filter or not last else None
+        spans = speech_spans(buffer, options.chunk_speech_s) if options.vad_filter or not last else None
         cut = len(buffer) if last else window_cut(spans, len(buffer), SAMPLE_RATE)
         while True:  # out of memory halves the batch, down to 1, for this window and the rest
             try:
@@ -484,14 +486,6 @@ def decode_windows_of(decoders: Decoders, audio: DecodedAudio, options: Transcri
 def segments_of(doc: dict) -> list[Segment]:
     """A transcript record's segments (and their words) as ours."""
     return [Segment(**{**s, "words": [Word(**w) for w in s["words"]]}) for s in doc["segments"]]
-
-
-def plain_segment(segment, offset: float = 0.0, language: str = "") -> Segment:
-    """faster-whisper's segment as ours, moved by `offset` seconds and rounded to the millisecond."""
-    words = [Word(round(w.start + offset, 3), round(w.end + offset, 3), w.word, round(w.probability, 4))
-             for w in (segment.words or [])]
-    return Segment(0, round(segment.start + offset, 3), round(segment.end + offset, 3), segment.text.strip(), words,
-                   language=language)
 
 
 def transcript_warnings(segments: list[Segment], speech_s: float) -> list[str]:

@@ -34,8 +34,9 @@ def settings_version(gpu: GpuExecutor) -> str:
         # Batched chunks that lost words are decoded again (engine/chunks.py). Redoing them
         # greedily rather than at beam 5 kept the words (README, "Measured"), so that change kept
         # this at 1; chunks of joined speech rather than chunks with their pauses (2) lose far
-        # fewer words in the first place, and the transcripts made before are stale.
-        "chunk_guard": 2,
+        # fewer words in the first place (2); decoded with timestamp tokens, they lose fewer still,
+        # and only the holes the decoder left are decoded again (3): the transcripts made before are stale.
+        "chunk_guard": 3,
         # Voice prints are made with the words: switching them on redoes the transcripts. The
         # number of speakers is the speakers asset's alone (decided again without decoding).
         **({"voice_prints": decoding.diarization} if decoding.voice_prints else {}),
@@ -153,7 +154,7 @@ def decoded_again_note(result: Transcript) -> str:
     """What the chunk guard did, for the run log: nothing when it did nothing."""
     if not result.decoded_again:
         return ""
-    return (f"; {len(result.decoded_again)} batched chunk(s) decoded again, their words short of their speech "
+    return (f"; {len(result.decoded_again)} stretch(es) of batched chunks decoded again, words short of their speech "
             f"({', '.join(f'{start:.0f}-{end:.0f} s' for start, end in result.decoded_again)})")
 
 
