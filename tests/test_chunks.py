@@ -267,7 +267,9 @@ def test_a_redo_that_stops_short_goes_on_from_its_last_word(stops_short) -> None
     whole = [Lost(0, 0, len(speech), "en")]
     middle = joined.starts[len(spans) // 2]
     halves = [Lost(0, 0, middle, "en"), Lost(0, middle, len(speech), "en")]
-    for batch, lost in ((1, whole), (4, halves)):  # sequential alone; batched first, then what is left
+    # one stretch, sequentially; two, batched first; in each case what a decode left is decoded
+    # again from its last word
+    for batch, lost in ((1, whole), (4, halves)):
         redone = decode_again(lambda language: model, samples, speech, joined, lost, batch_size=batch, beam_size=1,
                               task_for=lambda decoder: "transcribe", offset_s=10.0)
         words = [w for s in redone.segments[0] for w in s.words]
