@@ -65,8 +65,6 @@ DECODINGS: dict[str, Callable] = {
         lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False, **TEXT_ONLY)),
     "engine batched, batch 1, text tokens only, 30-s chunks, suspect chunks redone whole (the default before)":
         lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, **TEXT_ONLY)),
-    "engine batched, batch 1, text tokens only, 25-s chunks, suspect chunks redone whole":
-        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, batch_timestamps=False)),
     "engine batched, batch 1, timestamps, 30-s chunks, no guard":
         lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, chunk_speech_s=30.0, chunk_guard=False)),
     "engine batched, batch 1, timestamps, 30-s chunks, holes redone":

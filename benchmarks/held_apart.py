@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from corpus import SAMPLE_RATE, Clip, CorpusFile, build_corpus, fixtures_folder, speech_clips, write_wav
+from corpus import SAMPLE_RATE, Clip, CorpusFile, build_corpus, conversation, fixtures_folder, speech_clips, write_wav
 from meetings import voices
 from plan import BenchError
 
@@ -144,8 +144,6 @@ def build_named(name: str, clips: list[Clip], out_dir: Path, files: int, seconds
 
 def in_memory(name: str, clips: list[Clip], files: int, seconds: float) -> list[tuple[np.ndarray, str]]:
     """(samples, reference) of each file of a named corpus, without writing files."""
-    from corpus import conversation
-
     if name == "conversations":
         return [conversation(clips, index, seconds) for index in range(files)]
     if name.startswith("held-apart-"):

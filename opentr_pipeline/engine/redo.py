@@ -52,15 +52,16 @@ def decode_again(decoder_for: Callable[[str], "WhisperModel"], samples: np.ndarr
     """Every lost stretch decoded again: batched first where the worker batches, then each
     stretch (or what the batched call left of it) sequentially from the recording."""
     redone = Redone({}, [])
-    remaining = lost
-    if batch_size > 1 and len(lost) > 1:
-        remaining = _batched(decoder_for, speech, joined, lost, batch_size, beam_size, task_for, offset_s, redone)
+    batched = batch_size > 1 and len(lost) > 1
+    remaining = _batched(decoder_for, speech, joined, lost, batch_size, beam_size, task_for, offset_s, redone) \
+        if batched else lost
     for item in remaining:
         start, end = int(joined.to_recording(item.start)), int(joined.to_recording(item.end, is_end=True))
         decoder = decoder_for(item.language)
         redone.segments.setdefault(item.chunk, []).extend(
             _sequential(decoder, samples, start, end, item.language, beam_size, task_for(decoder), offset_s))
-        redone.stretches.append([round(offset_s + start / SAMPLE_RATE, 3), round(offset_s + end / SAMPLE_RATE, 3)])
+        if not batched:  # what a batched call left is part of a stretch it recorded already
+            redone.stretches.append([round(offset_s + start / SAMPLE_RATE, 3), round(offset_s + end / SAMPLE_RATE, 3)])
     return redone
 
 

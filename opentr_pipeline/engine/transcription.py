@@ -48,12 +48,13 @@ log = logging.getLogger("opentr")
 # faster-whisper is imported where it is used: a run that sends its files to resident workers
 # never loads it (nor torch), and starts seconds sooner.
 SAMPLE_RATE = 16000
-CHUNK_S = 30  # the longest window batched decoding is given: Whisper's own
+CHUNK_S = 30  # Whisper's own window: the most any chunk may hold
 # The most speech in a chunk. Decoding with timestamps, Whisper leaves a last sentence that runs
 # up to its window's edge for the next window (sequential decoding's seek), and a batched chunk
-# has no next window: chunks of 28.4-30 s of joined speech lost their last turn in 11 of 19 on the
-# benchmark conversations, chunks of up to 27.9 s in none (benchmarks/early_ends.py). A few seconds
-# of silence before the window's edge show the decoder where the speech ends.
+# has no next window: chunks of 28.4-30 s of joined speech lost their last turn in 11 of 18 on the
+# benchmark conversations, chunks of up to 28.1 s in none (on the held-apart tune meetings chunks of
+# 26.9 s and up did; benchmarks/early_ends.py). A few seconds of silence before the window's edge
+# show the decoder where the speech ends: 25 s lost no last turn on the conversations.
 CHUNK_SPEECH_S = 25.0
 EMPTY_WITH_SPEECH_S = 1.0  # an empty transcript of a file with this much detected speech is flagged
 # A recording longer than this is decoded and transcribed a window at a time (cut in a pause), so
