@@ -47,6 +47,7 @@ from opentr_pipeline.settings import PROJECT_ROOT, Settings
 sys.path.insert(0, str(PROJECT_ROOT / "tests"))
 from dev_server import DevServer, wait_for  # noqa: E402
 
+FASTER_WHISPER_BEAM = 5  # faster-whisper's own default beam
 PIPELINE_DROP = "pipeline under make dev (first copy -> last transcript)"
 
 
@@ -159,13 +160,17 @@ def main() -> int:
         # fallback samples: its worst file moved from 0.12 to 0.31 between runs of one command).
         commands: dict[str, list[Measurement]] = {}
 
-        # Plain batching runs at the pipeline's batch (WHISPER_BATCH_SIZE=auto: 1 here) and at
-        # faster-whisper's own default, what a plain script gets unless it is tuned.
-        extra = [BATCH_SIZE] if plan.batch_for(args.workers) != BATCH_SIZE else []
+        # Plain scripts run at the pipeline's batch and beam (WHISPER_BATCH_SIZE=auto: 1 here;
+        # WHISPER_BEAM_SIZE 2) and at faster-whisper's own defaults (batch 8, beam 5), what a plain
+        # script gets unless it is tuned.
+        batch = BATCH_SIZE if plan.batch_for(args.workers) != BATCH_SIZE else None
+        beam = FASTER_WHISPER_BEAM if plan.beam_size != FASTER_WHISPER_BEAM else None
+        variants = [(False, None, None), (True, None, None)]
+        variants += [(False, batch, beam), (True, None, beam)] if batch or beam else []
 
         def time_commands(when: str) -> None:
-            for sequential, batch in [(False, None), *((False, b) for b in extra), (True, None)]:
-                command = plain_command(corpus, plan, args.workers, sequential=sequential, vad=True, batch=batch)
+            for sequential, batch, beam in variants:
+                command = plain_command(corpus, plan, args.workers, sequential=sequential, vad=True, batch=batch, beam=beam)
                 commands.setdefault(command.configuration, []).append(command)
                 print(f"{command.configuration}, {when}: {command.wall_s:.1f} s, WER worst {command.wer_worst:.3f}", flush=True)
 

@@ -63,8 +63,8 @@ DECODINGS: dict[str, Callable] = {
     "plain sequential, no VAD": lambda m, a: plain_sequential(m, a, False),
     "engine batched, batch 8, text tokens only, 30-s chunks, no guard":
         lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False, **TEXT_ONLY)),
-    "engine batched, batch 1, text tokens only, 30-s chunks, suspect chunks redone whole (the default before)":
-        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, **TEXT_ONLY)),
+    "engine batched, batch 1, beam 5, text tokens only, 30-s chunks, suspect chunks redone whole (the default two stops ago)":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, beam_size=5, **TEXT_ONLY)),
     "engine batched, batch 1, timestamps, 30-s chunks, no guard":
         lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, chunk_speech_s=30.0, chunk_guard=False)),
     "engine batched, batch 1, timestamps, 30-s chunks, holes redone":
@@ -72,9 +72,13 @@ DECODINGS: dict[str, Callable] = {
     "engine batched, batch 8, timestamps, no guard": lambda m, a: engine(m, a, TranscriptionOptions(chunk_guard=False)),
     "engine batched, batch 8, timestamps, holes redone at beam 5":
         lambda m, a: engine(m, a, TranscriptionOptions(redo_beam_size=5)),
-    "engine batched, batch 8, timestamps, holes redone greedy (the default on a GPU, or CPU workers of several threads)":
+    "engine batched, batch 8, beam 2, holes redone greedy (the default on a GPU, or CPU workers of several threads)":
         lambda m, a: engine(m, a, TranscriptionOptions()),
-    "engine batched, batch 1, timestamps, holes redone greedy (the default on CPU workers of one thread)":
+    "engine batched, batch 1, beam 5, timestamps, holes redone greedy (the default before this stop)":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, beam_size=5)),
+    "engine batched, batch 1, beam 3, timestamps, holes redone greedy":
+        lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1, beam_size=3)),
+    "engine batched, batch 1, beam 2, timestamps, holes redone greedy (the default on CPU workers of one thread)":
         lambda m, a: engine(m, a, TranscriptionOptions(batch_size=1)),
     "engine batched, batch 16, timestamps, holes redone": lambda m, a: engine(m, a, TranscriptionOptions(batch_size=16)),
     "engine batched, batch 8, greedy (beam 1) throughout": lambda m, a: engine(m, a, TranscriptionOptions(beam_size=1)),

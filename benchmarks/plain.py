@@ -114,10 +114,10 @@ PLAIN_SCRIPT = Path(__file__).with_name("plain_script.py")
 
 
 def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, sequential: bool = False,
-                  vad: bool = True, batch: int | None = None) -> Measurement:
+                  vad: bool = True, batch: int | None = None, beam: int | None = None) -> Measurement:
     """The same decoding as `raw_faster_whisper`, as the whole command a user runs on a pile
     (plain_script.py): timed from the process's start to its exit, imports and model load in.
-    `batch`: another batch than the pipeline's (faster-whisper's own default, say)."""
+    `batch`, `beam`: another batch or beam than the pipeline's (faster-whisper's own defaults, say)."""
     from opentr_pipeline.engine.transcription import model_location
 
     device = plan.device_for(workers)
@@ -126,7 +126,7 @@ def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, seque
         command = [sys.executable, str(PLAIN_SCRIPT), *(str(c.path) for c in corpus), "--model", model_location(plan.model),
                    "--device", device.kind, "--device-index", str(device.index if device.kind == "cuda" else 0),
                    "--compute-type", plan.compute_type, "--cpu-threads", str(device.cpu_threads),
-                   "--workers", str(workers), "--beam-size", str(plan.beam_size), "--batch-size", str(batch or plan.batch_for(workers)),
+                   "--workers", str(workers), "--beam-size", str(beam or plan.beam_size), "--batch-size", str(batch or plan.batch_for(workers)),
                    "--out", str(out), *(["--language", plan.language] if plan.language else []),
                    *(["--sequential"] if sequential or not plan.vad_filter else []),
                    *([] if vad and plan.vad_filter else ["--no-vad"])]
@@ -143,6 +143,8 @@ def plain_command(corpus: list[CorpusFile], plan: BenchPlan, workers: int, seque
     label = kind.replace("(transcription span)", "(whole command)")
     if batch is not None:
         label = label.replace("batched", f"batched at batch {batch}")
+    if beam is not None:
+        label = label.replace("(whole command)", f"at beam {beam} (whole command)")
     return Measurement(
         configuration=label, workers=workers, files=len(corpus),
         wer=wer_by_file(corpus, texts), audio_s=round(sum(c.duration_s for c in corpus), 3), wall_s=round(wall, 3),

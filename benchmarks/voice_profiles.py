@@ -15,7 +15,6 @@ import argparse
 import random
 from collections import Counter
 
-import numpy as np
 from corpus import fixtures_folder, speech_clips
 from meetings import best_mapping, meetings_from_fixtures, voice_of
 

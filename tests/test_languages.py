@@ -10,7 +10,6 @@ import multiprocessing
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from opentr_pipeline.settings import BUNDLED_BASE, BUNDLED_MODEL, Settings, SettingsError, english_only

@@ -54,7 +54,7 @@ def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         gpu_scale_enabled=False, gpu_scale_device_id=0, gpu_scale_workers=1,
         gpu_scale_default_worker=False, gpu_device_id=0, whisper_device="auto")
     assert settings.decoding == DecodingSettings(
-        whisper_model=BUNDLED_MODEL, whisper_compute_type="auto", beam_size=5, batch_size="auto",
+        whisper_model=BUNDLED_MODEL, whisper_compute_type="auto", beam_size=2, batch_size="auto",
         vad_filter=True, language=None)
     assert not settings.engine.resident  # no broker: the model lives in the run process
     assert (settings.files_per_run, settings.runs_at_once) == (16, 0)
@@ -121,7 +121,7 @@ def test_every_variable_read_with_good_values(tmp_path: Path) -> None:
 def test_blank_values_mean_the_default(value: str) -> None:
     names = ["GPU_SCALE_WORKERS", "WHISPER_MODEL", "WHISPER_DEVICE", "WHISPER_BEAM_SIZE"]
     settings = Settings.from_env({name: value for name in names})
-    assert settings.devices.gpu_scale_workers == 1 and settings.decoding.beam_size == 5
+    assert settings.devices.gpu_scale_workers == 1 and settings.decoding.beam_size == 2
     assert (settings.decoding.whisper_model, settings.devices.whisper_device) == (BUNDLED_MODEL, "auto")
 
 

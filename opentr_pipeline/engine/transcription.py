@@ -130,7 +130,7 @@ def resolve_batch_size(requested: int | str, device: DevicePlan) -> int:
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
-    beam_size: int = 5
+    beam_size: int = 2  # WHISPER_BEAM_SIZE's default (settings.py)
     batch_size: int = BATCH_SIZE  # 1 still decodes chunks of joined speech, one at a time
     vad_filter: bool = True
     language: str | None = None
