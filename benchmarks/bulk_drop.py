@@ -13,9 +13,9 @@ conversations, or a split of the held-apart meetings, held_apart.py), then:
 
 Prints the rows side by side, the fastest plain script whose worst-file WER is as good as the
 pipeline's (plan.SAME_QUALITY) if any is, and the pile (drop to last transcript) against plain
-batched (at the pipeline's batch, and at faster-whisper's default of 8 where that differs) and
-plain sequential decoding, each timed as a whole command, with their WER beside, and `opentr run`
-against the same commands.
+batched and plain sequential decoding, each at the pipeline's batch and beam and at faster-whisper's
+own defaults (batch 8, beam 5) where those differ, each timed as a whole command, with their WER
+beside, and `opentr run` against the same commands.
 
     .venv/bin/python benchmarks/bulk_drop.py --files 8 --seconds 120 --workers 2
     .venv/bin/python benchmarks/bulk_drop.py --corpus held-apart-report --files 6 --seconds 240
