@@ -5,7 +5,8 @@ name `libcublas.so.12` it asks for), checks that CTranslate2 sees the GPU, then 
 as it goes and rewriting OUT/gpu-proof.json after every figure (a run cut short keeps what it had):
 
 1. tiny.en with its real weights on the long conversations: plain faster-whisper batching and
-   the project's engine (chunks of joined speech, the chunk guard), without and with speakers
+   the project's engine (chunks of joined speech, the chunk guard; at its default beam 2, and at
+   beam 5 beside, as the beam was chosen on a CPU), without and with speakers
    (CAM++ voice prints on the same device, in the same workers), 1 and 4 workers sharing one
    model: word error rate (mean, worst file), x realtime, the speakers' share of the time;
 2. a model of large-v3-turbo's shape with RANDOM weights (built here with transformers, converted
@@ -204,11 +205,13 @@ def stage_real(kit: Path, device: str, decoding: str, workers: int) -> dict:
                          cpu_threads=1 if device == "cpu" else 4)
     items = files * max(1, (2 * workers + len(files) - 1) // len(files))  # every worker busy
     shares = []  # of each transcription's time, the voice prints'
-    if decoding in ("engine", "engine+speakers"):
+    if decoding in ("engine", "engine+speakers", "engine at beam 5"):
         from opentr_pipeline.engine.transcription import DecodedAudio, TranscriptionOptions, transcribe
 
         speakers = decoding == "engine+speakers"
-        options = TranscriptionOptions(batch_size=batch, voices=speakers)  # the defaults of settings.py
+        options = TranscriptionOptions(batch_size=batch, voices=speakers)  # the defaults of settings.py (beam 2)
+        if decoding == "engine at beam 5":  # the beam before, chosen on a CPU: what it costs on a GPU
+            options = TranscriptionOptions(batch_size=batch, beam_size=5)
         embedder = None
         if speakers:  # as the pipeline does: one voice model per device, shared by its workers
             from opentr_pipeline.engine.voices import CamPlusPlus
@@ -369,7 +372,7 @@ def main() -> int:
                        limit_s=limit_s)
         return keep({"stage": name, **kwargs, **row})
 
-    for decoding in ("plain", "engine", "engine+speakers"):
+    for decoding in ("plain", "engine", "engine+speakers", *(() if args.small else ("engine at beam 5",))):
         for workers in ((1,) if args.small else (1, 4)):
             stage("real", 240, decoding=decoding, workers=workers)
     shape = "small-random" if args.small else "large-v3-turbo"
