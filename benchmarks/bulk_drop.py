@@ -163,10 +163,10 @@ def main() -> int:
         # Plain scripts run at the pipeline's batch and beam (WHISPER_BATCH_SIZE=auto: 1 here;
         # WHISPER_BEAM_SIZE 2) and at faster-whisper's own defaults (batch 8, beam 5), what a plain
         # script gets unless it is tuned.
-        batch = BATCH_SIZE if plan.batch_for(args.workers) != BATCH_SIZE else None
-        beam = FASTER_WHISPER_BEAM if plan.beam_size != FASTER_WHISPER_BEAM else None
+        own_batch = BATCH_SIZE if plan.batch_for(args.workers) != BATCH_SIZE else None
+        own_beam = FASTER_WHISPER_BEAM if plan.beam_size != FASTER_WHISPER_BEAM else None
         variants = [(False, None, None), (True, None, None)]
-        variants += [(False, batch, beam), (True, None, beam)] if batch or beam else []
+        variants += [(False, own_batch, own_beam), (True, None, own_beam)] if own_batch or own_beam else []
 
         def time_commands(when: str) -> None:
             for sequential, batch, beam in variants:

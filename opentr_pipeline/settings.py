@@ -22,6 +22,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = "bundled-tiny.en"
 BUNDLED_BASE = "bundled-base"  # multilingual Whisper base from two pinned packages (engine/bundled_models.py)
 BUNDLED_MODELS = (BUNDLED_MODEL, BUNDLED_BASE)
+# 2, not faster-whisper's 5: chosen on the held-apart meetings' tune split as the fastest beam
+# within 0.005 WER of beam 5 there (1.13x its speed); README "Measured" reports it on the others.
+BEAM_SIZE = 2
 FASTER_WHISPER_SIZES = (
     "tiny.en", "tiny", "base.en", "base", "small.en", "small", "medium.en", "medium",
     "large-v1", "large-v2", "large-v3", "large", "distil-large-v2", "distil-medium.en",
@@ -168,9 +171,7 @@ class DecodingSettings(Group):
 
     whisper_model: str = env("WHISPER_MODEL", BUNDLED_MODEL)
     whisper_compute_type: Literal[COMPUTE_TYPES] = env("WHISPER_COMPUTE_TYPE", "auto")  # type: ignore[valid-type]
-    # 2, not faster-whisper's 5: chosen on the held-apart meetings' tune split as the fastest beam
-    # within 0.005 WER of beam 5 there (1.13x its speed); README "Measured" reports it on the others.
-    beam_size: int = env("WHISPER_BEAM_SIZE", 2, ge=1)
+    beam_size: int = env("WHISPER_BEAM_SIZE", BEAM_SIZE, ge=1)
     # Chunks decoded at once; "auto" picks by device (engine/transcription.py, resolve_batch_size).
     batch_size: int | Literal["auto"] = env("WHISPER_BATCH_SIZE", "auto")
     vad_filter: bool = env("WHISPER_VAD", True)

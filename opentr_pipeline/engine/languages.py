@@ -79,14 +79,11 @@ def detect_chunks(model: "WhisperModel", speech: np.ndarray, chunks: Sequence) -
     found = []
     for chunk in chunks:
         piece = speech[chunk.start:chunk.end]
-        probabilities = detect_language(model, piece)
-        looks = [SECOND_LOOK_S, CHUNK_S] if _top(probabilities) == ENGLISH else [CHUNK_S]
-        for seconds in looks:
-            if sure_english(probabilities) or len(piece) <= DETECT_S * SAMPLE_RATE:
-                break
-            probabilities = detect_language(model, piece, seconds)
-            if len(piece) <= seconds * SAMPLE_RATE:
-                break  # that look heard the whole chunk
+        probabilities, heard_s = detect_language(model, piece), DETECT_S
+        for seconds in ([SECOND_LOOK_S] if _top(probabilities) == ENGLISH else []) + [CHUNK_S]:
+            if sure_english(probabilities) or len(piece) <= heard_s * SAMPLE_RATE:
+                break  # settled, or the whole chunk is heard already
+            probabilities, heard_s = detect_language(model, piece, seconds), seconds
         found.append(probabilities)
     window = mean_probabilities(found, [c.end - c.start for c in chunks])
     return decide(found, window), window

@@ -39,7 +39,7 @@ from opentr_pipeline.engine.media import Decoded, MediaError
 from opentr_pipeline.engine.redo import Lost, decode_again
 from opentr_pipeline.engine.segments import Segment, Word, in_recording, plain_segment
 from opentr_pipeline.engine.speakers import SpeechVoices
-from opentr_pipeline.settings import BUNDLED_MODELS, DecodingSettings
+from opentr_pipeline.settings import BEAM_SIZE, BUNDLED_MODELS, DecodingSettings
 
 if TYPE_CHECKING:
     from faster_whisper import WhisperModel
@@ -130,7 +130,7 @@ def resolve_batch_size(requested: int | str, device: DevicePlan) -> int:
 
 @dataclass(frozen=True)
 class TranscriptionOptions:
-    beam_size: int = 2  # WHISPER_BEAM_SIZE's default (settings.py)
+    beam_size: int = BEAM_SIZE
     batch_size: int = BATCH_SIZE  # 1 still decodes chunks of joined speech, one at a time
     vad_filter: bool = True
     language: str | None = None
